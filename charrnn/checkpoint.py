@@ -1,0 +1,142 @@
+"""Checkpoints: one dict holding everything `sample` and `eval` need, loaded safely.
+
+Saved with `torch.save` through an atomic write; loaded with `weights_only=True`, so a file
+that would run code when unpickled is refused, then validated (format, version, keys, shapes)
+before any weights are used. Training state (optimizer, RNG, data position) lives under its
+own key and only in `last.pt`, apart from the weights.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charrnn import __version__, fileio
+from charrnn.errors import CheckpointError
+from charrnn.model import CharRNN, ModelArgs
+from charrnn.vocab import Vocab, VocabError
+
+FORMAT = "charrnn-checkpoint"
+VERSION = 1
+REQUIRED = ("format", "version", "model_args", "model", "vocab", "step")
+BEST, LAST = "best.pt", "last.pt"
+
+
+def build_payload(model: CharRNN, vocab: Vocab, *, step: int, val_loss: float | None,
+                  best_val_loss: float | None, elapsed: float, config: dict,
+                  train_state: dict | None = None) -> dict:
+    model = _unwrap(model)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_args": model.args.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "vocab": vocab.to_dict(),
+        "step": int(step),
+        "val_loss": _float_or_none(val_loss),
+        "best_val_loss": _float_or_none(best_val_loss),
+        "elapsed": float(elapsed),
+        "config": config,
+        "torch_version": str(torch.__version__),
+        "charrnn_version": __version__,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if train_state is not None:
+        payload["train_state"] = train_state
+    return payload
+
+
+def save(payload: dict, path: str | Path) -> None:
+    fileio.write_with(path, lambda f: torch.save(payload, f))
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory meaning its best.pt (else its last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no checkpoint ({BEST} or {LAST}); train into it "
+                              "first with `charrnn train`, or pass a .pt file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}; pass a run directory or a .pt file")
+    return path
+
+
+def load(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    """Read and validate a checkpoint dict (weights on `device`)."""
+    path = resolve(path)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "unsafe content"
+        if "weights only" in str(exc).lower() or "unsupported" in str(exc).lower():
+            raise CheckpointError(f"refusing to load {path}: it holds objects that would run "
+                                  "code when unpickled; only load checkpoints charrnn wrote "
+                                  "(it is not a charrnn checkpoint)") from None
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({reason}); use another "
+                              "checkpoint, e.g. the run's last.pt") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is damaged, truncated or not a PyTorch file ({reason}); "
+                              "use another checkpoint, e.g. the run's last.pt") from None
+    validate(payload, path)
+    return payload
+
+
+def validate(payload: Any, path: Path) -> None:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (written by another program); "
+                              "pass a file saved by `charrnn train`")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {payload.get('version')!r}; "
+                              f"this charrnn reads version {VERSION}: upgrade charrnn")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is damaged: use another "
+                              "checkpoint")
+
+
+def model_from(payload: dict, path: str | Path = "checkpoint") -> tuple[CharRNN, Vocab]:
+    """Rebuild the model and vocabulary stored in a checkpoint, checking they fit together."""
+    try:
+        vocab = Vocab.from_dict(payload["vocab"], origin=f"the vocabulary in {path}")
+    except VocabError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        args = ModelArgs(**payload["model_args"])
+        model = CharRNN(args)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has invalid model settings ({exc}); it is damaged") from None
+    if args.vocab_size != vocab.size:
+        raise CheckpointError(f"{path}: the model has {args.vocab_size} outputs but its "
+                              f"vocabulary has {vocab.size} ids; the checkpoint is inconsistent")
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: weights do not match the model settings ({first})") \
+            from None
+    return model, vocab
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu"
+               ) -> tuple[CharRNN, Vocab, dict]:
+    payload = load(path, device="cpu")
+    model, vocab = model_from(payload, resolve(path))
+    return model.to(device).eval(), vocab, payload
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    # DistributedDataParallel and torch.compile wrap the model; checkpoints hold the bare one.
+    return getattr(model, "module", getattr(model, "_orig_mod", model))
+
+
+def _float_or_none(x: float | None) -> float | None:
+    return None if x is None else float(x)

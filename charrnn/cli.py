@@ -1,0 +1,310 @@
+"""The `charrnn` command line: parse, hand off to the library, print.
+
+Heavy modules (torch above all) are imported inside the commands that need them, so
+`charrnn --help` and `charrnn vocab build` start instantly. Every `CharRNNError` becomes one
+red `error: ...` line on stderr and its exit code (1 runtime, 2 usage); no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from charrnn import __version__
+from charrnn.errors import CharRNNError, ConfigError
+
+try:  # typer >= 0.23 carries its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import UsageError
+
+    NoArgsIsHelpError = ()
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+# ---- command-line plumbing --------------------------------------------------------------------
+def _optional_resume_value(args: list[str]) -> list[str]:
+    """Let `--resume` stand alone (meaning the config's out_dir) or take a RUN_DIR."""
+    fixed = []
+    for i, arg in enumerate(args):
+        alone = i + 1 == len(args) or args[i + 1].startswith("-")
+        fixed.append("--resume=" if arg == "--resume" and alone else arg)
+    return fixed
+
+
+class _Group(typer.core.TyperGroup):
+    """Usage errors (bad option values, unknown options) as one line, like every other error."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _usage_errors_as_one_line():
+            return super().make_context(info_name, _optional_resume_value(list(args)),
+                                        parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with _usage_errors_as_one_line():
+            return super().invoke(ctx)
+
+
+class _usage_errors_as_one_line:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, UsageError) and not isinstance(exc, NoArgsIsHelpError):
+            command = exc.ctx.command_path if exc.ctx else "charrnn"
+            err.print(f"[bold red]error:[/] {escape(exc.format_message())} "
+                      f"(see `{command} --help`)")
+            raise typer.Exit(2) from None
+        return False
+
+
+def report(exc: CharRNNError) -> None:
+    if isinstance(exc, ConfigError) and len(exc.problems) > 1:
+        err.print(f"[bold red]error:[/] {escape(exc.source)}: {len(exc.problems)} problems")
+        for problem in exc.problems:
+            err.print(f"  - {escape(problem)}")
+    else:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+
+
+def handles_errors(command):
+    """Turn the errors users can cause into one red line and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CharRNNError as exc:
+            report(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            err.print("[bold red]error:[/] out of memory; lower data.batch_size, data.seq_len "
+                      "or model.hidden_size")
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            err.print("[bold red]error:[/] the device ran out of memory; lower data.batch_size, "
+                      "data.seq_len or model.hidden_size")
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False, context_settings={"help_option_names":
+                                                                    ["-h", "--help"]},
+                  help="Character-level RNN/LSTM/GRU language models: build a vocabulary, "
+                       "train from a YAML config, sample text.")
+vocab_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                        help="Build and inspect character vocabularies.")
+app.add_typer(vocab_app, name="vocab")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"charrnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")]
+        = False) -> None:
+    """Character-level RNN/LSTM/GRU language models."""
+
+
+# ---- vocab ----------------------------------------------------------------------------------
+class NewlineMode(str, Enum):
+    keep = "keep"
+    lf = "lf"
+
+
+class UnicodeMode(str, Enum):
+    keep = "keep"
+    nfc = "nfc"
+    nfkc = "nfkc"
+
+
+@vocab_app.command("build")
+@handles_errors
+def vocab_build(
+    inputs: Annotated[list[str], typer.Argument(
+        help="UTF-8 files, directories (read recursively), globs or builtin:NAME.",
+        show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the JSON.")]
+        = Path("data/vocab.json"),
+    min_count: Annotated[int, typer.Option(
+        min=1, help="Characters seen fewer times become <unk>.")] = 1,
+    lowercase: Annotated[bool, typer.Option(help="Fold case first.")] = False,
+    newline: Annotated[NewlineMode, typer.Option(help="lf: turn CRLF and CR into LF.")]
+        = NewlineMode.keep,
+    unicode: Annotated[UnicodeMode, typer.Option(help="Unicode normalisation.")]
+        = UnicodeMode.keep,
+    strip_bom: Annotated[bool, typer.Option(help="Drop a leading byte-order mark.")] = True,
+) -> None:
+    """Count the characters of a corpus into a vocabulary (JSON)."""
+    from charrnn.corpus import Normalization, iter_text, resolve_sources, total_bytes
+    from charrnn.vocab import Vocab
+
+    sources = resolve_sources(inputs)
+    norm = Normalization(lowercase=lowercase, newline=newline.value, unicode=unicode.value,
+                         strip_bom=strip_bom)
+    vocab = Vocab.build(iter_text(sources, norm), norm, min_count)
+    vocab.save(output)
+    files = f"{len(sources)} file{'s' if len(sources) != 1 else ''}"
+    dropped = f", {vocab.unk_count:,} rare characters -> <unk>" if vocab.unk_count else ""
+    out.print(f"wrote {output}: {len(vocab.chars):,} characters + <unk> from "
+              f"{vocab.total:,} characters ({files}, {total_bytes(sources):,} bytes){dropped}")
+
+
+@vocab_app.command("show")
+@handles_errors
+def vocab_show(
+    vocab_path: Annotated[Path, typer.Argument(metavar="VOCAB", help="A vocab.json file.")],
+    top: Annotated[int, typer.Option(min=1, help="How many most/least frequent to list.")] = 10,
+) -> None:
+    """Size, coverage and the most and least frequent characters of a vocabulary."""
+    from charrnn.report import vocab_tables
+    from charrnn.vocab import Vocab
+
+    for table in vocab_tables(Vocab.load(vocab_path), top, title=str(vocab_path)):
+        out.print(table)
+
+
+# ---- train ----------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def train(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML config (see configs/).", show_default=False)] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="SECTION.KEY=VALUE",
+        help="Override a config key, value parsed as YAML; repeatable.")] = None,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", metavar="[RUN_DIR]", show_default=False,
+        help="Continue from last.pt of RUN_DIR (alone: the config's train.out_dir).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Start over in a run directory that already holds a run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final result.")]
+        = False,
+) -> None:
+    """Train a model as a YAML config says; checkpoints and metrics go to train.out_dir."""
+    from charrnn.config import load_config
+    from charrnn.train import saved_config
+    from charrnn.train import train as run_training
+
+    resume_target: bool | str = False
+    if resume is not None:
+        resume_target = resume or True
+    if config is None and isinstance(resume_target, str):
+        cfg = saved_config(resume_target)
+        if overrides:
+            cfg = load_config(Path(resume_target) / "config.yaml", overrides)
+    else:
+        cfg = load_config(config, overrides)
+    result = run_training(cfg, resume=resume_target, overwrite=overwrite, console=out,
+                          quiet=quiet)
+    best = f"{result.best_val_loss:.4f} nats/char" if result.best_val_loss is not None else "n/a"
+    out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s; best val "
+              f"{best}; checkpoints in {result.run_dir}. Sample with: charrnn sample "
+              f"--checkpoint {result.run_dir}")
+
+
+# ---- sample ---------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def sample(
+    checkpoint: Annotated[Path, typer.Option(
+        "--checkpoint", "-k", help="A run directory (its best.pt) or a .pt file.",
+        show_default=False)],
+    temperature: Annotated[str, typer.Option(
+        "--temperature", "-t", help="Randomness: >0 scales logits, 0 is greedy.")] = "1.0",
+    length: Annotated[int, typer.Option("--length", "-n",
+                                        help="Characters to generate (prime not counted).")]
+        = 500,
+    prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from.")] = "",
+    seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely.")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N",
+                                             help="Samples, drawn as one batch.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Generate text from a trained model."""
+    from charrnn.checkpoint import load_model
+    from charrnn.devices import pick_device
+    from charrnn.sample import Sampler, SampleSettings, parse_temperatures
+
+    temperatures = parse_temperatures(temperature)
+    target = pick_device(device)
+    model, vocab, _ = load_model(checkpoint, target)
+    sampler = Sampler(model, vocab, target)
+    for temp in temperatures:
+        settings = SampleSettings(length=length, temperature=temp, top_k=top_k,
+                                  num_samples=num_samples, seed=seed)
+        settings.validate(vocab)
+        sampler.encode_prime(prime)  # reject unknown prime characters before printing anything
+        if len(temperatures) > 1:
+            out.print(f"[bold]--- temperature {temp:g} ---[/]")
+        _print_samples(sampler, settings, prime)
+
+
+def _print_samples(sampler, settings, prime: str) -> None:
+    """Stream one sample as it is generated; several print one after another when done."""
+    write = sys.stdout.write
+    if settings.num_samples == 1:
+        write(prime)
+        for chunk in sampler.generate(settings, prime):
+            write(chunk.texts[0])
+            sys.stdout.flush()
+        write("\n")
+        return
+    for index, text in enumerate(sampler.sample_text(settings, prime), start=1):
+        out.print(f"[bold]--- sample {index}/{settings.num_samples} ---[/]")
+        write(prime + text + "\n")
+    sys.stdout.flush()
+
+
+# ---- eval -----------------------------------------------------------------------------------
+@app.command("eval")
+@handles_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(
+        "--checkpoint", "-k", help="A run directory (its best.pt) or a .pt file.",
+        show_default=False)],
+    files: Annotated[list[str] | None, typer.Argument(
+        help="Text to score (default: the run's validation split).", show_default=False)]
+        = None,
+    window: Annotated[int | None, typer.Option(
+        min=1, help="Score each character with at most N characters of context.")] = None,
+    streams: Annotated[int | None, typer.Option(
+        min=1, help="Parallel segments for the full pass (1: one exact sequential pass).")]
+        = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Score text: nats and bits per character, perplexity."""
+    from charrnn.evaluate import score_checkpoint
+
+    score = score_checkpoint(checkpoint, files or [], window=window, streams=streams,
+                             device=device, say=lambda m: err.print(m))
+    out.print(score.line())
+
+
+def main() -> None:
+    app(prog_name="charrnn")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

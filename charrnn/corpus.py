@@ -1,0 +1,244 @@
+"""Finding corpus files and streaming them as normalised text.
+
+Data flows text -> vocab -> ids: this module is the first step. Inputs are files,
+directories (walked recursively, sorted), globs or `builtin:NAME` corpora. Text is decoded as
+strict UTF-8 in fixed-size blocks, so a corpus is never held in memory as one string.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import io
+import os
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from charrnn.errors import CorpusError, UsageError
+
+BLOCK_BYTES = 4 << 20  # read size: large enough for vectorised work, small enough for memory
+SNIFF_BYTES = 8192  # how much of a file is checked to decide "binary" when walking a directory
+GLOB_CHARS = frozenset("*?[")
+NEWLINE_MODES = ("keep", "lf")
+UNICODE_MODES = ("keep", "nfc", "nfkc")
+_UTF16_32_BOMS = {
+    codecs.BOM_UTF32_LE: "UTF-32",
+    codecs.BOM_UTF32_BE: "UTF-32",
+    codecs.BOM_UTF16_LE: "UTF-16",
+    codecs.BOM_UTF16_BE: "UTF-16",
+}
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw text is cleaned before it becomes characters; stored in every vocabulary."""
+
+    lowercase: bool = False  # fold case, as the classic nietzsche example does
+    newline: str = "keep"  # "lf" turns CRLF and lone CR into LF
+    unicode: str = "keep"  # "nfc"/"nfkc": one code point sequence per visible character
+    strip_bom: bool = True  # drop a byte-order mark (U+FEFF) at the start of each file
+
+    def apply(self, text: str) -> str:
+        """Normalise a complete piece of text (a prime string, a test string)."""
+        if self.strip_bom and text.startswith("\ufeff"):
+            text = text[1:]
+        return self._transform(text)
+
+    def _transform(self, text: str) -> str:
+        if self.newline == "lf":
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if self.unicode != "keep":
+            text = unicodedata.normalize(self.unicode.upper(), text)
+        if self.lowercase:
+            text = text.lower()
+        return text
+
+    @property
+    def needs_line_boundaries(self) -> bool:
+        # CRLF pairs and combining sequences must not be cut between two blocks.
+        return self.newline != "keep" or self.unicode != "keep"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalization:
+        norm = cls(**data)
+        if norm.newline not in NEWLINE_MODES or norm.unicode not in UNICODE_MODES:
+            raise ValueError(f"unknown normalisation {data}")
+        return norm
+
+
+@dataclass(frozen=True)
+class Source:
+    """One document: a file on disk, or in-memory bytes for a built-in corpus."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> BinaryIO:
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        try:
+            return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise CorpusError(_os_problem(self.name, exc)) from None
+
+    @property
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else self.path.stat().st_size
+
+    def fingerprint(self) -> list:
+        """Cheap identity used to decide whether cached vocab/ids are still valid."""
+        if self.data is not None:
+            import hashlib
+
+            return [self.name, len(self.data), hashlib.sha256(self.data).hexdigest()[:16]]
+        st = self.path.stat()
+        return [str(self.path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def resolve_sources(specs: str | Sequence[str]) -> list[Source]:
+    """Turn files, directories, globs and builtin:NAME into an ordered list of sources."""
+    if isinstance(specs, str):
+        specs = [specs]
+    if not specs:
+        raise UsageError("no input given; pass a file, directory, glob or builtin:NAME")
+    sources: list[Source] = []
+    for spec in specs:
+        sources.extend(_resolve_one(str(spec)))
+    return sources
+
+
+def _resolve_one(spec: str) -> list[Source]:
+    if spec.startswith("builtin:"):
+        from charrnn.corpora import builtin_sources
+
+        return builtin_sources(spec.removeprefix("builtin:"))
+    path = Path(spec).expanduser()
+    if path.is_file():
+        _check_readable(path)
+        return [Source(str(path), path=path)]
+    if path.is_dir():
+        return _walk_directory(path)
+    if GLOB_CHARS & set(spec):
+        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+        files = [p for p in matches if p.is_file()]
+        if not files:
+            raise CorpusError(f"the pattern {spec!r} matches no files; check the pattern "
+                              "(quote it so the shell does not expand it)")
+        for f in files:
+            _check_readable(f)
+        return [Source(str(f), path=f) for f in files]
+    raise CorpusError(f"no such file or directory: {spec}; check the path")
+
+
+def _walk_directory(root: Path) -> list[Source]:
+    sources, skipped = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Sorted, hidden entries (.git, .venv) skipped: the same tree always gives the same text.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith(".") or not path.is_file() or not os.access(path, os.R_OK):
+                continue
+            if _looks_binary(path):
+                skipped += 1
+                continue
+            sources.append(Source(str(path), path=path))
+    if not sources:
+        extra = f" ({skipped} binary file{'s' if skipped != 1 else ''} skipped)" if skipped else ""
+        raise CorpusError(f"the directory {root} holds no text files{extra}; "
+                          "point at UTF-8 text files")
+    return sources
+
+
+def _looks_binary(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return True
+    return b"\0" in head
+
+
+def _check_readable(path: Path) -> None:
+    if not os.access(path, os.R_OK):
+        raise CorpusError(f"cannot read {path}: permission denied; fix its permissions "
+                          f"(chmod u+r {path})")
+
+
+def _os_problem(name: str, exc: OSError) -> str:
+    return f"cannot read {name}: {exc.strerror or exc}"
+
+
+def iter_text(sources: Iterable[Source], normalization: Normalization,
+              separator: str = "", block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
+    """Yield the corpus as normalised text pieces, documents joined by `separator`."""
+    for index, source in enumerate(sources):
+        if index and separator:
+            yield separator
+        yield from _iter_source(source, normalization, block_bytes)
+
+
+def _iter_source(source: Source, norm: Normalization, block_bytes: int) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    held = ""  # text after the last line break, kept until the next block completes the line
+    offset = 0  # bytes of this file fed to the decoder so far
+    first = True
+    with source.open() as f:
+        while True:
+            try:
+                block = f.read(block_bytes)
+            except OSError as exc:
+                raise CorpusError(_os_problem(source.name, exc)) from None
+            final = not block
+            if first:
+                _check_first_block(source, block)
+            _check_no_nul(source, block, offset)
+            try:
+                text = decoder.decode(block, final=final)
+            except UnicodeDecodeError as exc:
+                pending = len(decoder.getstate()[0])
+                raise CorpusError(
+                    f"{source.name} is not valid UTF-8 (byte offset {offset - pending + exc.start}"
+                    f": {exc.reason}); convert it to UTF-8, e.g. "
+                    f"iconv -f LATIN1 -t UTF-8 {source.name}") from None
+            offset += len(block)
+            if first and text:
+                if norm.strip_bom and text.startswith("\ufeff"):
+                    text = text[1:]
+                first = False
+            text = held + text
+            held = ""
+            if not final and norm.needs_line_boundaries:
+                cut = text.rfind("\n") + 1
+                if cut == 0:  # one very long line: only a trailing CR must wait for its LF
+                    cut = len(text) - 1 if text.endswith("\r") else len(text)
+                text, held = text[:cut], text[cut:]
+            if text:
+                yield norm._transform(text)
+            if final:
+                return
+
+
+def _check_first_block(source: Source, block: bytes) -> None:
+    for bom, name in _UTF16_32_BOMS.items():
+        if block.startswith(bom) and not block.startswith(codecs.BOM_UTF8):
+            raise CorpusError(f"{source.name} is {name} text, not UTF-8; convert it, e.g. "
+                              f"iconv -f {name} -t UTF-8 {source.name} > out.txt")
+
+
+def _check_no_nul(source: Source, block: bytes, offset: int) -> None:
+    nul = block.find(b"\0")
+    if nul >= 0:
+        raise CorpusError(f"{source.name} looks like a binary file (NUL byte at byte offset "
+                          f"{offset + nul}); train on UTF-8 text files only")
+
+
+def total_bytes(sources: Iterable[Source]) -> int:
+    return sum(s.size for s in sources)

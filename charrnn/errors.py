@@ -1,0 +1,46 @@
+"""The one error family charrnn raises for problems a user can cause and fix.
+
+The CLI prints `error: <message>` for these and exits with `exit_code`; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CharRNNError(Exception):
+    """A problem with the user's input or environment (exit code 1)."""
+
+    exit_code = 1
+
+
+class UsageError(CharRNNError):
+    """The command line or config asks for something invalid (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """Every problem found in a config, reported together."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = list(problems)
+        self.source = source
+        count = len(self.problems)
+        head = f"{source}: {count} problem{'s' if count != 1 else ''}: "
+        super().__init__(head + "; ".join(self.problems))
+
+
+class CorpusError(CharRNNError):
+    """A corpus that cannot be read or used (missing, empty, not UTF-8, too short)."""
+
+
+class CheckpointError(CharRNNError):
+    """A checkpoint that is missing, damaged, unsafe or not charrnn's."""
+
+
+class TrainingStopped(CharRNNError):
+    """Training ended early for a reason the user must act on (diverged, interrupted)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,85 @@
+"""Metric loggers sharing one small interface: `log(record)` and `close()`.
+
+Records are flat dicts such as {"kind": "train", "step": 100, "loss": 1.52, ...}; every number
+carries its unit in its key or in the README's table (loss in nats/char, bpc in bits/char).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Protocol
+
+from charrnn import fileio
+from charrnn.errors import UsageError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLogger(Protocol):
+    def log(self, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """One JSON object per line in run_dir/metrics.jsonl, appended (resumed runs continue it)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / METRICS_FILE
+
+    def log(self, record: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in record.items()}
+        fileio.append_line(self.path, json.dumps(clean))
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger:
+    """Scalars under train/ and eval/ for TensorBoard (optional dependency)."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError("train.tensorboard needs the tensorboard package: "
+                             "pip install 'charrnn[tensorboard]'") from None
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, record: dict) -> None:
+        kind, step = record.get("kind", "train"), record.get("step", 0)
+        for key, value in record.items():
+            if key not in ("kind", "step") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MultiLogger:
+    def __init__(self, loggers: list[MetricsLogger]):
+        self.loggers = loggers
+
+    def log(self, record: dict) -> None:
+        for logger in self.loggers:
+            logger.log(record)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All records of a run's metrics.jsonl (a partly written last line is skipped)."""
+    path = Path(run_dir) / METRICS_FILE
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,118 @@
+"""The character model: Embedding -> RNN/LSTM/GRU -> Linear.
+
+This module imports only torch. The recurrent state is an opaque value (a tensor for RNN and
+GRU, an `(h, c)` tuple for LSTM) that callers pass back in; `map_state` applies a function to
+whatever it holds, so no caller special-cases LSTM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# The same cells as single fused steps: one call per layer per generated character.
+_CELL_STEPS = {"rnn": torch.rnn_tanh_cell, "lstm": torch.lstm_cell, "gru": torch.gru_cell}
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    vocab_size: int  # ids, <unk> included
+    cell: str = "lstm"  # rnn | lstm | gru
+    embedding_dim: int = 64  # width of each character's vector
+    hidden_size: int = 256  # units per recurrent layer
+    num_layers: int = 2  # stacked recurrent layers
+    dropout: float = 0.0  # on the embedding, between layers and before the output layer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State:
+    """Apply `fn` to every tensor of a recurrent state (detach, move, slice, clone...)."""
+    if isinstance(state, tuple):
+        return tuple(fn(s) for s in state)
+    return fn(state)
+
+
+class CharRNN(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        if args.cell not in CELLS:
+            raise ValueError(f"unknown cell {args.cell!r}; choose one of {', '.join(CELLS)}")
+        self.args = args
+        self.embedding = nn.Embedding(args.vocab_size, args.embedding_dim)
+        self.rnn = CELLS[args.cell](
+            args.embedding_dim, args.hidden_size, args.num_layers, batch_first=True,
+            dropout=args.dropout if args.num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(args.dropout)
+        self.head = nn.Linear(args.hidden_size, args.vocab_size)
+        if args.cell == "lstm":
+            self._open_forget_gates()
+
+    def _open_forget_gates(self) -> None:
+        # A forget-gate bias of 1 lets gradients flow through long spans from the first step
+        # (Jozefowicz et al. 2015); PyTorch's gate order is input, forget, cell, output.
+        hidden = self.args.hidden_size
+        with torch.no_grad():
+            for layer in range(self.args.num_layers):
+                getattr(self.rnn, f"bias_ih_l{layer}")[hidden:2 * hidden].fill_(1.0)
+                getattr(self.rnn, f"bias_hh_l{layer}")[hidden:2 * hidden].zero_()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        shape = (self.args.num_layers, batch_size, self.args.hidden_size)
+        device = device or self.head.weight.device
+        zeros = torch.zeros(shape, device=device)
+        return (zeros, zeros.clone()) if self.args.cell == "lstm" else zeros
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                state: State | None = None) -> tuple[torch.Tensor, torch.Tensor | None, State]:
+        """idx (B, T) -> logits (B, T, V), mean cross-entropy in nats (if targets), new state.
+
+        Unlike a transformer's `forward(idx, targets)`, a recurrent model also takes and returns
+        the state, so consecutive windows of one stream continue where the last one stopped.
+        """
+        x = self.drop(self.embedding(idx))  # (B, T, E)
+        out, state = self.rnn(x, state)  # (B, T, H)
+        logits = self.head(self.drop(out))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # Loss in fp32 even under bf16 autocast: log-softmax of low-precision logits is noisy.
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return logits, loss, state
+
+    @torch.no_grad()
+    def step(self, idx: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """One character per stream: idx (B,) -> logits (B, V) and the next state.
+
+        Runs each layer as one fused cell call instead of an `nn.LSTM` call per character,
+        which is dominated by per-call set-up (about 10x slower for one stream).
+        """
+        if state is None:
+            state = self.initial_state(idx.shape[0])
+        x = self.embedding(idx)  # (B, E)
+        cell_step = _CELL_STEPS[self.args.cell]
+        lstm = self.args.cell == "lstm"
+        new_h, new_c = [], []
+        for layer in range(self.args.num_layers):
+            weights = [getattr(self.rnn, f"{name}_l{layer}")
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            if lstm:
+                h, c = cell_step(x, (state[0][layer], state[1][layer]), *weights)
+                new_c.append(c)
+            else:
+                h = cell_step(x, state[layer], *weights)
+            new_h.append(h)
+            x = h  # (B, H); no dropout: step() is for generation in eval mode
+        logits = self.head(x)  # (B, V)
+        next_state = (torch.stack(new_h), torch.stack(new_c)) if lstm else torch.stack(new_h)
+        return logits, next_state

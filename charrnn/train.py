@@ -1,0 +1,376 @@
+"""Training: stateful truncated-BPTT over contiguous streams, AdamW, evaluation, checkpoints.
+
+One `Trainer` owns a run directory. Each step takes the next window of every stream, carries
+the (detached) hidden state over from the previous window, and updates the model. Losses stay
+on the device and are read once per log interval, so the loop never waits on the GPU in
+between. Evaluations score the validation text and write `last.pt` and, when it improves,
+`best.pt`; `last.pt` also holds everything needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from charrnn import checkpoint, devices, fileio
+from charrnn.config import Config, config_from_dict
+from charrnn.data import BATCHERS, Dataset, prepare
+from charrnn.errors import CharRNNError, ConfigError, TrainingStopped
+from charrnn.evaluate import Score, score_stream
+from charrnn.interrupts import StopRequest
+from charrnn.metrics import (
+    METRICS_FILE,
+    JsonlLogger,
+    MetricsLogger,
+    MultiLogger,
+    TensorBoardLogger,
+    read_metrics,
+)
+from charrnn.model import CharRNN, ModelArgs, map_state
+from charrnn.progress import PlainView, make_view
+from charrnn.runlock import RunLock
+from charrnn.schedule import budget_fraction, learning_rate
+from charrnn.vocab import Vocab
+
+CONFIG_FILE = "config.yaml"
+ARCHITECTURE = ("cell", "embedding_dim", "hidden_size", "num_layers")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    elapsed: float  # seconds of training (evaluations during training included)
+    final: Score | None  # full validation score of the final weights
+    best_val_loss: float | None
+
+
+def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool = False,
+          console: Console | None = None, quiet: bool = False) -> RunResult:
+    """Train as `config` says, or continue the run in `resume` (True: config's out_dir)."""
+    console = console or Console()
+    if resume not in (False, None, True):
+        config = config.replace(train={"out_dir": str(resume)})
+    run_dir = Path(config.train.out_dir)
+    fileio.ensure_dir(run_dir)
+    with RunLock(run_dir), StopRequest() as stop:
+        resume_from = _resume_payload(run_dir) if resume else None
+        if resume_from is None:
+            _refuse_to_clobber(run_dir, overwrite)
+        trainer = Trainer(config, run_dir, console, quiet=quiet, resume_from=resume_from)
+        return trainer.run(stop)
+
+
+def _resume_payload(run_dir: Path) -> dict:
+    path = run_dir / checkpoint.LAST
+    if not path.is_file():
+        raise CharRNNError(f"nothing to resume in {run_dir} (no {checkpoint.LAST}); start a new "
+                           "run without --resume")
+    payload = checkpoint.load(path)
+    if "train_state" not in payload:
+        raise CharRNNError(f"{path} holds weights but no training state; start a new run with "
+                           f"train.init_from: {path}")
+    return payload
+
+
+def _refuse_to_clobber(run_dir: Path, overwrite: bool) -> None:
+    existing = [name for name in (checkpoint.LAST, checkpoint.BEST) if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise CharRNNError(f"{run_dir} already holds a run ({', '.join(existing)}); continue it "
+                           "with --resume, start over with --overwrite, or choose another "
+                           "train.out_dir")
+    if overwrite:
+        for name in (METRICS_FILE, checkpoint.LAST, checkpoint.BEST):
+            (run_dir / name).unlink(missing_ok=True)
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: Path, console: Console, *, quiet: bool = False,
+                 resume_from: dict | None = None):
+        self.config, self.run_dir, self.console, self.quiet = config, run_dir, console, quiet
+        t = config.train
+        devices.set_threads(t.threads)
+        self.device = devices.pick_device(t.device)
+        self.amp = devices.pick_precision(t.precision, self.device)
+        torch.manual_seed(t.seed)
+        random.seed(t.seed)
+
+        inherited = resume_from or self._init_payload()
+        vocab = Vocab.from_dict(inherited["vocab"]) if inherited else None
+        self.data: Dataset = prepare(config.data, run_dir, vocab, say=self.say)
+        self.vocab = self.data.vocab
+        self.model = self._build_model(inherited, resumed=resume_from is not None)
+        self.optimizer = self._make_optimizer()
+        batcher = BATCHERS[config.data.batching]
+        self.batches = batcher(self.data.train, config.data.batch_size, config.data.seq_len,
+                               seed=t.seed)
+        self.state = None  # the hidden state carried from one window of each stream to the next
+        self.step, self.elapsed, self.best_val_loss = 0, 0.0, None
+        if resume_from is not None:
+            self._restore(resume_from)
+        else:
+            fileio.write_text(run_dir / CONFIG_FILE, config.to_yaml())
+        self.logger = self._make_logger()
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def _init_payload(self) -> dict | None:
+        source = self.config.train.init_from
+        if not source:
+            return None
+        payload = checkpoint.load(source)
+        self.say(f"fine-tuning from {checkpoint.resolve(source)} (step {payload['step']:,})")
+        return payload
+
+    def _build_model(self, inherited: dict | None, resumed: bool) -> CharRNN:
+        wanted = self.config.model
+        if inherited is None:
+            model = CharRNN(ModelArgs(vocab_size=self.vocab.size, **wanted.__dict__))
+            return model.to(self.device)
+        stored = inherited["model_args"]
+        differ = [f"'model.{k}' is {getattr(wanted, k)!r} here but {stored[k]!r} in the checkpoint"
+                  for k in ARCHITECTURE if getattr(wanted, k) != stored[k]]
+        if differ and resumed:
+            raise ConfigError([*differ[:-1], differ[-1] + " (a resumed run keeps its model)"])
+        if differ:
+            self.say("[yellow]note:[/] fine-tuning keeps the checkpoint's architecture ("
+                     + ", ".join(f"{k}={stored[k]}" for k in ARCHITECTURE) + ")")
+        args = ModelArgs(**{**stored, "dropout": wanted.dropout})
+        model, _ = checkpoint.model_from({**inherited, "model_args": args.to_dict()})
+        return model.to(self.device)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.config.optim
+        # Decay matrices only: shrinking biases and norms towards zero does not regularise.
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        other = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": o.weight_decay},
+                  {"params": other, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused)
+
+    def _make_logger(self) -> MetricsLogger:
+        loggers: list[MetricsLogger] = [JsonlLogger(self.run_dir)]
+        if self.config.train.tensorboard:
+            loggers.append(TensorBoardLogger(self.run_dir))
+        return MultiLogger(loggers)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def run(self, stop: StopRequest) -> RunResult:
+        t, d = self.config.train, self.config.data
+        precision = "bf16 autocast" if self.amp else "fp32"
+        self.say(f"device: {devices.describe(self.device)}, {precision} | model: "
+                 f"{self.model.args.cell} {self.model.args.num_layers}x"
+                 f"{self.model.args.hidden_size}, {self.model.num_parameters():,} parameters | "
+                 f"vocabulary: {self.vocab.size:,} | train {len(self.data.train):,} chars, "
+                 f"val {len(self.data.val):,} chars")
+        if self.step:
+            self.say(f"resuming at step {self.step:,} ({self.elapsed:.0f} s trained)")
+        chars_per_step = self.batches.batch_size * d.seq_len
+        pending: list[torch.Tensor] = []  # per-step losses since the last log, on the device
+        norms: list[torch.Tensor] = []
+        started = time.perf_counter() - self.elapsed
+        window_start, window_steps = time.perf_counter(), 0
+        last_eval: Score | None = None
+        view = make_view(self.console, devices.describe(self.device), self.quiet)
+        with view:
+            while True:
+                self.elapsed = time.perf_counter() - started
+                fraction = budget_fraction(self.step, self.elapsed, t.max_steps, t.max_time)
+                if fraction >= 1.0:
+                    break
+                lr = self._set_lr(fraction)
+                loss, norm = self._train_step()
+                self.step += 1
+                window_steps += 1
+                pending.append(loss)
+                if norm is not None:
+                    norms.append(norm)
+                if self.step % t.log_every == 0:
+                    now = time.perf_counter()
+                    speed = window_steps * chars_per_step / max(now - window_start, 1e-9)
+                    mean = self._check_finite(pending, norms)
+                    pending, norms = [], []
+                    window_start, window_steps = now, 0
+                    record = {"kind": "train", "step": self.step, "loss": mean,
+                              "bpc": mean / math.log(2), "lr": lr, "chars_per_sec": speed,
+                              "epoch": self.batches.progress,
+                              "elapsed": time.perf_counter() - started}
+                    self.logger.log(record)
+                    view.update(self.step, fraction, self._fields(record, last_eval))
+                if t.eval_every and self.step % t.eval_every == 0:
+                    self._check_finite(pending, norms)
+                    last_eval = self._evaluate(view, final=False)
+                    window_start, window_steps = time.perf_counter(), 0
+                if stop.requested:
+                    self._check_finite(pending, norms)
+                    self.elapsed = time.perf_counter() - started
+                    self._save(last_eval.loss if last_eval else None)
+                    raise TrainingStopped(
+                        f"stopped by {stop.name} at step {self.step:,}; {self.run_dir / 'last.pt'}"
+                        f" saved. Continue with: charrnn train --resume {self.run_dir}",
+                        exit_code=stop.exit_code)
+            self._check_finite(pending, norms)
+            self.elapsed = time.perf_counter() - started
+            final = self._evaluate(view, final=True)
+        self.logger.close()
+        return RunResult(self.run_dir, self.step, self.elapsed, final, self.best_val_loss)
+
+    def _set_lr(self, fraction: float) -> float:
+        o = self.config.optim
+        lr = learning_rate(fraction, peak=o.lr, minimum=min(o.min_lr, o.lr), warmup=o.warmup,
+                           schedule=o.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, y, reset = self.batches.next()
+        if reset:
+            self.state = None  # the streams start over: no context to carry
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        with devices.autocast(self.device, self.amp):
+            _, loss, state = self.model(x, y, self.state)
+        self.state = map_state(torch.Tensor.detach, state)  # truncated BPTT
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = None
+        clip = self.config.optim.grad_clip
+        if clip:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
+        self.optimizer.step()
+        return loss.detach(), norm
+
+    def _check_finite(self, losses: list[torch.Tensor], norms: list[torch.Tensor]) -> float:
+        """Mean of the losses; stop with a clear error if any loss or gradient is not finite."""
+        if not losses:
+            return math.nan
+        values = torch.stack(losses).float().cpu()  # the one sync per interval
+        grads = torch.stack(norms).float().cpu() if norms else torch.zeros(len(values))
+        bad = ~(torch.isfinite(values) & torch.isfinite(grads[-len(values):]))
+        if bad.any():
+            first = self.step - len(values) + 1 + int(bad.nonzero()[0])
+            raise TrainingStopped(
+                f"the loss became non-finite (NaN or inf) at step {first:,}; training stopped "
+                f"and the last good checkpoint in {self.run_dir} is kept. Lower optim.lr (now "
+                f"{self.config.optim.lr:g}) or set optim.grad_clip, then start again")
+        return float(values.mean())
+
+    def _evaluate(self, view: PlainView, final: bool) -> Score:
+        limit = None if final else self.config.train.eval_chars
+        val = self.data.val if limit is None else self.data.val[:limit + 1]
+        score = score_stream(self.model, val, self.device)
+        improved = self.best_val_loss is None or score.loss < self.best_val_loss
+        if improved:
+            self.best_val_loss = score.loss
+        self.logger.log({"kind": "eval", "step": self.step, "val_loss": score.loss,
+                         "val_bpc": score.bpc, "val_chars": score.chars,
+                         "elapsed": self.elapsed, "final": final})
+        mark = " (best)" if improved else ""
+        view.message(f"step {self.step:,}: val {score.line()}{mark}", important=final)
+        self._save(score.loss, improved)
+        return score
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _payload(self, val_loss: float | None, with_state: bool) -> dict:
+        return checkpoint.build_payload(
+            self.model, self.vocab, step=self.step, val_loss=val_loss,
+            best_val_loss=self.best_val_loss, elapsed=self.elapsed,
+            config=self.config.to_dict(),
+            train_state=self._train_state() if with_state else None)
+
+    def _save(self, val_loss: float | None, improved: bool = False) -> None:
+        if improved:
+            checkpoint.save(self._payload(val_loss, with_state=False),
+                            self.run_dir / checkpoint.BEST)
+        checkpoint.save(self._payload(val_loss, with_state=True), self.run_dir / checkpoint.LAST)
+        keep = self.config.train.keep_last
+        if keep:
+            checkpoint.save(self._payload(val_loss, with_state=False),
+                            self.run_dir / f"step-{self.step:08d}.pt")
+            for old in sorted(self.run_dir.glob("step-*.pt"))[:-keep]:
+                old.unlink(missing_ok=True)
+
+    def _train_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state(), "python": _python_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        hidden = None if self.state is None else map_state(
+            lambda s: s.detach().cpu().clone(), self.state)
+        return {"optimizer": self.optimizer.state_dict(), "batches": self.batches.state_dict(),
+                "hidden": hidden, "rng": rng, "data_key": self.data.key}
+
+    def _restore(self, payload: dict) -> None:
+        state = payload["train_state"]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CharRNNError(f"cannot resume: the optimizer state does not fit ({exc}); "
+                               "start a new run with train.init_from instead") from None
+        self.step = payload["step"]
+        self.elapsed = payload.get("elapsed", 0.0)
+        self.best_val_loss = payload.get("best_val_loss")
+        if state.get("data_key") == self.data.key:
+            self.batches.load_state_dict(state["batches"])
+            hidden = state.get("hidden")
+            self.state = None if hidden is None else map_state(
+                lambda s: s.to(self.device), hidden)
+        else:
+            self.say("[yellow]warning:[/] the corpus changed since the checkpoint; its data "
+                     "position restarts from the beginning")
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(_to_python_rng(rng["python"]))
+        _truncate_metrics(self.run_dir, self.step)
+
+    @staticmethod
+    def _fields(record: dict, last_eval: Score | None) -> dict:
+        fields = dict(record)
+        if last_eval is not None:
+            fields["val_loss"], fields["val_bpc"] = last_eval.loss, last_eval.bpc
+        return fields
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _to_python_rng(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """Drop records logged after the checkpoint being resumed: they will be logged again."""
+    import json
+
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return
+    keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    fileio.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def saved_config(run_dir: str | Path) -> Config:
+    """The resolved config a run saved, to resume it without naming the original file."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CharRNNError(f"{run_dir} has no {CONFIG_FILE}; pass --config as well")
+    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
+
+
