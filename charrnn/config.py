@@ -229,6 +229,8 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
         return (None if optional else f"'{key}' must not be null ({_type_name(base)})"), value
     if base is float and type(value) is int:
         value = float(value)
+    if base is float and type(value) is str:
+        value = _yaml11_float(value)  # PyYAML reads 1e-3 (no dot) as a string
     if base is str and type(value) in (int, float) and not isinstance(value, bool):
         value = str(value)  # e.g. a separator or path written as a bare number
     if type(value) is not base:
@@ -248,6 +250,13 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
         relation = "less than" if meta.get("max_exclusive") else "at most"
         return f"'{key}' must be {relation} {high:g}, not {value:g}", value
     return None, value
+
+
+def _yaml11_float(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _cross_checks(s: dict) -> list[str]:

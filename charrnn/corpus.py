@@ -20,6 +20,7 @@ from typing import BinaryIO
 from charrnn.errors import CorpusError, UsageError
 
 BLOCK_BYTES = 4 << 20  # read size: large enough for vectorised work, small enough for memory
+MAX_HELD_CHARS = 1 << 20  # longest partial line held back for newline/unicode normalisation
 SNIFF_BYTES = 8192  # how much of a file is checked to decide "binary" when walking a directory
 GLOB_CHARS = frozenset("*?[")
 NEWLINE_MODES = ("keep", "lf")
@@ -216,14 +217,24 @@ def _iter_source(source: Source, norm: Normalization, block_bytes: int) -> Itera
             text = held + text
             held = ""
             if not final and norm.needs_line_boundaries:
-                cut = text.rfind("\n") + 1
-                if cut == 0:  # one very long line: only a trailing CR must wait for its LF
-                    cut = len(text) - 1 if text.endswith("\r") else len(text)
+                cut = _safe_cut(text)
                 text, held = text[:cut], text[cut:]
             if text:
                 yield norm._transform(text)
             if final:
                 return
+
+
+def _safe_cut(text: str) -> int:
+    """Where text can be cut so that no CRLF pair or combining sequence is split."""
+    cut = text.rfind("\n") + 1
+    if cut or len(text) < MAX_HELD_CHARS:
+        return cut  # 0: no line break yet, wait for more text
+    # A line longer than MAX_HELD_CHARS: cut before trailing CRs and combining marks instead.
+    cut = len(text)
+    while cut > 0 and (text[cut - 1] == "\r" or unicodedata.combining(text[cut - 1])):
+        cut -= 1
+    return max(cut - 1, 0)  # the base character of a combining sequence waits too
 
 
 def _check_first_block(source: Source, block: bytes) -> None:

@@ -1,0 +1,79 @@
+"""Shared fixtures: a small offline corpus, tiny configs and the real corpora when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Tests are short: one thread avoids oversubscribing CI's two cores when tests run the CLI.
+torch.set_num_threads(1)
+
+POEM = """The quick brown fox jumps over the lazy dog.
+Pack my box with five dozen liquor jugs!
+How vexingly quick daft zebras jump; 0123456789.
+Sphinx of black quartz, judge my vow?
+"""
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """About 20 kB of English-like text with a small alphabet."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(POEM * 120, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def chinese_corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "hlm.txt"
+    text = "第一回　甄士隐梦幻识通灵\n此开卷第一回也。作者自云：曾历过一番梦幻之后。\n"
+    path.write_text("\ufeff" + text * 200, encoding="utf-8")  # a BOM, as 红楼梦.txt has
+    return path
+
+
+def tiny_overrides(corpus: Path, out_dir: Path, **extra: object) -> list[str]:
+    """--set arguments for a model that trains in well under a second."""
+    values = {
+        "data.path": str(corpus), "data.seq_len": 32, "data.batch_size": 8,
+        "model.hidden_size": 32, "model.embedding_dim": 16, "model.num_layers": 2,
+        "train.max_steps": 30, "train.eval_every": 15, "train.log_every": 5,
+        "train.out_dir": str(out_dir), "train.device": "cpu", "train.precision": "fp32",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not available (needs the shared corpora)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    os.environ.pop("FORCE_COLOR", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with a briefly trained tiny LSTM (best.pt, last.pt, metrics)."""
+    from rich.console import Console
+
+    from charrnn.config import load_config
+    from charrnn.train import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    corpus = root / "corpus.txt"
+    corpus.write_text(POEM * 120, encoding="utf-8")
+    run_dir = root / "run"
+    config = load_config(None, tiny_overrides(corpus, run_dir))
+    train(config, console=Console(quiet=True), quiet=True)
+    return run_dir

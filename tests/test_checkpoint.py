@@ -1,0 +1,70 @@
+import pickle
+
+import pytest
+import torch
+
+from charrnn import checkpoint
+from charrnn.errors import CheckpointError
+
+
+def test_run_directory_means_best_pt(tiny_run):
+    assert checkpoint.resolve(tiny_run) == tiny_run / "best.pt"
+
+
+def test_checkpoint_holds_everything_sample_needs(tiny_run):
+    payload = checkpoint.load(tiny_run / "best.pt")
+    for key in ("model", "vocab", "model_args", "step", "val_loss", "config"):
+        assert key in payload
+    assert "train_state" not in payload  # weights and training state are kept apart
+    assert "train_state" in checkpoint.load(tiny_run / "last.pt")
+    model, vocab, _ = checkpoint.load_model(tiny_run)
+    assert model.args.vocab_size == vocab.size
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("owned",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "charrnn-checkpoint", "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        checkpoint.load(path)
+    assert "owned" not in capsys.readouterr().out
+
+
+def test_truncated_and_foreign_files_are_clear_errors(tmp_path, tiny_run):
+    data = (tiny_run / "best.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="damaged"):
+        checkpoint.load(cut)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError):
+        checkpoint.load(text)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(CheckpointError, match="not a charrnn checkpoint"):
+        checkpoint.load(other)
+    plain_pickle = tmp_path / "plain.pt"
+    plain_pickle.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError):
+        checkpoint.load(plain_pickle)
+
+
+def test_weights_that_do_not_fit_the_settings_are_refused(tmp_path, tiny_run):
+    payload = checkpoint.load(tiny_run / "best.pt")
+    payload["model_args"] = {**payload["model_args"], "hidden_size": 64}
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="do not match"):
+        checkpoint.load_model(path)
+
+
+def test_missing_checkpoint_and_empty_run_dir(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint.load(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        checkpoint.load(tmp_path)

@@ -1,0 +1,156 @@
+"""The command line as a user meets it: exit codes, one-line errors, no tracebacks."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from charrnn import __version__
+from charrnn.cli import app
+from conftest import tiny_overrides
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, code, *fragments):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_help_and_version():
+    assert invoke("--help").exit_code == 0
+    result = invoke("--version")
+    assert result.exit_code == 0 and __version__ in result.stdout
+    for command in ("train", "sample", "eval", "vocab"):
+        assert invoke(command, "--help").exit_code == 0
+
+
+def test_vocab_build_and_show(tmp_path, corpus, chinese_corpus):
+    out = tmp_path / "v.json"
+    result = invoke("vocab", "build", corpus, chinese_corpus, "-o", out, "--min-count", "2")
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert "梦" in data["chars"] and "\ufeff" not in data["chars"]
+    shown = invoke("vocab", "show", out, "--top", "30")
+    assert shown.exit_code == 0
+    assert "\\n" in shown.stdout and "(space)" in shown.stdout and "coverage" in shown.stdout
+
+
+def test_vocab_build_lowercase(tmp_path, corpus):
+    out = tmp_path / "v.json"
+    assert invoke("vocab", "build", corpus, "-o", out, "--lowercase").exit_code == 0
+    chars = json.loads(out.read_text())["chars"]
+    assert "T" not in chars and "t" in chars
+
+
+def test_vocab_build_errors(tmp_path):
+    assert_clean_error(invoke("vocab", "build", tmp_path / "missing.txt"), 1, "no such file")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff\xfe nope")
+    assert_clean_error(invoke("vocab", "build", bad, "-o", tmp_path / "v.json"), 1,
+                       "not valid UTF-8", "byte offset 3")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_clean_error(invoke("vocab", "build", empty, "-o", tmp_path / "v.json"), 1, "empty")
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_train_sample_eval_through_the_cli(tmp_path, corpus):
+    run = tmp_path / "run"
+    sets = [a for kv in tiny_overrides(corpus, run) for a in ("--set", kv)]
+    result = invoke("train", *sets)
+    assert result.exit_code == 0, result.output
+    assert "device: cpu" in result.stdout and "done" in result.stdout
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert evals and all("val_loss" in r and "val_bpc" in r for r in evals)
+
+    sampled = invoke("sample", "--checkpoint", run, "--prime", "The ", "--length", "60",
+                     "--seed", "1", "--temperature", "0.8")
+    assert sampled.exit_code == 0, sampled.output
+    assert sampled.stdout.startswith("The ") and len(sampled.stdout.rstrip("\n")) == 64
+    again = invoke("sample", "--checkpoint", run, "--prime", "The ", "--length", "60",
+                   "--seed", "1", "--temperature", "0.8")
+    assert again.stdout == sampled.stdout
+
+    many = invoke("sample", "-k", run / "last.pt", "-N", "3", "-n", "20", "--top-k", "5")
+    assert many.exit_code == 0 and many.stdout.count("--- sample") == 3
+
+    scored = invoke("eval", "--checkpoint", run)
+    assert scored.exit_code == 0, scored.output
+    assert "nats/char" in scored.stdout and "bits/char" in scored.stdout
+    window = invoke("eval", "--checkpoint", run, "--window", "16", corpus)
+    assert window.exit_code == 0 and "perplexity" in window.stdout
+
+    refused = invoke("train", *sets)
+    assert_clean_error(refused, 1, "already holds a run", "--resume")
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [
+    (["--temperature", "-1"], 2, "temperature"),
+    (["--temperature", "warm"], 2, "temperature"),
+    (["--temperature", "nan"], 2, "temperature"),
+    (["--top-k", "0"], 2, "--top-k"),
+    (["--top-k", "9999"], 2, "--top-k"),
+    (["--length", "-5"], 2, "--length"),
+    (["--prime", "€uro"], 2, "'€'"),
+])
+def test_sample_usage_errors(tiny_run, args, code, fragment):
+    assert_clean_error(invoke("sample", "--checkpoint", tiny_run, *args), code, fragment)
+
+
+def test_sample_checkpoint_errors(tmp_path):
+    assert_clean_error(invoke("sample", "--checkpoint", tmp_path / "nope"), 1, "not found")
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    assert_clean_error(invoke("sample", "--checkpoint", junk), 1, "junk.pt")
+
+
+def test_train_config_errors(tmp_path, corpus):
+    assert_clean_error(invoke("train", "--config", tmp_path / "nope.yaml"), 2, "not found")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    assert_clean_error(invoke("train", "--config", bad), 2, "not valid YAML")
+    many = invoke("train", "--set", "model.hidden_size=0", "--set", "model.cell=cnn",
+                  "--set", "optim.lr=-1")
+    assert many.exit_code == 2
+    assert "3 problems" in many.stderr
+    for key in ("model.hidden_size", "model.cell", "optim.lr"):
+        assert key in many.stderr
+    assert_clean_error(invoke("train", "--set", "hidden_size"), 2, "malformed --set")
+
+
+def test_train_corpus_errors(tmp_path, corpus):
+    run = tmp_path / "run"
+    short = tmp_path / "short.txt"
+    short.write_text("tiny text")
+    sets = [a for kv in tiny_overrides(short, run) for a in ("--set", kv)]
+    assert_clean_error(invoke("train", *sets), 1, "fewer than one window")
+    sets = [a for kv in tiny_overrides(tmp_path / "missing.txt", run) for a in ("--set", kv)]
+    assert_clean_error(invoke("train", *sets), 1, "no such file")
+
+
+def test_cuda_without_cuda_is_a_clean_error(corpus, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    sets = [a for kv in tiny_overrides(corpus, tmp_path / "r", **{"train.device": "cuda"})
+            for a in ("--set", kv)]
+    assert_clean_error(invoke("train", *sets), 2, "CUDA is not available")
+
+
+def test_unknown_option_is_one_line(tiny_run):
+    assert_clean_error(invoke("sample", "--checkpoint", tiny_run, "--tempreature", "1"), 2,
+                       "--tempreature")

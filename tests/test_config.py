@@ -1,0 +1,90 @@
+import pytest
+
+from charrnn.config import Config, load_config, parse_override
+from charrnn.errors import ConfigError, UsageError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_yaml_values(tmp_path):
+    cfg = load_config(write(tmp_path, "model:\n  cell: gru\n  hidden_size: 512\noptim:\n"
+                                      "  lr: 1e-3\n"))
+    assert cfg.model.cell == "gru" and cfg.model.hidden_size == 512
+    assert cfg.optim.lr == pytest.approx(1e-3)
+    assert cfg.data == Config().data
+
+
+def test_overrides_are_parsed_as_yaml_and_repeatable(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  max_steps: 10\n"),
+                      ["model.hidden_size=64", "train.max_time=2.5", "data.vocab=null",
+                       "model.cell=rnn", "train.max_steps=20"])
+    assert cfg.model.hidden_size == 64 and cfg.train.max_time == 2.5
+    assert cfg.data.vocab is None and cfg.model.cell == "rnn" and cfg.train.max_steps == 20
+
+
+@pytest.mark.parametrize("text", ["model.hidden_size", "hidden_size=3", "=3", "a.b.c=1",
+                                  ".x=1"])
+def test_malformed_override_is_a_usage_error(text):
+    with pytest.raises(UsageError, match="malformed --set"):
+        parse_override(text)
+
+
+def test_every_problem_is_reported_at_once_each_naming_its_key(tmp_path):
+    path = write(tmp_path, """
+data: {seq_len: 0, val_fraction: 0.9}
+model: {cell: transformer, hidden_size: 0, dropout: 1.5, num_layers: 0, hiden: 3}
+optim: {lr: -0.1}
+train: {max_steps: "many"}
+extra: {}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = info.value.problems
+    for key in ("data.seq_len", "data.val_fraction", "model.cell", "model.hidden_size",
+                "model.dropout", "model.num_layers", "model.hiden", "optim.lr",
+                "train.max_steps", "extra"):
+        assert any(key in p for p in problems), key
+    assert any("did you mean 'model.hidden_size'" in p for p in problems)
+    assert info.value.exit_code == 2
+
+
+def test_wrong_types_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="'model.num_layers' must be an integer, not 2.5"):
+        load_config(None, ["model.num_layers=2.5"])
+    with pytest.raises(ConfigError, match="'train.tensorboard' must be true or false"):
+        load_config(None, ["train.tensorboard=3"])
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        load_config(None, ["optim.lr=.inf"])
+
+
+def test_yaml_that_is_not_a_mapping_or_not_yaml(tmp_path):
+    with pytest.raises(UsageError, match="must be a YAML mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(UsageError, match="not valid YAML at line 3"):
+        load_config(write(tmp_path, "model:\n  cell: [lstm\n"))
+    with pytest.raises(UsageError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_a_budget_is_required():
+    with pytest.raises(ConfigError, match="both null"):
+        load_config(None, ["train.max_steps=null"])
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    cfg = load_config(None, ["model.hidden_size=77", "data.separator=\\n"])
+    again = load_config(write(tmp_path, cfg.to_yaml()))
+    assert again == cfg

@@ -1,0 +1,97 @@
+import codecs
+
+import pytest
+
+from charrnn.corpus import Normalization, iter_text, resolve_sources
+from charrnn.errors import CorpusError
+
+
+def read_all(spec, norm=Normalization(), block_bytes=7, separator=""):
+    return "".join(iter_text(resolve_sources(spec), norm, separator, block_bytes=block_bytes))
+
+
+def test_directory_is_walked_recursively_in_sorted_order_skipping_binaries(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.txt").write_text("two")
+    (tmp_path / "a.txt").write_text("one")
+    (tmp_path / "img.bin").write_bytes(b"\x89PNG\0\0")
+    (tmp_path / ".hidden").write_text("secret")
+    sources = resolve_sources(str(tmp_path))
+    assert [s.path.name for s in sources] == ["a.txt", "2.txt"]
+    assert read_all(str(tmp_path), separator="|") == "one|two"
+
+
+def test_glob_and_several_inputs(tmp_path):
+    for name in ("x1.txt", "x2.txt", "y.md"):
+        (tmp_path / name).write_text(name)
+    assert read_all(str(tmp_path / "x*.txt")) == "x1.txtx2.txt"
+    assert read_all([str(tmp_path / "y.md"), str(tmp_path / "x1.txt")]) == "y.mdx1.txt"
+
+
+def test_missing_paths_empty_globs_and_empty_directories_are_errors(tmp_path):
+    with pytest.raises(CorpusError, match="no such file"):
+        resolve_sources(str(tmp_path / "nope.txt"))
+    with pytest.raises(CorpusError, match="matches no files"):
+        resolve_sources(str(tmp_path / "*.nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="holds no text files"):
+        resolve_sources(str(tmp_path / "empty"))
+
+
+def test_invalid_utf8_names_file_and_byte_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("héllo wörld".encode() + b" caf\xe9 ok")
+    with pytest.raises(CorpusError, match=r"latin1.txt is not valid UTF-8 \(byte offset 17"):
+        read_all(str(path), block_bytes=5)
+
+
+def test_utf16_and_binary_files_are_refused(tmp_path):
+    utf16 = tmp_path / "u16.txt"
+    utf16.write_bytes(codecs.BOM_UTF16_LE + "hello".encode("utf-16-le"))
+    with pytest.raises(CorpusError, match="UTF-16"):
+        read_all(str(utf16))
+    binary = tmp_path / "x.dat"
+    binary.write_bytes(b"abc\0def")
+    with pytest.raises(CorpusError, match="binary file .NUL byte at byte offset 3"):
+        read_all(str(binary))
+
+
+def test_multibyte_characters_split_across_blocks_decode_exactly(tmp_path):
+    text = "红楼梦 dream 🀄 of the red chamber\n" * 5
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    for block in (1, 2, 3, 5, 64):
+        assert read_all(str(path), block_bytes=block) == text
+
+
+def test_bom_is_stripped_by_default_and_kept_when_asked(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(codecs.BOM_UTF8 + b"abc")
+    assert read_all(str(path)) == "abc"
+    assert read_all(str(path), Normalization(strip_bom=False)) == "\ufeffabc"
+
+
+def test_crlf_and_nfc_normalisation_survive_block_boundaries(tmp_path):
+    clean = "line one\nline two café\nlast\n" * 10
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(codecs.BOM_UTF8 + clean.replace("\n", "\r\n").replace(
+        "café", "cafe\u0301").encode())
+    norm = Normalization(newline="lf", unicode="nfc")
+    for block in (1, 2, 3, 7, 1000):
+        assert read_all(str(crlf), norm, block_bytes=block) == clean
+
+
+def test_lowercase(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("Hello WORLD")
+    assert read_all(str(path), Normalization(lowercase=True)) == "hello world"
+
+
+def test_builtin_python_docs_is_available_offline():
+    text = read_all("builtin:python-docs", block_bytes=1 << 20)
+    assert len(text) > 100_000 and "assert" in text
+
+
+def test_unknown_builtin_is_an_error():
+    with pytest.raises(CorpusError, match="unknown built-in corpus"):
+        resolve_sources("builtin:nope")

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+
+from charrnn.config import DataConfig
+from charrnn.corpus import Normalization, resolve_sources
+from charrnn.data import (
+    IDS_FILE,
+    RandomBatches,
+    StreamBatches,
+    encode_cached,
+    prepare,
+    windows_to_tensors,
+)
+from charrnn.errors import ConfigError, CorpusError
+from charrnn.vocab import Vocab
+
+
+def test_targets_are_inputs_shifted_by_one():
+    ids = np.arange(100, dtype=np.uint8)
+    x, y = windows_to_tensors(ids, np.array([0, 10, 50]), 8)
+    assert x.shape == y.shape == (3, 8)
+    assert x[1].tolist() == list(range(10, 18))
+    assert y[1].tolist() == list(range(11, 19))
+
+
+def test_streams_continue_where_the_previous_window_ended():
+    ids = np.arange(10_000, dtype=np.uint32)
+    batches = StreamBatches(ids, batch_size=4, seq_len=16, seed=0)
+    x1, y1, reset1 = batches.next()
+    x2, _, reset2 = batches.next()
+    assert reset1 and not reset2
+    assert (x2[:, 0] == y1[:, -1]).all()  # window 2 starts right after window 1
+    assert (x1[1, 0] - x1[0, 0]).item() == batches.stream_len  # streams are far apart
+
+
+def test_an_epoch_covers_each_stream_once_then_resets():
+    ids = np.arange(1_000, dtype=np.uint32)
+    batches = StreamBatches(ids, batch_size=3, seq_len=10, seed=1)
+    seen = []
+    for _ in range(batches.windows):
+        x, _, _ = batches.next()
+        seen.append(x)
+    assert batches.epoch == 1
+    flat = np.concatenate([s.numpy().ravel() for s in seen])
+    assert len(np.unique(flat)) == len(flat) == batches.chars_per_epoch
+    _, _, reset = batches.next()
+    assert reset
+
+
+def test_stream_batcher_state_round_trips():
+    ids = np.arange(5_000, dtype=np.uint32)
+    a = StreamBatches(ids, batch_size=4, seq_len=16, seed=3)
+    for _ in range(100):
+        a.next()
+    b = StreamBatches(ids, batch_size=4, seq_len=16, seed=99)
+    b.load_state_dict(a.state_dict())
+    for _ in range(100):
+        xa, _, ra = a.next()
+        xb, _, rb = b.next()
+        assert (xa == xb).all() and ra == rb
+
+
+def test_short_corpus_uses_fewer_streams_or_fails_clearly():
+    ids = np.arange(100, dtype=np.uint8)
+    assert StreamBatches(ids, batch_size=64, seq_len=20, seed=0).batch_size == 4
+    with pytest.raises(CorpusError, match="fewer than one window"):
+        StreamBatches(ids[:10], batch_size=4, seq_len=20, seed=0)
+
+
+def test_random_batches_are_reproducible_windows():
+    ids = np.arange(1_000, dtype=np.uint16)
+    a, b = RandomBatches(ids, 5, 7, seed=4), RandomBatches(ids, 5, 7, seed=4)
+    xa, ya, reset = a.next()
+    xb, _, _ = b.next()
+    assert reset and (xa == xb).all() and (ya == xa + 1).all()
+
+
+def test_encoding_is_cached_until_the_corpus_changes(tmp_path, corpus):
+    sources = resolve_sources(str(corpus))
+    vocab = Vocab.build([corpus.read_text()])
+    first = encode_cached(sources, vocab, "", tmp_path)
+    assert vocab.decode(first.ids.tolist()) == corpus.read_text()
+    stamp = (tmp_path / IDS_FILE).stat().st_mtime_ns
+    encode_cached(sources, vocab, "", tmp_path)
+    assert (tmp_path / IDS_FILE).stat().st_mtime_ns == stamp
+    corpus.write_text(corpus.read_text() + "more")
+    again = encode_cached(resolve_sources(str(corpus)), vocab, "", tmp_path)
+    assert len(again.ids) == len(first.ids) + 4
+
+
+def test_split_is_contiguous_with_validation_last(tmp_path, corpus):
+    data = prepare(DataConfig(path=str(corpus), seq_len=16), tmp_path)
+    text = corpus.read_text()
+    assert len(data.train) + len(data.val) == len(text)
+    assert len(data.val) == len(text) - int(len(text) * 0.9)
+    assert data.vocab.decode(data.val.tolist()) == text[int(len(text) * 0.9):]
+
+
+def test_nanogpt_split_of_tiny_shakespeare(tmp_path):
+    from conftest import shared_file
+
+    data = prepare(DataConfig(path=str(shared_file("tinyshakespeare.txt"))), tmp_path)
+    assert len(data.val) == 111_540
+    assert data.vocab.size == 66
+
+
+def test_validation_split_shorter_than_a_window_is_an_error(tmp_path, corpus):
+    with pytest.raises(CorpusError, match="validation split has .* fewer than one window"):
+        prepare(DataConfig(path=str(corpus), seq_len=4000, val_fraction=0.1), tmp_path)
+
+
+def test_given_vocabulary_counts_unknown_characters(tmp_path, corpus):
+    vocab = Vocab.build(["The quick brown fox"])
+    messages = []
+    data = prepare(DataConfig(path=str(corpus), seq_len=16), tmp_path, vocab, messages.append)
+    assert data.unknown > 0 and "became <unk>" in messages[0]
+    with pytest.raises(CorpusError, match="not in the vocabulary"):
+        prepare(DataConfig(path=str(corpus), seq_len=16, unknown="error"), tmp_path / "b", vocab)
+
+
+def test_normalisation_must_agree_with_a_given_vocabulary(tmp_path, corpus):
+    vocab = Vocab.build([corpus.read_text().lower()], Normalization(lowercase=True))
+    data = prepare(DataConfig(path=str(corpus), seq_len=16), tmp_path, vocab)
+    assert data.unknown == 0  # the vocabulary's lowercasing was applied
+    with pytest.raises(ConfigError, match="data.lowercase"):
+        prepare(DataConfig(path=str(corpus), seq_len=16, lowercase=False), tmp_path, vocab)

@@ -1,0 +1,67 @@
+"""The README's journey: build a vocabulary, train a few steps, sample, score."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from charrnn.cli import app
+from conftest import shared_file, tiny_overrides
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def sets(pairs):
+    return [a for kv in pairs for a in ("--set", kv)]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_vocab_train_sample_for_every_cell(tmp_path, corpus, cell):
+    vocab = tmp_path / "vocab.json"
+    run("vocab", "build", corpus, "-o", vocab)
+    out = tmp_path / "run"
+    run("train", *sets(tiny_overrides(corpus, out, **{"data.vocab": vocab, "model.cell": cell})))
+    text = run("sample", "--checkpoint", out, "--length", "200", "--seed", "0").stdout
+    allowed = set(json.loads(vocab.read_text())["chars"])
+    assert set(text.rstrip("\n")) <= allowed
+    assert len(text.rstrip("\n")) == 200
+
+
+def test_training_learns_the_tiny_corpus(tmp_path, corpus):
+    out = tmp_path / "run"
+    run("train", *sets(tiny_overrides(corpus, out, **{
+        "train.max_steps": 150, "train.eval_every": 150, "model.hidden_size": 64,
+        "optim.lr": 0.01})))
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in records if r["kind"] == "train"]
+    assert train_losses[-1] < 0.5 * train_losses[0]  # from ~3.3 (uniform) to well under half
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    assert final["val_loss"] < 1.5
+
+
+def test_chinese_corpus_end_to_end(tmp_path, chinese_corpus):
+    out = tmp_path / "run"
+    run("train", *sets(tiny_overrides(chinese_corpus, out)))
+    text = run("sample", "-k", out, "--prime", "第一回", "-n", "30", "--seed", "2").stdout
+    assert text.startswith("第一回")
+    assert "\ufeff" not in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tinyshakespeare.txt", "hongloumeng.txt"])
+def test_real_corpora_train_and_sample(tmp_path, name):
+    corpus = shared_file(name)
+    out = tmp_path / "run"
+    run("train", *sets(tiny_overrides(corpus, out, **{
+        "train.max_steps": 40, "train.eval_every": 0, "model.hidden_size": 64,
+        "data.batch_size": 16, "train.eval_chars": 5000})))
+    text = run("sample", "-k", out, "-n", "100", "--seed", "1").stdout
+    assert len(text.rstrip("\n")) == 100
+    scored = run("eval", "-k", out, "--window", "64").stdout
+    assert "bits/char" in scored

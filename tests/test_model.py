@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from charrnn.model import CELLS, CharRNN, ModelArgs, map_state
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_output_shapes_and_loss_for_every_cell(cell):
+    model = CharRNN(ModelArgs(vocab_size=11, cell=cell, embedding_dim=8, hidden_size=16,
+                              num_layers=2, dropout=0.1))
+    idx = torch.randint(0, 11, (3, 7))
+    logits, loss, state = model(idx, idx)
+    assert logits.shape == (3, 7, 11)
+    assert loss.ndim == 0 and loss.item() > 0
+    shapes = [s.shape for s in (state if isinstance(state, tuple) else (state,))]
+    assert all(s == (2, 3, 16) for s in shapes)
+    assert isinstance(state, tuple) == (cell == "lstm")
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_one_step_at_a_time_equals_the_whole_sequence(cell):
+    torch.manual_seed(0)
+    model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=16,
+                              num_layers=3)).eval()
+    idx = torch.randint(0, 9, (2, 12))
+    with torch.no_grad():
+        full, _, full_state = model(idx)
+        state, steps = None, []
+        for t in range(12):
+            logits, state = model.step(idx[:, t], state)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
+    for a, b in zip(map_state(lambda s: s, state), map_state(lambda s: s, full_state),
+                    strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_state_carries_context_between_calls():
+    torch.manual_seed(0)
+    model = CharRNN(ModelArgs(vocab_size=5, hidden_size=8, embedding_dim=4)).eval()
+    idx = torch.randint(0, 5, (1, 10))
+    with torch.no_grad():
+        whole, _, _ = model(idx)
+        _, _, state = model(idx[:, :6])
+        rest, _, _ = model(idx[:, 6:], state=state)
+    torch.testing.assert_close(rest, whole[:, 6:], rtol=1e-4, atol=1e-5)
+
+
+def test_lstm_forget_gate_bias_starts_at_one():
+    model = CharRNN(ModelArgs(vocab_size=5, hidden_size=4, embedding_dim=4, num_layers=1))
+    total = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    assert torch.all(total[4:8] == 1.0)
+
+
+def test_unknown_cell_is_refused():
+    with pytest.raises(ValueError, match="unknown cell"):
+        CharRNN(ModelArgs(vocab_size=5, cell="transformer"))
