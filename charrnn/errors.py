@@ -34,6 +34,10 @@ class CorpusError(CharRNNError):
     """A corpus that cannot be read or used (missing, empty, not UTF-8, too short)."""
 
 
+class DownloadError(CharRNNError):
+    """A corpus download that failed or did not match its published size and checksum."""
+
+
 class CheckpointError(CharRNNError):
     """A checkpoint that is missing, damaged, unsafe or not charrnn's."""
 
