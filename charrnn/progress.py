@@ -63,10 +63,11 @@ class PlainView:
 
 
 class LiveView(PlainView):
-    """A rich progress bar with step, losses, speed and ETA; messages print above it."""
+    """A rich progress bar with step, losses, speed, device and ETA; messages print above it."""
 
     def __init__(self, console: Console, device: str):
         super().__init__(console)
+        self.device = device  # shown on the bar: the plain view prints it once at the start
         self.progress = Progress(
             TextColumn("[bold]step {task.fields[step]:,}"),
             BarColumn(),
@@ -87,7 +88,7 @@ class LiveView(PlainView):
 
     def update(self, step: int, fraction: float, fields: dict, log: bool = True) -> None:
         self.progress.update(self.task, completed=int(TICKS * min(fraction, 1.0)), step=step,
-                             info=describe_fields(fields))
+                             info=f"{describe_fields(fields)} | {self.device}")
 
     def message(self, text: str, important: bool = False) -> None:
         self.progress.console.print(text, highlight=False, soft_wrap=True)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import unicodedata
+from pathlib import Path
 
+import yaml
 from rich.table import Table
 
-from charrnn.vocab import Vocab
+from charrnn.errors import CheckpointError
+from charrnn.progress import format_duration
+from charrnn.vocab import Vocab, VocabError
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", " ": "␠ (space)",
           "\u3000": "\\u3000 (ideographic space)", "\ufeff": "\\ufeff (BOM)"}
@@ -55,3 +60,51 @@ def vocab_tables(vocab: Vocab, top: int, title: str = "vocabulary") -> list[Tabl
                 row += ["", "", ""]
         freq.add_row(*row)
     return [summary, freq]
+
+
+def checkpoint_table(payload: dict, path: Path, preview: int = 60) -> Table:
+    """What a checkpoint holds, for `charrnn info`: model, vocabulary, progress, config."""
+    try:
+        vocab = Vocab.from_dict(payload["vocab"], origin=f"the vocabulary in {path}")
+    except VocabError as exc:
+        raise CheckpointError(str(exc)) from None
+    args = payload["model_args"]
+    table = Table(title=str(path), show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("file size", _file_size(path.stat().st_size))
+    dropout = f", dropout {args['dropout']:g}" if args.get("dropout") else ""
+    table.add_row("model", f"{args.get('cell', '?')}, {args.get('num_layers', '?')} layers x "
+                  f"{args.get('hidden_size', '?')} hidden units, "
+                  f"{args.get('embedding_dim', '?')}-dim embedding{dropout}")
+    parameters = sum(weights.numel() for weights in payload["model"].values())
+    table.add_row("parameters", f"{parameters:,}")
+    table.add_row("vocabulary", f"{vocab.size:,} ids ({len(vocab.chars):,} characters + <unk>)")
+    shown = " ".join(printable(c) for c in vocab.chars[:preview])
+    more = len(vocab.chars) - preview
+    table.add_row("characters", shown + (f" ... and {more:,} more" if more > 0 else ""))
+    table.add_row("step", f"{payload['step']:,}")
+    elapsed = float(payload.get("elapsed") or 0.0)
+    table.add_row("training time", f"{elapsed:.1f} s" if elapsed < 60
+                  else f"{elapsed:,.0f} s ({format_duration(elapsed)})")
+    table.add_row("val loss", _loss(payload.get("val_loss")))
+    table.add_row("best val loss", _loss(payload.get("best_val_loss")))
+    table.add_row("resumable", "yes: holds the optimizer and data position"
+                  if "train_state" in payload else "no: weights only (use last.pt to resume)")
+    table.add_row("saved with", f"torch {payload.get('torch_version', '?')}, charrnn "
+                  f"{payload.get('charrnn_version', '?')}")
+    table.add_row("saved at", str(payload.get("saved_at", "?")))
+    config = payload.get("config")
+    table.add_row("config", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
+                  if config else "(none saved)")
+    return table
+
+
+def _loss(nats: float | None) -> str:
+    if nats is None:
+        return "not evaluated"
+    return f"{nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char)"
+
+
+def _file_size(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size / 1e3:,.1f} kB"

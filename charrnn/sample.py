@@ -6,8 +6,10 @@ network (never a re-read of the text so far). Several samples are drawn as one b
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -58,6 +60,21 @@ class Chunk:
     logprobs: list[list[float]] = field(default_factory=list)
 
 
+@dataclass
+class Sample:
+    """One finished sample, as `charrnn sample --format json` writes it."""
+
+    temperature: float
+    prime: str
+    text: str  # the generated characters, prime not included, stop text included
+    logprobs: list[float]  # natural-log probability of each character of `text`
+
+    def to_dict(self) -> dict:
+        # float32 log-probs carry about seven significant digits; six decimals keep JSON short.
+        return {"temperature": self.temperature, "prime": self.prime, "text": self.text,
+                "logprobs": [round(lp, 6) for lp in self.logprobs]}
+
+
 class Sampler:
     def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu"):
         self.model = model.eval()
@@ -74,6 +91,18 @@ class Sampler:
                              f"{'s' if len(unknown) != 1 else ''} the model never saw: "
                              f"{shown}{more}; remove them from --prime")
         return self.vocab.encode(text).tolist()
+
+    def prepare_stop(self, stop: str) -> str:
+        """The stop text as the model would write it; one it cannot write is an error."""
+        text = self.vocab.prepare(stop)
+        if not text:
+            raise UsageError("--stop needs at least one character")
+        unknown = self.vocab.unknown_chars(text)
+        if unknown:
+            shown = " ".join(repr(c) for c in unknown[:20])
+            raise UsageError(f"the stop text has characters the model never writes: {shown}; "
+                             "it could never end a sample")
+        return text
 
     def _start_ids(self, prime_ids: list[int]) -> list[int]:
         if prime_ids:
@@ -139,6 +168,53 @@ class Sampler:
             texts = [t + c for t, c in zip(texts, chunk.texts, strict=True)]
         return texts
 
+    def stream(self, settings: SampleSettings, prime: str = "", stop: str | None = None,
+               with_logprobs: bool = False) -> Iterator[Chunk]:
+        """`generate`, each sample ending at the first `stop` that its characters complete.
+
+        The stop text is kept. An occurrence may begin in the prime but must end in generated
+        text. Generation ends once every sample has stopped, within one chunk of steps.
+        """
+        if stop is None:
+            yield from self.generate(settings, prime, with_logprobs)
+            return
+        stop = self.prepare_stop(stop)
+        keep = len(stop) - 1  # characters of a possible partial match carried between chunks
+        tails = [self.vocab.prepare(prime)[-keep:] if keep else ""] * settings.num_samples
+        ended = [False] * settings.num_samples
+        for chunk in self.generate(settings, prime, with_logprobs):
+            texts, logprobs = [], []
+            for i, piece in enumerate(chunk.texts):
+                probs = chunk.logprobs[i] if chunk.logprobs else []
+                if ended[i]:
+                    piece, probs = "", []
+                else:
+                    window = tails[i] + piece
+                    found = window.find(stop)
+                    if found >= 0:
+                        cut = found + len(stop) - len(tails[i])
+                        piece, probs, ended[i] = piece[:cut], probs[:cut], True
+                    elif keep:
+                        tails[i] = window[-keep:]
+                texts.append(piece)
+                logprobs.append(probs)
+            yield Chunk(texts, logprobs if with_logprobs else [])
+            if all(ended):
+                return  # closing `generate` stops the model early
+
+    def samples(self, settings: SampleSettings, prime: str = "", stop: str | None = None,
+                with_logprobs: bool = False) -> list[Sample]:
+        """Whole samples with what produced them, each ended at `stop` when given."""
+        texts: list[list[str]] = [[] for _ in range(settings.num_samples)]
+        logprobs: list[list[float]] = [[] for _ in range(settings.num_samples)]
+        for chunk in self.stream(settings, prime, stop, with_logprobs):
+            for i, piece in enumerate(chunk.texts):
+                texts[i].append(piece)
+                if with_logprobs:
+                    logprobs[i].extend(chunk.logprobs[i])
+        return [Sample(settings.temperature, prime, "".join(t), lp)
+                for t, lp in zip(texts, logprobs, strict=True)]
+
 
 def _logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
@@ -165,3 +241,19 @@ def parse_temperatures(text: str) -> list[float]:
         check_temperature(value)
         values.append(value)
     return values
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def parse_stop(text: str) -> str:
+    r"""The --stop value with \n, \t, \r and \\ read as escapes, so '\n\n' means a blank line."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def samples_json(samples: list[Sample], one_line: bool = False) -> str:
+    """A JSON list of samples: one object per line, or all on one line (one reply per prompt)."""
+    objects = [json.dumps(s.to_dict(), ensure_ascii=False) for s in samples]
+    if one_line:
+        return "[" + ", ".join(objects) + "]\n"
+    return "[\n" + ",\n".join(objects) + "\n]\n"
