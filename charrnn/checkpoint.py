@@ -12,7 +12,7 @@ import pickle
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -52,7 +52,39 @@ def build_payload(model: CharRNN, vocab: Vocab, *, step: int, val_loss: float | 
 
 
 def save(payload: dict, path: str | Path) -> None:
-    fileio.write_with(path, lambda f: torch.save(payload, f))
+    fileio.write_with(path, lambda f: _save_reporting_write_errors(payload, f))
+
+
+def _save_reporting_write_errors(payload: dict, f: BinaryIO) -> None:
+    # torch.save turns an exception raised by f.write (disk full, a second Ctrl-C) into a vague
+    # RuntimeError ("unexpected pos"); re-raise the original so it is reported for what it is.
+    writer = _RecordingWriter(f)
+    try:
+        torch.save(payload, writer)
+    except RuntimeError as exc:
+        # The context catches a Ctrl-C that lands in write() before its `try` is entered.
+        original = writer.error or exc.__context__
+        if isinstance(original, (OSError, KeyboardInterrupt)):
+            raise original from None
+        raise
+
+
+class _RecordingWriter:
+    """A write-only file that remembers the first exception its writes raised."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.error: BaseException | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def resolve(path: str | Path) -> Path:

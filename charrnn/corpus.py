@@ -59,8 +59,9 @@ class Normalization:
 
     @property
     def needs_line_boundaries(self) -> bool:
-        # CRLF pairs and combining sequences must not be cut between two blocks.
-        return self.newline != "keep" or self.unicode != "keep"
+        # CRLF pairs and combining sequences must not be cut between two blocks, nor a word
+        # being lowercased: a final capital sigma becomes ς only where no letter follows it.
+        return self.newline != "keep" or self.unicode != "keep" or self.lowercase
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +69,8 @@ class Normalization:
     @classmethod
     def from_dict(cls, data: dict) -> Normalization:
         norm = cls(**data)
-        if norm.newline not in NEWLINE_MODES or norm.unicode not in UNICODE_MODES:
+        if norm.newline not in NEWLINE_MODES or norm.unicode not in UNICODE_MODES or not (
+                isinstance(norm.lowercase, bool) and isinstance(norm.strip_bom, bool)):
             raise ValueError(f"unknown normalisation {data}")
         return norm
 

@@ -7,6 +7,7 @@ not process memory, and a second run with the same corpus and vocabulary starts 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from charrnn import fileio
 from charrnn.corpus import Normalization, Source, iter_text
 from charrnn.errors import CorpusError
-from charrnn.vocab import UNK_ID, CharCounter, Vocab
+from charrnn.vocab import UNK_ID, CharCounter, Vocab, VocabError
 
 IDS_FILE, IDS_META = "ids.bin", "ids.json"
 VOCAB_FILE, VOCAB_META = "vocab.json", "vocab.meta.json"
@@ -41,6 +42,7 @@ def build_vocab_cached(sources: list[Source], normalization: Normalization, min_
     for piece in iter_text(sources, normalization, separator):
         counter.add(piece)
     vocab = counter.to_vocab(normalization, min_count)
+    _forget(cache_dir / VOCAB_META)
     vocab.save(cache_dir / VOCAB_FILE)
     fileio.write_text(cache_dir / VOCAB_META, json.dumps(key))
     return vocab
@@ -75,10 +77,11 @@ def encode_cached(sources: list[Source], vocab: Vocab, separator: str, cache_dir
             ids = vocab.encode(piece)
             unknown += int(np.count_nonzero(ids == UNK_ID))
             length += len(ids)
-            f.write(ids.tobytes())
+            f.write(ids)  # the array's own buffer: no copy
             if on_progress:
                 on_progress(len(ids))
 
+    _forget(cache_dir / IDS_META)
     fileio.write_with(path, write)
     fileio.write_text(cache_dir / IDS_META,
                       json.dumps({"key": key, "length": length, "unknown": unknown}))
@@ -89,6 +92,13 @@ def _map(path: Path, dtype: np.dtype, length: int) -> np.ndarray:
     if length == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+
+
+def _forget(meta: Path) -> None:
+    # Dropped before the file it describes is rewritten: a process killed between the two
+    # writes must not leave the old key vouching for the new file.
+    with contextlib.suppress(OSError):
+        meta.unlink()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -212,6 +222,22 @@ class Dataset:
     val: np.ndarray
     unknown: int  # corpus characters that became <unk>
     key: dict  # identifies this encoding; a resumed run checks it is unchanged
+
+
+def check_named_vocab(cfg, vocab: Vocab) -> None:
+    """A checkpoint keeps its vocabulary: refuse a data.vocab that says otherwise."""
+    if not cfg.vocab or not Path(cfg.vocab).is_file():
+        return  # nothing named, or a file since removed: the checkpoint's vocabulary is used
+    named = Vocab.load(cfg.vocab)
+    if named.digest == vocab.digest:
+        return
+    only_file = len(set(named.chars) - set(vocab.chars))
+    only_checkpoint = len(set(vocab.chars) - set(named.chars))
+    detail = (f"{only_file:,} characters only in the file, {only_checkpoint:,} only in the "
+              "checkpoint" if only_file or only_checkpoint else "another normalisation")
+    raise VocabError(f"data.vocab {cfg.vocab} is not the vocabulary of the checkpoint "
+                     f"({detail}); a model keeps the vocabulary it was trained with: remove "
+                     "data.vocab (--set data.vocab=null) to use the checkpoint's")
 
 
 def normalization_for(cfg, vocab: Vocab | None) -> Normalization:

@@ -3,14 +3,19 @@
 Every file charrnn writes goes to a temporary file in the same directory, is flushed and
 fsynced, then renamed over the target (rename is atomic on POSIX and Windows). A failed write
 (disk full, permission) removes the temporary file and raises `CharRNNError`.
+
+The one exception is a log such as metrics.jsonl, appended one line at a time (rewriting it
+whole at every record would cost time quadratic in its length): a killed process leaves at
+most a partial last line, which readers skip and a resumed run rewrites away.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise CharRNNError(f"cannot write {path}: {exc.strerror}; check the directory "
                            "permissions or choose another location") from None
     try:
+        os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would make checkpoints private
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
             yield f
@@ -63,7 +69,27 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             f.write(line.rstrip("\n") + "\n")
             f.flush()
     except OSError as exc:
-        raise CharRNNError(f"cannot write {path}: {exc.strerror}") from None
+        raise CharRNNError(f"cannot write {path}: {exc.strerror or exc}; free some disk space "
+                           "or choose another location") from None
+
+
+def remove_temporaries(directory: Path, names: Iterable[str]) -> None:
+    """Delete the temporary files a killed process left while writing `names` (glob patterns).
+
+    Only for files written by the holder of the directory's lock: another process may be
+    writing any other temporary file at this very moment.
+    """
+    for name in names:
+        for tmp in directory.glob(f".{name}.*.tmp"):
+            _remove_quietly(str(tmp))
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """0666 less the umask: the mode open() would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def ensure_dir(directory: Path) -> None:

@@ -72,9 +72,10 @@ class Vocab:
 
     @cached_property
     def _lookup(self) -> np.ndarray:
-        # One id per code point; 4.4 MB, built on first use.
-        table = np.full(_CODE_POINTS, UNK_ID, dtype=np.uint32)
-        table[code_points("".join(self.chars))] = np.arange(1, self.size, dtype=np.uint32)
+        # One id per code point, already in the id dtype so that encoding is a single gather
+        # with no conversion afterwards; 1.1 to 4.4 MB, built on first use.
+        table = np.full(_CODE_POINTS, UNK_ID, dtype=self.dtype)
+        table[code_points("".join(self.chars))] = np.arange(1, self.size, dtype=self.dtype)
         return table
 
     @property
@@ -88,7 +89,8 @@ class Vocab:
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of already-normalised text (unknown characters become <unk>)."""
-        return self._lookup[code_points(text)].astype(self.dtype, copy=False)
+        # np.take gathers about twice as fast as fancy indexing with a uint32 index.
+        return np.take(self._lookup, code_points(text))
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(map(self.itos.__getitem__, ids))
@@ -209,6 +211,9 @@ class CharCounter:
         if len(seen) == 0:
             raise VocabError("the corpus is empty (no characters after normalisation); "
                              "point at a file with text in it")
+        if all(chr(p).isspace() for p in seen.tolist()):
+            raise VocabError("the corpus holds only whitespace: nothing to learn; point at a "
+                             "file with text in it")
         if len(kept) + (1 if dropped else 0) < MIN_CHARS:
             raise VocabError(f"the corpus has only {len(seen)} distinct character"
                              f"{'s' if len(seen) != 1 else ''} (at min_count {min_count}); "

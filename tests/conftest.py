@@ -77,3 +77,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = load_config(None, tiny_overrides(corpus, run_dir))
     train(config, console=Console(quiet=True), quiet=True)
     return run_dir
+
+
+def set_args(corpus: Path, out_dir: Path, **extra: object) -> list[str]:
+    """tiny_overrides as command-line arguments: --set KEY=VALUE --set ..."""
+    return [arg for kv in tiny_overrides(corpus, out_dir, **extra) for arg in ("--set", kv)]
+
+
+def assert_clean_error(result, code: int, *fragments: str) -> None:
+    """What a user must see for a problem they caused: one `error:` line, that exit code."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)

@@ -68,3 +68,22 @@ def test_missing_checkpoint_and_empty_run_dir(tmp_path):
         checkpoint.load(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         checkpoint.load(tmp_path)
+
+
+def test_other_versions_missing_keys_and_inconsistent_vocabularies_are_refused(tmp_path,
+                                                                              tiny_run):
+    payload = checkpoint.load(tiny_run / "best.pt")
+    cases = {
+        "newer.pt": ({**payload, "version": 2}, "format version 2; this charrnn reads version 1"),
+        "no_model.pt": ({k: v for k, v in payload.items() if k != "model"}, "lacks model"),
+        "short_vocab.pt": ({**payload, "vocab": {**payload["vocab"],
+                                                 "chars": payload["vocab"]["chars"][:-1],
+                                                 "counts": payload["vocab"]["counts"][:-1]}},
+                           "outputs but its vocabulary has"),
+        "bad_vocab.pt": ({**payload, "vocab": {**payload["vocab"], "chars": "abc"}},
+                         "not a valid charrnn vocabulary"),
+    }
+    for name, (bad, message) in cases.items():
+        torch.save(bad, tmp_path / name)
+        with pytest.raises(CheckpointError, match=message):
+            checkpoint.load_model(tmp_path / name)

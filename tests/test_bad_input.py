@@ -1,0 +1,219 @@
+"""Every bad input a new user might try, from the command line: one clear line, no damage.
+
+Each case must exit 1 (runtime) or 2 (usage) with one line on stderr that starts with
+`error:` and names the problem and the fix, no traceback, and every file that was on disk
+before left unchanged. Covered elsewhere and not repeated here: a missing path, a corpus
+shorter than one window, YAML syntax errors, several config errors at once, a malformed
+--set, device: cuda without CUDA, unknown prime characters, --top-k 0 or too large, negative
+--length, negative or NaN temperature (test_cli.py); a full disk during training
+(test_crash_safety.py).
+"""
+
+import codecs
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charrnn import checkpoint
+from charrnn.cli import app
+from charrnn.vocab import Vocab
+from conftest import POEM, assert_clean_error, set_args
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def snapshot(*roots: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for root in roots for p in root.rglob("*") if p.is_file()}
+
+
+def train_on(data: Path, tmp: Path, **extra) -> list:
+    return ["train", *set_args(data, tmp / "run", **extra)]
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def poem(tmp: Path) -> Path:
+    return write(tmp / "poem.txt", POEM * 120)
+
+
+def empty_directory_but_an_image(tmp: Path) -> Path:
+    (tmp / "docs").mkdir()
+    write(tmp / "docs" / "logo.png", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    return tmp / "docs"
+
+
+def other_vocabulary(tmp: Path) -> Path:
+    path = tmp / "other.json"
+    Vocab.build(["completely different text 1234"]).save(path)
+    return path
+
+
+def foreign_checkpoint(tmp: Path) -> Path:
+    path = tmp / "model.pt"
+    torch.save({"state_dict": {"weight": torch.zeros(2, 2)}, "epoch": 3}, path)
+    return path
+
+
+def copy_of_run(tmp: Path, run: Path) -> Path:
+    copy = tmp / "copy"
+    copy.mkdir()
+    for path in run.iterdir():
+        if path.is_file():
+            (copy / path.name).write_bytes(path.read_bytes())
+    return copy
+
+
+BAD_INPUTS = {
+    # ---- the corpus
+    "empty file": (lambda t, run: train_on(write(t / "e.txt", ""), t), 1,
+                   ["corpus is empty"]),
+    "whitespace only": (lambda t, run: train_on(write(t / "w.txt", " \n\t  \n" * 200), t), 1,
+                        ["only whitespace", "nothing to learn"]),
+    "binary file": (lambda t, run: train_on(write(t / "x.png", b"\x89PNG\r\n\x1a\n\0\0IHDR"), t),
+                    1, ["x.png looks like a binary file", "byte offset 8", "UTF-8 text"]),
+    "invalid UTF-8": (lambda t, run: train_on(write(t / "l1.txt", POEM.encode() * 3
+                                                    + "café au lait".encode("latin-1")), t), 1,
+                      ["l1.txt is not valid UTF-8", f"byte offset {len(POEM.encode()) * 3 + 3}",
+                       "iconv -f LATIN1 -t UTF-8"]),
+    "UTF-16 with a BOM": (lambda t, run: train_on(write(t / "u.txt", codecs.BOM_UTF16_LE
+                                                        + POEM.encode("utf-16-le")), t), 1,
+                          ["u.txt is UTF-16 text, not UTF-8", "iconv -f UTF-16"]),
+    "directory without text": (lambda t, run: train_on(empty_directory_but_an_image(t), t), 1,
+                               ["holds no text files (1 binary file skipped)"]),
+    "glob matching nothing": (lambda t, run: train_on(t / "*.nothing", t), 1,
+                              ["matches no files", "quote it"]),
+    "validation split too short": (lambda t, run: train_on(poem(t), t, **{
+        "data.val_fraction": 0.001}), 1, ["validation split has 21 characters",
+                                          "raise data.val_fraction"]),
+    "one character": (lambda t, run: train_on(write(t / "a.txt", "a" * 5000), t), 1,
+                      ["only 1 distinct character", "at least two"]),
+    # ---- the config
+    "YAML not a mapping": (lambda t, run: ["train", "--config", write(t / "c.yaml", "- a\n")], 2,
+                           ["must be a YAML mapping", "(it holds a list)"]),
+    "unknown key": (lambda t, run: train_on(poem(t), t, **{"model.hiden": 3}), 2,
+                    ["unknown key 'model.hiden'", "did you mean 'model.hidden_size'"]),
+    "wrong type": (lambda t, run: train_on(poem(t), t, **{"model.num_layers": "two"}), 2,
+                   ["'model.num_layers' must be an integer, not 'two'"]),
+    "negative lr": (lambda t, run: train_on(poem(t), t, **{"optim.lr": -0.1}), 2,
+                    ["'optim.lr' must be greater than 0"]),
+    "zero lr": (lambda t, run: train_on(poem(t), t, **{"optim.lr": 0}), 2,
+                ["'optim.lr' must be greater than 0"]),
+    "hidden_size 0": (lambda t, run: train_on(poem(t), t, **{"model.hidden_size": 0}), 2,
+                      ["'model.hidden_size' must be at least 1"]),
+    "dropout 1.5": (lambda t, run: train_on(poem(t), t, **{"model.dropout": 1.5}), 2,
+                    ["'model.dropout' must be less than 1"]),
+    "num_layers 0": (lambda t, run: train_on(poem(t), t, **{"model.num_layers": 0}), 2,
+                     ["'model.num_layers' must be at least 1"]),
+    "unknown cell": (lambda t, run: train_on(poem(t), t, **{"model.cell": "transformer"}), 2,
+                     ["'model.cell' must be one of rnn | lstm | gru"]),
+    "out_dir inside a file": (lambda t, run: ["train", *set_args(poem(t), t / "poem.txt" / "run")],
+                              1, ["cannot create directory", "choose a writable location"]),
+    # ---- checkpoints that do not fit what they are used with
+    "truncated checkpoint": (lambda t, run: ["sample", "-k", write(
+        t / "cut.pt", (run / "best.pt").read_bytes()[:5000])], 1,
+        ["cut.pt is damaged, truncated or not a PyTorch file", "use another checkpoint"]),
+    "another program's file": (lambda t, run: ["eval", "-k", foreign_checkpoint(t)], 1,
+                               ["model.pt is not a charrnn checkpoint", "charrnn train"]),
+    "init_from with another data.vocab": (lambda t, run: train_on(poem(t), t, **{
+        "train.init_from": run, "data.vocab": other_vocabulary(t)}), 1,
+        ["is not the vocabulary of the checkpoint", "--set data.vocab=null"]),
+    "resume with another data.vocab": (lambda t, run: [
+        "train", "--resume", copy_of_run(t, run), "--set", f"data.vocab={other_vocabulary(t)}"],
+        1, ["is not the vocabulary of the checkpoint"]),
+    "eval on text in another script": (lambda t, run: [
+        "eval", "-k", run, write(t / "zh.txt", "第一回　甄士隐梦幻识通灵\n" * 50)], 1,
+        ["are not in the model's vocabulary", "does not match the model"]),
+    # ---- sampling
+    "infinite temperature": (lambda t, run: ["sample", "-k", run, "--temperature", "inf"], 2,
+                             ["temperature must be a finite number"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_a_bad_input_is_one_clear_line_and_damages_nothing(case, tmp_path, tiny_run):
+    make_args, code, fragments = BAD_INPUTS[case]
+    args = make_args(tmp_path, tiny_run)
+    before = snapshot(tmp_path, tiny_run)
+    result = invoke(*args)
+    assert_clean_error(result, code, *fragments)
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+    after = snapshot(tmp_path, tiny_run)
+    assert {p: after.get(p) for p in before} == before
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path, tiny_run):
+    marker = tmp_path / "owned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))  # creates the marker file when unpickled
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "charrnn-checkpoint", "version": 1, "model": Payload()}, evil)
+    for args in (["sample", "-k", evil], ["eval", "-k", evil, poem(tmp_path)],
+                 train_on(poem(tmp_path), tmp_path, **{"train.init_from": evil})):
+        assert_clean_error(invoke(*args), 1, "refusing to load", "would run code")
+        assert not marker.exists()
+
+
+def test_a_yaml_config_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "owned"
+    config = write(tmp_path / "c.yaml", f"model: !!python/object/apply:builtins.open "
+                                        f"['{marker}', 'w']\n")
+    assert_clean_error(invoke("train", "--config", config), 2, "not valid YAML")
+    assert not marker.exists()
+
+
+def test_an_unreadable_file_is_a_clear_error(tmp_path, monkeypatch):
+    path = poem(tmp_path)
+    if os.geteuid() == 0:  # root reads anything: make the permission check fail instead
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != path
+                            and real_access(p, mode, **kw))
+    else:
+        path.chmod(0)
+    assert_clean_error(invoke(*train_on(path, tmp_path)), 1,
+                       "cannot read", "permission denied", f"chmod u+r {path}")
+
+
+def test_an_out_dir_without_write_permission_is_a_clear_error(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root may write to any directory")
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o500)
+    try:
+        assert_clean_error(invoke("train", *set_args(poem(tmp_path), run)), 1,
+                           "Permission denied", "choose a writable train.out_dir")
+    finally:
+        run.chmod(0o700)
+
+
+def test_more_than_65535_distinct_characters_train(tmp_path):
+    # Supplementary ideographs: 70,000 distinct characters, more than uint16 ids can hold.
+    chars = "".join(chr(0x20000 + i) for i in range(70_000))
+    corpus = write(tmp_path / "many.txt", (chars + "\n") * 2)
+    run = tmp_path / "run"
+    result = invoke("train", *set_args(corpus, run, **{
+        "data.seq_len": 8, "data.batch_size": 2, "model.hidden_size": 8,
+        "model.embedding_dim": 4, "model.num_layers": 1, "train.max_steps": 1,
+        "train.eval_every": 0, "train.eval_chars": 1000, "data.val_fraction": 0.01}))
+    assert result.exit_code == 0, result.output
+    model, vocab, _ = checkpoint.load_model(run)
+    assert vocab.size == 70_002 and vocab.dtype.name == "uint32"
+    assert (run / "ids.bin").stat().st_size == 4 * 2 * 70_001  # four bytes per id
