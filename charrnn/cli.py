@@ -7,7 +7,9 @@ red `error: ...` line on stderr and its exit code (1 runtime, 2 usage); no trace
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charrnn import __version__
+from charrnn import __version__, errors
 from charrnn.errors import CharRNNError, ConfigError
 
 try:  # typer >= 0.23 carries its own copy of click
@@ -111,6 +113,10 @@ app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode="rich",
 vocab_app = typer.Typer(cls=_Group, no_args_is_help=True,
                         help="Build and inspect character vocabularies.")
 app.add_typer(vocab_app, name="vocab")
+# Imported here, not at the top: cli_data builds on _Group and handles_errors defined above.
+from charrnn.cli_data import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
 
 
 def _version(value: bool) -> None:
@@ -224,6 +230,11 @@ def train(
 
 
 # ---- sample ---------------------------------------------------------------------------------
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
 @app.command()
 @handles_errors
 def sample(
@@ -231,50 +242,140 @@ def sample(
         "--checkpoint", "-k", help="A run directory (its best.pt) or a .pt file.",
         show_default=False)],
     temperature: Annotated[str, typer.Option(
-        "--temperature", "-t", help="Randomness: >0 scales logits, 0 is greedy.")] = "1.0",
+        "--temperature", "-t", help="Randomness: >0 scales logits, 0 is greedy. Several, "
+        "comma-separated (0.2,0.5,1.0), give one labelled sample each.")] = "1.0",
     length: Annotated[int, typer.Option("--length", "-n",
                                         help="Characters to generate (prime not counted).")]
         = 500,
     prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from.")] = "",
     seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
     top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely.")] = None,
+    top_p: Annotated[float | None, typer.Option(
+        help="Sample among the most likely characters whose probabilities add up to p "
+             "(0 < p <= 1).")] = None,
+    stop: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="End each sample at the first TEXT after the prime (TEXT kept); "
+        "\\n and \\t are understood, so '\\n\\n' stops at a blank line.")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-N",
                                              help="Samples, drawn as one batch.")] = 1,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE", dir_okay=False, show_default=False,
+        help="Write the samples to FILE (whole, once all are done) instead of printing them.")]
+        = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="text, or json: a list of {temperature, prime, text, logprobs}, "
+        "logprobs being each generated character's natural-log probability (nats).")]
+        = OutputFormat.text,
+    interactive: Annotated[bool, typer.Option(
+        "--interactive", "-i", help="Continue each line typed (or piped) in; an empty line "
+        "starts from scratch; Ctrl-D or end of input quits.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Generate text from a trained model."""
+    from charrnn import fileio
     from charrnn.checkpoint import load_model
     from charrnn.devices import pick_device
-    from charrnn.sample import Sampler, SampleSettings, parse_temperatures
+    from charrnn.sample import Sampler, SampleSettings, parse_stop, parse_temperatures
 
     temperatures = parse_temperatures(temperature)
+    if interactive and (prime or output is not None):
+        raise errors.UsageError("--interactive takes each prime from the prompt and prints "
+                                "the replies; leave out --prime and --output")
     target = pick_device(device)
     model, vocab, _ = load_model(checkpoint, target)
     sampler = Sampler(model, vocab, target)
-    for temp in temperatures:
-        settings = SampleSettings(length=length, temperature=temp, top_k=top_k,
-                                  num_samples=num_samples, seed=seed)
+    runs = [SampleSettings(length=length, temperature=temp, top_k=top_k, top_p=top_p,
+                           num_samples=num_samples, seed=seed) for temp in temperatures]
+    for settings in runs:
         settings.validate(vocab)
-        sampler.encode_prime(prime)  # reject unknown prime characters before printing anything
-        if len(temperatures) > 1:
-            out.print(f"[bold]--- temperature {temp:g} ---[/]")
-        _print_samples(sampler, settings, prime)
-
-
-def _print_samples(sampler, settings, prime: str) -> None:
-    """Stream one sample as it is generated; several print one after another when done."""
-    write = sys.stdout.write
-    if settings.num_samples == 1:
-        write(prime)
-        for chunk in sampler.generate(settings, prime):
-            write(chunk.texts[0])
-            sys.stdout.flush()
-        write("\n")
+    stop_text = sampler.prepare_stop(parse_stop(stop)) if stop is not None else None
+    as_json = output_format is OutputFormat.json
+    if interactive:
+        _sample_interactively(sampler, runs, stop_text, as_json)
         return
-    for index, text in enumerate(sampler.sample_text(settings, prime), start=1):
-        out.print(f"[bold]--- sample {index}/{settings.num_samples} ---[/]")
-        write(prime + text + "\n")
-    sys.stdout.flush()
+    sampler.encode_prime(prime)  # reject unknown prime characters before printing anything
+    if output is None:
+        _emit(sampler, runs, prime, stop_text, as_json, _write_stdout, _print_label)
+        return
+    parts: list[str] = []
+    count = _emit(sampler, runs, prime, stop_text, as_json, parts.append,
+                  lambda label: parts.append(label + "\n"))
+    fileio.write_text(output, "".join(parts))
+    out.print(f"wrote {output}: {count} sample{'s' if count != 1 else ''} "
+              f"({output_format.value})")
+
+
+def _emit(sampler, runs, prime: str, stop: str | None, as_json: bool, write, write_label,
+          one_line: bool = False) -> int:
+    """Write the samples as text or JSON and count them; a lone text sample streams."""
+    from charrnn.sample import samples_json
+
+    if as_json:
+        samples = [s for settings in runs
+                   for s in sampler.samples(settings, prime, stop, with_logprobs=True)]
+        write(samples_json(samples, one_line))
+        return len(samples)
+    count = 0
+    for label, pieces in _text_blocks(sampler, runs, prime, stop):
+        if label:
+            write_label(label)
+        last = ""
+        for piece in pieces:
+            write(piece)
+            last = piece[-1:] or last
+        if last != "\n":  # end each sample with a line break, without doubling its own
+            write("\n")
+        count += 1
+    return count
+
+
+def _text_blocks(sampler, runs, prime: str, stop: str | None):
+    """(label or None, pieces of text) for each sample, labelled when there are several."""
+    for settings in runs:
+        count, temp = settings.num_samples, settings.temperature
+        if count == 1:
+            label = f"--- temperature {temp:g} ---" if len(runs) > 1 else None
+            chunks = sampler.stream(settings, prime, stop)
+            yield label, itertools.chain([prime], (chunk.texts[0] for chunk in chunks))
+            continue
+        which = f"temperature {temp:g}, " if len(runs) > 1 else ""
+        for index, drawn in enumerate(sampler.samples(settings, prime, stop), start=1):
+            yield f"--- {which}sample {index}/{count} ---", [prime + drawn.text]
+
+
+def _write_stdout(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()  # streamed text shows as it is generated
+
+
+def _print_label(label: str) -> None:
+    out.print(label, style="bold")
+
+
+def _sample_interactively(sampler, runs, stop: str | None, as_json: bool) -> None:
+    """Continue each line read from stdin until end of input, the model staying loaded."""
+    prompt = ""
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - gives input() line editing and history
+        prompt = "> "
+        out.print("Type text for the model to continue; an empty line starts from scratch; "
+                  "Ctrl-D quits.", style="dim")
+    while True:
+        try:
+            line = input(prompt).rstrip("\r")
+        except EOFError:
+            break
+        try:
+            sampler.encode_prime(line)
+            _emit(sampler, runs, line, stop, as_json, _write_stdout, _print_label,
+                  one_line=True)
+        except CharRNNError as exc:  # a bad line is reported; the session goes on
+            report(exc)
+        except KeyboardInterrupt:  # Ctrl-C ends this reply, not the session
+            sys.stdout.write("\n")
+    if prompt:
+        sys.stdout.write("\n")  # Ctrl-D leaves the cursor after the prompt
 
 
 # ---- eval -----------------------------------------------------------------------------------
@@ -300,6 +401,41 @@ def evaluate(
     score = score_checkpoint(checkpoint, files or [], window=window, streams=streams,
                              device=device, say=lambda m: err.print(m))
     out.print(score.line())
+
+
+# ---- info and plot --------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def info(
+    checkpoint: Annotated[Path, typer.Argument(
+        metavar="CHECKPOINT", help="A run directory (its best.pt) or a .pt file.",
+        show_default=False)],
+) -> None:
+    """What a checkpoint holds: model, vocabulary, progress, losses, config, versions."""
+    from charrnn.checkpoint import load, resolve
+    from charrnn.report import checkpoint_table
+
+    path = resolve(checkpoint)
+    out.print(checkpoint_table(load(path), path))
+
+
+@app.command()
+@handles_errors
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        metavar="RUN_DIR", help="Run directories (their metrics.jsonl); several are "
+        "compared in one figure.", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", dir_okay=False, help="Image to write; .png, .svg or .pdf.")]
+        = Path("loss.png"),
+    width: Annotated[int, typer.Option(min=300, help="Image width in pixels.")] = 1200,
+    height: Annotated[int, typer.Option(min=200, help="Image height in pixels.")] = 800,
+) -> None:
+    """Loss (nats and bits per char) and learning rate against step and wall time."""
+    from charrnn.plot import plot_runs
+
+    plot_runs(run_dirs, output, width=width, height=height)
+    out.print(f"wrote {output}")
 
 
 def main() -> None:

@@ -85,8 +85,9 @@ class TrainConfig:
     eval_every: int = _opt(500, "evaluate on the validation split every N steps (0: only at "
                            "the end)", min=0)
     eval_chars: int | None = _opt(None, "score only the first N validation characters in "
-                                  "periodic evaluations (null: all; the final one scores all)",
-                                  min=1)
+                                  "periodic evaluations (null: all of them)", min=1)
+    final_eval_chars: int | None = _opt(None, "score only the first N validation characters "
+                                        "in the final evaluation (null: all of them)", min=1)
     log_every: int = _opt(50, "log train loss and speed every N steps", min=1)
     out_dir: str = _opt("runs/default", "run directory: checkpoints, metrics, config, caches")
     seed: int = _opt(1337, "random seed for weights, data order and dropout")
@@ -228,7 +229,10 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
     if value is None:
         return (None if optional else f"'{key}' must not be null ({_type_name(base)})"), value
     if base is float and type(value) is int:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past the largest float: refused below as not finite
+            value = math.inf
     if base is float and type(value) is str:
         value = _yaml11_float(value)  # PyYAML reads 1e-3 (no dot) as a string
     if base is str and type(value) in (int, float) and not isinstance(value, bool):

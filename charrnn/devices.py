@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -54,10 +55,29 @@ def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if _cuda_rnn_runs_in_bf16(device) else None
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     return None  # MPS: bf16 RNN kernels are not reliably faster
+
+
+@functools.cache
+def _cuda_rnn_runs_in_bf16(device: torch.device) -> bool:
+    """Whether cuDNN's recurrent kernels accept bf16 here (cuDNN >= 9.13 on Ampere or newer).
+
+    Older stacks raise inside nn.LSTM under bf16 autocast; a tiny trial step tells, and the
+    run falls back to fp32 instead of failing.
+    """
+    if not torch.cuda.is_bf16_supported():
+        return False
+    try:
+        rnn = torch.nn.LSTM(8, 8, batch_first=True).to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            out, _ = rnn(torch.randn(2, 3, 8, device=device))
+        out.float().sum().backward()
+        return True
+    except RuntimeError:
+        return False
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from charrnn.model import CharRNN, map_state
 
 CHUNK = 256  # time steps per forward call: bounds the (B, T, V) logits held in memory
+MOSTLY_UNKNOWN = 0.5  # above this share of <unk>, a score says nothing about the model
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,12 @@ class Score:
 
     def line(self) -> str:
         return (f"{self.loss:.4f} nats/char  {self.bpc:.4f} bits/char  "
-                f"perplexity {self.perplexity:.2f}  ({self.chars:,} chars)")
+                f"perplexity {_perplexity_text(self.perplexity)}  ({self.chars:,} chars)")
+
+
+def _perplexity_text(value: float) -> str:
+    # An untrained model's perplexity can have hundreds of digits: scientific notation then.
+    return f"{value:.2f}" if value < 1e6 else f"{value:.3e}"
 
 
 def default_streams(n_chars: int, burn_in: int, device: torch.device) -> int:
@@ -138,6 +144,10 @@ def score_checkpoint(path, files: list[str], *, window: int | None = None,
         pieces = [vocab.encode(p) for p in iter_text(resolve_sources(files), vocab.normalization)]
         ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=vocab.dtype)
         unknown = int(np.count_nonzero(ids == 0))
+        if unknown > MOSTLY_UNKNOWN * len(ids):
+            raise CharRNNError(f"{unknown:,} of the {len(ids):,} characters to score are not in "
+                               "the model's vocabulary: the text does not match the model; "
+                               "score text like its training data")
         if unknown:
             say(f"[yellow]warning:[/] {unknown:,} characters are not in the model's vocabulary "
                 "and are scored as <unk>")

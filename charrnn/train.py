@@ -9,6 +9,7 @@ between. Evaluations score the validation text and write `last.pt` and, when it 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from charrnn import checkpoint, devices, fileio
 from charrnn.config import Config, config_from_dict
-from charrnn.data import BATCHERS, Dataset, prepare
-from charrnn.errors import CharRNNError, ConfigError, TrainingStopped
+from charrnn.data import BATCHERS, Dataset, check_named_vocab, prepare
+from charrnn.errors import CharRNNError, CheckpointError, ConfigError, TrainingStopped
 from charrnn.evaluate import Score, score_stream
 from charrnn.interrupts import StopRequest
 from charrnn.metrics import (
@@ -60,18 +62,28 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
     run_dir = Path(config.train.out_dir)
     fileio.ensure_dir(run_dir)
     with RunLock(run_dir), StopRequest() as stop:
+        # What a killed process was writing; holding the lock, no one else writes these now.
+        fileio.remove_temporaries(run_dir, ("*.pt", METRICS_FILE, CONFIG_FILE))
         resume_from = _resume_payload(run_dir) if resume else None
         if resume_from is None:
+            if resume and not quiet:
+                console.print(f"nothing to resume in {run_dir} yet (no {checkpoint.LAST}): "
+                              "starting a new run", highlight=False, soft_wrap=True)
             _refuse_to_clobber(run_dir, overwrite)
         trainer = Trainer(config, run_dir, console, quiet=quiet, resume_from=resume_from)
         return trainer.run(stop)
 
 
-def _resume_payload(run_dir: Path) -> dict:
+def _resume_payload(run_dir: Path) -> dict | None:
+    """last.pt's payload; None where the run has no checkpoint yet (killed early, or new)."""
     path = run_dir / checkpoint.LAST
     if not path.is_file():
-        raise CharRNNError(f"nothing to resume in {run_dir} (no {checkpoint.LAST}); start a new "
-                           "run without --resume")
+        if (run_dir / checkpoint.BEST).is_file():
+            raise CharRNNError(f"cannot resume {run_dir}: it has {checkpoint.BEST} but no "
+                               f"{checkpoint.LAST} (the training state); start over with "
+                               f"--overwrite, or fine-tune with train.init_from: "
+                               f"{run_dir / checkpoint.BEST}")
+        return None
     payload = checkpoint.load(path)
     if "train_state" not in payload:
         raise CharRNNError(f"{path} holds weights but no training state; start a new run with "
@@ -86,8 +98,12 @@ def _refuse_to_clobber(run_dir: Path, overwrite: bool) -> None:
                            "with --resume, start over with --overwrite, or choose another "
                            "train.out_dir")
     if overwrite:
-        for name in (METRICS_FILE, checkpoint.LAST, checkpoint.BEST):
-            (run_dir / name).unlink(missing_ok=True)
+        # Old step checkpoints too: keep_last would otherwise count them as the new run's.
+        for path in (run_dir / checkpoint.LAST, run_dir / checkpoint.BEST,
+                     *run_dir.glob("step-*.pt")):
+            path.unlink(missing_ok=True)
+    # The records of the run overwritten, or of one killed before its first checkpoint.
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
 
 
 class Trainer:
@@ -103,6 +119,8 @@ class Trainer:
 
         inherited = resume_from or self._init_payload()
         vocab = Vocab.from_dict(inherited["vocab"]) if inherited else None
+        if vocab is not None:
+            check_named_vocab(config.data, vocab)
         self.data: Dataset = prepare(config.data, run_dir, vocab, say=self.say)
         self.vocab = self.data.vocab
         self.model = self._build_model(inherited, resumed=resume_from is not None)
@@ -112,6 +130,8 @@ class Trainer:
                                seed=t.seed)
         self.state = None  # the hidden state carried from one window of each stream to the next
         self.step, self.elapsed, self.best_val_loss = 0, 0.0, None
+        self.evaluations = 0  # counts evaluations for train.sample_every
+        self.best_step: int | None = None  # the step whose weights best.pt holds
         if resume_from is not None:
             self._restore(resume_from)
         else:
@@ -207,7 +227,9 @@ class Trainer:
                               "elapsed": time.perf_counter() - started}
                     self.logger.log(record)
                     view.update(self.step, fraction, self._fields(record, last_eval))
-                if t.eval_every and self.step % t.eval_every == 0:
+                # The last step of a step budget is scored once, by the final evaluation.
+                due = t.eval_every and self.step % t.eval_every == 0
+                if due and self.step != t.max_steps:
                     self._check_finite(pending, norms)
                     last_eval = self._evaluate(view, final=False)
                     window_start, window_steps = time.perf_counter(), 0
@@ -237,6 +259,9 @@ class Trainer:
         x, y, reset = self.batches.next()
         if reset:
             self.state = None  # the streams start over: no context to carry
+        if self.device.type == "cuda":
+            # From pageable memory a copy waits for the GPU to finish; pinned, it does not.
+            x, y = x.pin_memory(), y.pin_memory()
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         with devices.autocast(self.device, self.amp):
@@ -260,26 +285,54 @@ class Trainer:
         bad = ~(torch.isfinite(values) & torch.isfinite(grads[-len(values):]))
         if bad.any():
             first = self.step - len(values) + 1 + int(bad.nonzero()[0])
-            raise TrainingStopped(
-                f"the loss became non-finite (NaN or inf) at step {first:,}; training stopped "
-                f"and the last good checkpoint in {self.run_dir} is kept. Lower optim.lr (now "
-                f"{self.config.optim.lr:g}) or set optim.grad_clip, then start again")
+            raise self._diverged("the loss", first)
         return float(values.mean())
 
+    def _check_weights_finite(self) -> None:
+        # A step can turn the weights to inf/NaN while its own loss was still finite; such
+        # weights must never replace the last good checkpoint.
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not bool(finite):
+            raise self._diverged("the weights", self.step)
+
+    def _diverged(self, what: str, step: int) -> TrainingStopped:
+        return TrainingStopped(
+            f"{what} became non-finite (NaN or inf) at step {step:,}; training stopped "
+            f"and the last good checkpoint in {self.run_dir} is kept. Lower optim.lr (now "
+            f"{self.config.optim.lr:g}) or set optim.grad_clip, then start again")
+
     def _evaluate(self, view: PlainView, final: bool) -> Score:
-        limit = None if final else self.config.train.eval_chars
+        t = self.config.train
+        limit = t.final_eval_chars if final else t.eval_chars
         val = self.data.val if limit is None else self.data.val[:limit + 1]
         score = score_stream(self.model, val, self.device)
         improved = self.best_val_loss is None or score.loss < self.best_val_loss
         if improved:
-            self.best_val_loss = score.loss
+            self.best_val_loss, self.best_step = score.loss, self.step
         self.logger.log({"kind": "eval", "step": self.step, "val_loss": score.loss,
                          "val_bpc": score.bpc, "val_chars": score.chars,
                          "elapsed": self.elapsed, "final": final})
         mark = " (best)" if improved else ""
         view.message(f"step {self.step:,}: val {score.line()}{mark}", important=final)
         self._save(score.loss, improved)
+        self.evaluations += 1
+        every = self.config.train.sample_every
+        if every and self.evaluations % every == 0:
+            view.message(self._sample_preview())
         return score
+
+    def _sample_preview(self) -> str:
+        """A short sample from the current weights, like the classic per-epoch samples."""
+        from charrnn.sample import Sampler, SampleSettings
+
+        # Its own seeded generator: sampling must not move the training RNG (exact resume).
+        settings = SampleSettings(length=self.config.train.sample_length, temperature=0.8,
+                                  seed=self.step)
+        try:
+            text = Sampler(self.model, self.vocab, self.device).sample_text(settings)[0]
+        finally:
+            self.model.train()  # the sampler switches to eval mode (no dropout)
+        return f"[dim]--- sample at step {self.step:,} (temperature 0.8) ---[/]\n" + escape(text)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _payload(self, val_loss: float | None, with_state: bool) -> dict:
@@ -290,10 +343,13 @@ class Trainer:
             train_state=self._train_state() if with_state else None)
 
     def _save(self, val_loss: float | None, improved: bool = False) -> None:
+        self._check_weights_finite()
+        # last.pt first, so a run can be resumed from its first checkpoint on; if a kill falls
+        # before best.pt is written too, resuming writes it (_repair_best).
+        checkpoint.save(self._payload(val_loss, with_state=True), self.run_dir / checkpoint.LAST)
         if improved:
             checkpoint.save(self._payload(val_loss, with_state=False),
                             self.run_dir / checkpoint.BEST)
-        checkpoint.save(self._payload(val_loss, with_state=True), self.run_dir / checkpoint.LAST)
         keep = self.config.train.keep_last
         if keep:
             checkpoint.save(self._payload(val_loss, with_state=False),
@@ -308,7 +364,8 @@ class Trainer:
         hidden = None if self.state is None else map_state(
             lambda s: s.detach().cpu().clone(), self.state)
         return {"optimizer": self.optimizer.state_dict(), "batches": self.batches.state_dict(),
-                "hidden": hidden, "rng": rng, "data_key": self.data.key}
+                "hidden": hidden, "rng": rng, "data_key": self.data.key,
+                "best_step": self.best_step, "evaluations": self.evaluations}
 
     def _restore(self, payload: dict) -> None:
         state = payload["train_state"]
@@ -320,6 +377,10 @@ class Trainer:
         self.step = payload["step"]
         self.elapsed = payload.get("elapsed", 0.0)
         self.best_val_loss = payload.get("best_val_loss")
+        self.best_step = state.get("best_step")
+        self.evaluations = state.get("evaluations", 0)
+        if self.best_step == self.step:
+            self._repair_best(payload)
         if state.get("data_key") == self.data.key:
             self.batches.load_state_dict(state["batches"])
             hidden = state.get("hidden")
@@ -334,6 +395,14 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(_to_python_rng(rng["python"]))
         _truncate_metrics(self.run_dir, self.step)
+
+    def _repair_best(self, payload: dict) -> None:
+        """Write best.pt from last.pt if a kill fell between the two writes of one step."""
+        path = self.run_dir / checkpoint.BEST
+        with contextlib.suppress(CheckpointError):  # missing: the kill came before it
+            if checkpoint.load(path)["step"] == self.step:
+                return
+        checkpoint.save({k: v for k, v in payload.items() if k != "train_state"}, path)
 
     @staticmethod
     def _fields(record: dict, last_eval: Score | None) -> dict:
@@ -360,7 +429,8 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return
-    keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+    # A final evaluation is logged again when the resumed run ends.
+    keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step and not r.get("final")]
     fileio.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 

@@ -124,3 +124,50 @@ def test_normalisation_must_agree_with_a_given_vocabulary(tmp_path, corpus):
     assert data.unknown == 0  # the vocabulary's lowercasing was applied
     with pytest.raises(ConfigError, match="data.lowercase"):
         prepare(DataConfig(path=str(corpus), seq_len=16, lowercase=False), tmp_path, vocab)
+
+
+def _all_ids(data) -> np.ndarray:
+    return np.concatenate([data.train, data.val])
+
+
+def test_separator_from_a_yaml_config_goes_between_documents(tmp_path):
+    from charrnn.config import load_config
+
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "b.txt").write_text("second document\n")
+    (docs / "a.txt").write_text("first document\n")
+    (docs / "sub" / "c.txt").write_text("third document\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f'data:\n  path: {docs}\n  separator: "\\n=====\\n"\n  seq_len: 4\n'
+                      "  val_fraction: 0.2\n", encoding="utf-8")
+    cfg = load_config(config).data
+    data = prepare(cfg, tmp_path / "run")
+    text = data.vocab.decode(_all_ids(data).tolist())
+    assert text == ("first document\n\n=====\nsecond document\n\n=====\nthird document\n")
+    # The separator is part of the cache key: changing it re-encodes.
+    plain = prepare(load_config(config, ["data.separator="]).data, tmp_path / "run")
+    assert plain.vocab.decode(_all_ids(plain).tolist()) == (
+        "first document\nsecond document\nthird document\n")
+
+
+def test_crlf_and_bom_files_encode_like_their_clean_twins(tmp_path):
+    from charrnn.config import load_config
+
+    clean = "First line of the play.\nSecond line, with café and 红楼梦.\n\nThe end.\n" * 40
+    files = {"clean.txt": clean.encode(),
+             "crlf.txt": clean.replace("\n", "\r\n").encode(),
+             "bom.txt": b"\xef\xbb\xbf" + clean.encode(),
+             "both.txt": b"\xef\xbb\xbf" + clean.replace("\n", "\r\n").encode()}
+    encoded = {}
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+        cfg = load_config(None, [f"data.path={tmp_path / name}", "data.newline=lf",
+                                 "data.seq_len=16"]).data
+        data = prepare(cfg, tmp_path / f"run-{name}")
+        encoded[name] = (data.vocab.chars, _all_ids(data))
+    chars, ids = encoded["clean.txt"]
+    assert data.vocab.decode(ids.tolist()) == clean
+    for name in ("crlf.txt", "bom.txt", "both.txt"):
+        assert encoded[name][0] == chars, name
+        assert np.array_equal(encoded[name][1], ids), name

@@ -1,0 +1,108 @@
+"""Learning per second: charrnn's shipped config against nanoGPT's CPU recipe, side by side.
+
+Both train on tiny-shakespeare with nanoGPT's split (validation = the last 10%, 111,540
+characters) in the same process, one after the other, and are scored on the same text:
+- full pass: every validation character scored once with all the context before it (for the
+  RNN, the recurrent state carried through the whole text);
+- window 64: every character scored with at most 64 characters of context (0..63), as
+  nanoGPT's block_size=64 model sees it.
+
+    python bench/learning.py [--config configs/shakespeare_cpu.yaml] [--skip-reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import babygpt  # noqa: E402
+from common import ROOT, machine, shakespeare, table  # noqa: E402
+
+from charrnn.checkpoint import load_model  # noqa: E402
+from charrnn.config import load_config  # noqa: E402
+from charrnn.data import prepare  # noqa: E402
+from charrnn.evaluate import score_stream, score_windows  # noqa: E402
+from charrnn.train import train  # noqa: E402
+
+NANOGPT_DOCUMENTED = 1.886  # val loss of the CPU recipe on this machine, per the issue
+
+
+def run_charrnn(config_path: Path, corpus: Path) -> dict:
+    from rich.console import Console
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = load_config(config_path, [f"data.path={corpus}", f"train.out_dir={run_dir}"])
+        start = time.perf_counter()
+        result = train(config, console=Console(quiet=True), quiet=True)
+        wall = time.perf_counter() - start
+        model, vocab, _ = load_model(Path(run_dir) / "last.pt")
+        data = prepare(config.data, Path(run_dir), vocab)
+        device = torch.device("cpu")
+        t0 = time.perf_counter()
+        full = score_stream(model, data.val, device)
+        full_seconds = time.perf_counter() - t0
+        exact = score_stream(model, data.val, device, streams=1)
+        window = score_windows(model, data.val, 64, device)
+        return {"name": f"charrnn {config_path.name}", "train_s": result.elapsed,
+                "wall_s": wall, "steps": result.step, "full": full.loss, "exact": exact.loss,
+                "window": window.loss, "chars": full.chars, "eval_s": full_seconds,
+                "params": model.num_parameters()}
+
+
+def run_reference(corpus: Path) -> dict:
+    from charrnn.config import DataConfig
+
+    with tempfile.TemporaryDirectory() as cache:
+        data = prepare(DataConfig(path=str(corpus)), Path(cache))
+    model, iters, seconds = babygpt.train_recipe(data.train, data.vocab.size)
+    window = babygpt.score_windows(model, data.val)
+    return {"name": "nanoGPT CPU recipe (4x128 GPT)", "train_s": seconds, "wall_s": seconds,
+            "steps": iters, "full": None, "exact": None, "window": window,
+            "chars": len(data.val) - 1, "eval_s": None,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shakespeare_cpu.yaml")
+    parser.add_argument("--skip-reference", action="store_true",
+                        help="only train charrnn (the reference takes about 3 minutes)")
+    args = parser.parse_args()
+    corpus = shakespeare()
+    print(f"machine: {machine()}")
+    results = [run_charrnn(args.config, corpus)]
+    print(results[-1], flush=True)
+    if not args.skip_reference:
+        results.append(run_reference(corpus))
+        print(results[-1], flush=True)
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.4f}"
+
+    rows = [[r["name"], f"{r['params']:,}", f"{r['steps']:,}", f"{r['train_s']:.0f}",
+             fmt(r["full"]), fmt(r["exact"]), fmt(r["window"])] for r in results]
+    print()
+    print(table(rows, ["model", "parameters", "steps", "train s", "val full pass (nats/char)",
+                       "val one sequential pass", "val window 64"]))
+    ours = results[0]
+    print(f"\ncharrnn: {ours['full']:.4f} nats/char ({ours['full'] / 0.6931:.4f} bits/char) "
+          f"after {ours['train_s']:.0f} s of training; target <= 1.42")
+    print(f"full-pass evaluation of {ours['chars']:,} chars took {ours['eval_s']:.1f} s; "
+          f"it differs from one sequential pass by {abs(ours['full'] - ours['exact']):.5f}")
+    if len(results) > 1:
+        ref = results[1]
+        print(f"nanoGPT recipe: {ref['window']:.4f} nats/char (window 64) after "
+              f"{ref['train_s']:.0f} s ({ref['steps']} iterations); documented "
+              f"{NANOGPT_DOCUMENTED}")
+        print(f"ratio at window 64: charrnn / nanoGPT = {ours['window'] / ref['window']:.3f}; "
+              f"full pass vs nanoGPT: {ours['full'] / ref['window']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
