@@ -7,115 +7,25 @@ red `error: ...` line on stderr and its exit code (1 runtime, 2 usage); no trace
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import itertools
 import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from charrnn import __version__, errors
-from charrnn.errors import CharRNNError, ConfigError
+from charrnn.cli_common import CommandGroup, err, handles_errors, out
+from charrnn.cli_data import data_app
 
-try:  # typer >= 0.23 carries its own copy of click
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
-except ImportError:  # pragma: no cover - older typer on top of click
-    from click.exceptions import UsageError
-
-    NoArgsIsHelpError = ()
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-# ---- command-line plumbing --------------------------------------------------------------------
-def _optional_resume_value(args: list[str]) -> list[str]:
-    """Let `--resume` stand alone (meaning the config's out_dir) or take a RUN_DIR."""
-    fixed = []
-    for i, arg in enumerate(args):
-        alone = i + 1 == len(args) or args[i + 1].startswith("-")
-        fixed.append("--resume=" if arg == "--resume" and alone else arg)
-    return fixed
-
-
-class _Group(typer.core.TyperGroup):
-    """Usage errors (bad option values, unknown options) as one line, like every other error."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        with _usage_errors_as_one_line():
-            return super().make_context(info_name, _optional_resume_value(list(args)),
-                                        parent=parent, **extra)
-
-    def invoke(self, ctx):
-        with _usage_errors_as_one_line():
-            return super().invoke(ctx)
-
-
-class _usage_errors_as_one_line:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if isinstance(exc, UsageError) and not isinstance(exc, NoArgsIsHelpError):
-            command = exc.ctx.command_path if exc.ctx else "charrnn"
-            err.print(f"[bold red]error:[/] {escape(exc.format_message())} "
-                      f"(see `{command} --help`)")
-            raise typer.Exit(2) from None
-        return False
-
-
-def report(exc: CharRNNError) -> None:
-    if isinstance(exc, ConfigError) and len(exc.problems) > 1:
-        err.print(f"[bold red]error:[/] {escape(exc.source)}: {len(exc.problems)} problems")
-        for problem in exc.problems:
-            err.print(f"  - {escape(problem)}")
-    else:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}")
-
-
-def handles_errors(command):
-    """Turn the errors users can cause into one red line and an exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except CharRNNError as exc:
-            report(exc)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
-        except MemoryError:
-            err.print("[bold red]error:[/] out of memory; lower data.batch_size, data.seq_len "
-                      "or model.hidden_size")
-            raise typer.Exit(1) from None
-        except RuntimeError as exc:
-            if "out of memory" not in str(exc).lower():
-                raise
-            err.print("[bold red]error:[/] the device ran out of memory; lower data.batch_size, "
-                      "data.seq_len or model.hidden_size")
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode="rich",
+app = typer.Typer(cls=CommandGroup, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False, context_settings={"help_option_names":
                                                                     ["-h", "--help"]},
                   help="Character-level RNN/LSTM/GRU language models: build a vocabulary, "
                        "train from a YAML config, sample text.")
-vocab_app = typer.Typer(cls=_Group, no_args_is_help=True,
+vocab_app = typer.Typer(cls=CommandGroup, no_args_is_help=True,
                         help="Build and inspect character vocabularies.")
 app.add_typer(vocab_app, name="vocab")
-# Imported here, not at the top: cli_data builds on _Group and handles_errors defined above.
-from charrnn.cli_data import data_app  # noqa: E402
-
 app.add_typer(data_app, name="data")
 
 
@@ -272,110 +182,15 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Generate text from a trained model."""
-    from charrnn import fileio
-    from charrnn.checkpoint import load_model
-    from charrnn.devices import pick_device
-    from charrnn.sample import Sampler, SampleSettings, parse_stop, parse_temperatures
+    from charrnn.sample_output import SampleRequest, run_sample
 
-    temperatures = parse_temperatures(temperature)
     if interactive and (prime or output is not None):
         raise errors.UsageError("--interactive takes each prime from the prompt and prints "
                                 "the replies; leave out --prime and --output")
-    target = pick_device(device)
-    model, vocab, _ = load_model(checkpoint, target)
-    sampler = Sampler(model, vocab, target)
-    runs = [SampleSettings(length=length, temperature=temp, top_k=top_k, top_p=top_p,
-                           num_samples=num_samples, seed=seed) for temp in temperatures]
-    for settings in runs:
-        settings.validate(vocab)
-    stop_text = sampler.prepare_stop(parse_stop(stop)) if stop is not None else None
-    as_json = output_format is OutputFormat.json
-    if interactive:
-        _sample_interactively(sampler, runs, stop_text, as_json)
-        return
-    sampler.encode_prime(prime)  # reject unknown prime characters before printing anything
-    if output is None:
-        _emit(sampler, runs, prime, stop_text, as_json, _write_stdout, _print_label)
-        return
-    parts: list[str] = []
-    count = _emit(sampler, runs, prime, stop_text, as_json, parts.append,
-                  lambda label: parts.append(label + "\n"))
-    fileio.write_text(output, "".join(parts))
-    out.print(f"wrote {output}: {count} sample{'s' if count != 1 else ''} "
-              f"({output_format.value})")
-
-
-def _emit(sampler, runs, prime: str, stop: str | None, as_json: bool, write, write_label,
-          one_line: bool = False) -> int:
-    """Write the samples as text or JSON and count them; a lone text sample streams."""
-    from charrnn.sample import samples_json
-
-    if as_json:
-        samples = [s for settings in runs
-                   for s in sampler.samples(settings, prime, stop, with_logprobs=True)]
-        write(samples_json(samples, one_line))
-        return len(samples)
-    count = 0
-    for label, pieces in _text_blocks(sampler, runs, prime, stop):
-        if label:
-            write_label(label)
-        last = ""
-        for piece in pieces:
-            write(piece)
-            last = piece[-1:] or last
-        if last != "\n":  # end each sample with a line break, without doubling its own
-            write("\n")
-        count += 1
-    return count
-
-
-def _text_blocks(sampler, runs, prime: str, stop: str | None):
-    """(label or None, pieces of text) for each sample, labelled when there are several."""
-    for settings in runs:
-        count, temp = settings.num_samples, settings.temperature
-        if count == 1:
-            label = f"--- temperature {temp:g} ---" if len(runs) > 1 else None
-            chunks = sampler.stream(settings, prime, stop)
-            yield label, itertools.chain([prime], (chunk.texts[0] for chunk in chunks))
-            continue
-        which = f"temperature {temp:g}, " if len(runs) > 1 else ""
-        for index, drawn in enumerate(sampler.samples(settings, prime, stop), start=1):
-            yield f"--- {which}sample {index}/{count} ---", [prime + drawn.text]
-
-
-def _write_stdout(piece: str) -> None:
-    sys.stdout.write(piece)
-    sys.stdout.flush()  # streamed text shows as it is generated
-
-
-def _print_label(label: str) -> None:
-    out.print(label, style="bold")
-
-
-def _sample_interactively(sampler, runs, stop: str | None, as_json: bool) -> None:
-    """Continue each line read from stdin until end of input, the model staying loaded."""
-    prompt = ""
-    if sys.stdin.isatty():
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401 - gives input() line editing and history
-        prompt = "> "
-        out.print("Type text for the model to continue; an empty line starts from scratch; "
-                  "Ctrl-D quits.", style="dim")
-    while True:
-        try:
-            line = input(prompt).rstrip("\r")
-        except EOFError:
-            break
-        try:
-            sampler.encode_prime(line)
-            _emit(sampler, runs, line, stop, as_json, _write_stdout, _print_label,
-                  one_line=True)
-        except CharRNNError as exc:  # a bad line is reported; the session goes on
-            report(exc)
-        except KeyboardInterrupt:  # Ctrl-C ends this reply, not the session
-            sys.stdout.write("\n")
-    if prompt:
-        sys.stdout.write("\n")  # Ctrl-D leaves the cursor after the prompt
+    run_sample(SampleRequest(
+        checkpoint=checkpoint, temperatures=temperature, length=length, prime=prime, seed=seed,
+        top_k=top_k, top_p=top_p, stop=stop, num_samples=num_samples, output=output,
+        as_json=output_format is OutputFormat.json, interactive=interactive, device=device))
 
 
 # ---- eval -----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Nothing here imports torch, so both commands start at once. The download itself lives in
 download.py; this module only parses, shows a progress bar on stderr and prints the result.
-cli.py attaches `data_app` to the main app; import the CLI through `charrnn.cli`.
+cli.py attaches `data_app` to the main app.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from charrnn.cli import _Group, err, handles_errors, out
+from charrnn.cli_common import CommandGroup, err, handles_errors, out
 
-data_app = typer.Typer(cls=_Group, no_args_is_help=True,
+data_app = typer.Typer(cls=CommandGroup, no_args_is_help=True,
                        help="List the named corpora and download them, verified.")
 
 

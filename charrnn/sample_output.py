@@ -1,0 +1,138 @@
+"""How `charrnn sample` delivers its text: streamed to the terminal, to a file, as JSON, or in
+an interactive loop. The sampling itself is sample.py's; this module only writes results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from charrnn.cli_common import out, report
+from charrnn.errors import CharRNNError
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What the user asked `charrnn sample` for, as parsed from the command line."""
+
+    checkpoint: Path
+    temperatures: str  # one value or a comma-separated list, parsed and checked here
+    length: int
+    prime: str
+    seed: int | None
+    top_k: int | None
+    top_p: float | None
+    stop: str | None
+    num_samples: int
+    output: Path | None
+    as_json: bool
+    interactive: bool
+    device: str
+
+
+def run_sample(request: SampleRequest) -> None:
+    from charrnn import fileio
+    from charrnn.checkpoint import load_model
+    from charrnn.devices import pick_device
+    from charrnn.sample import Sampler, SampleSettings, parse_stop, parse_temperatures
+
+    temperatures = parse_temperatures(request.temperatures)
+    target = pick_device(request.device)
+    model, vocab, _ = load_model(request.checkpoint, target)
+    sampler = Sampler(model, vocab, target)
+    runs = [SampleSettings(length=request.length, temperature=temp, top_k=request.top_k,
+                           top_p=request.top_p, num_samples=request.num_samples,
+                           seed=request.seed) for temp in temperatures]
+    for settings in runs:
+        settings.validate(vocab)
+    stop = sampler.prepare_stop(parse_stop(request.stop)) if request.stop is not None else None
+    if request.interactive:
+        _sample_interactively(sampler, runs, stop, request.as_json)
+        return
+    prime = request.prime
+    sampler.encode_prime(prime)  # reject unknown prime characters before printing anything
+    if request.output is None:
+        _emit(sampler, runs, prime, stop, request.as_json, _write_stdout, _print_label)
+        return
+    parts: list[str] = []
+    count = _emit(sampler, runs, prime, stop, request.as_json, parts.append,
+                  lambda label: parts.append(label + "\n"))
+    fileio.write_text(request.output, "".join(parts))
+    out.print(f"wrote {request.output}: {count} sample{'s' if count != 1 else ''} "
+              f"({'json' if request.as_json else 'text'})")
+
+
+def _emit(sampler, runs, prime: str, stop: str | None, as_json: bool, write, write_label,
+          one_line: bool = False) -> int:
+    """Write the samples as text or JSON and count them; a lone text sample streams."""
+    from charrnn.sample import samples_json
+
+    if as_json:
+        samples = [s for settings in runs
+                   for s in sampler.samples(settings, prime, stop, with_logprobs=True)]
+        write(samples_json(samples, one_line))
+        return len(samples)
+    count = 0
+    for label, pieces in _text_blocks(sampler, runs, prime, stop):
+        if label:
+            write_label(label)
+        last = ""
+        for piece in pieces:
+            write(piece)
+            last = piece[-1:] or last
+        if last != "\n":  # end each sample with a line break, without doubling its own
+            write("\n")
+        count += 1
+    return count
+
+
+def _text_blocks(sampler, runs, prime: str, stop: str | None):
+    """(label or None, pieces of text) for each sample, labelled when there are several."""
+    for settings in runs:
+        count, temp = settings.num_samples, settings.temperature
+        if count == 1:
+            label = f"--- temperature {temp:g} ---" if len(runs) > 1 else None
+            chunks = sampler.stream(settings, prime, stop)
+            yield label, itertools.chain([prime], (chunk.texts[0] for chunk in chunks))
+            continue
+        which = f"temperature {temp:g}, " if len(runs) > 1 else ""
+        for index, drawn in enumerate(sampler.samples(settings, prime, stop), start=1):
+            yield f"--- {which}sample {index}/{count} ---", [prime + drawn.text]
+
+
+def _write_stdout(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()  # streamed text shows as it is generated
+
+
+def _print_label(label: str) -> None:
+    out.print(label, style="bold")
+
+
+def _sample_interactively(sampler, runs, stop: str | None, as_json: bool) -> None:
+    """Continue each line read from stdin until end of input, the model staying loaded."""
+    prompt = ""
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - gives input() line editing and history
+        prompt = "> "
+        out.print("Type text for the model to continue; an empty line starts from scratch; "
+                  "Ctrl-D quits.", style="dim")
+    while True:
+        try:
+            line = input(prompt).rstrip("\r")
+        except EOFError:
+            break
+        try:
+            sampler.encode_prime(line)
+            _emit(sampler, runs, line, stop, as_json, _write_stdout, _print_label,
+                  one_line=True)
+        except CharRNNError as exc:  # a bad line is reported; the session goes on
+            report(exc)
+        except KeyboardInterrupt:  # Ctrl-C ends this reply, not the session
+            sys.stdout.write("\n")
+    if prompt:
+        sys.stdout.write("\n")  # Ctrl-D leaves the cursor after the prompt
