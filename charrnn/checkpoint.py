@@ -154,10 +154,30 @@ def model_from(payload: dict, path: str | Path = "checkpoint") -> tuple[CharRNN,
     try:
         model.load_state_dict(payload["model"], strict=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
-        first = str(exc).splitlines()[0][:200]
-        raise CheckpointError(f"{path}: weights do not match the model settings ({first})") \
-            from None
+        raise CheckpointError(f"{path}: weights do not match the model settings "
+                              f"({_state_dict_mismatch(model, payload['model'], exc)}); it was "
+                              "written by another version of charrnn or is damaged") from None
     return model, vocab
+
+
+def _state_dict_mismatch(model: CharRNN, weights: object, exc: Exception) -> str:
+    """The first differences between stored weights and the model, in a few words."""
+    if not isinstance(weights, dict):
+        return "the weights are not a dictionary of tensors"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} is {tuple(weights[k].shape)}, expected {tuple(v.shape)}"
+              for k, v in expected.items()
+              if k in weights and getattr(weights[k], "shape", None) != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                     f"{' ...' if len(unexpected) > 3 else ''}")
+    parts.extend(shapes[:2])
+    return "; ".join(parts) or str(exc).splitlines()[0][:200]
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"
