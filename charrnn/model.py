@@ -41,16 +41,6 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State
     return fn(state)
 
 
-def _layer_state(state: State, layer: int) -> State:
-    return map_state(lambda s: s[layer:layer + 1], state)  # (1, B, H): one layer's slice
-
-
-def _stack_layers(states: list[State]) -> State:
-    if isinstance(states[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*states, strict=True))
-    return torch.cat(states)
-
-
 class CharRNN(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -58,11 +48,10 @@ class CharRNN(nn.Module):
             raise ValueError(f"unknown cell {args.cell!r}; choose one of {', '.join(CELLS)}")
         self.args = args
         self.embedding = nn.Embedding(args.vocab_size, args.embedding_dim)
-        # One module per layer, so dropout between layers can use one mask per sequence.
-        cell = CELLS[args.cell]
-        self.layers = nn.ModuleList(
-            cell(args.embedding_dim if i == 0 else args.hidden_size, args.hidden_size,
-                 batch_first=True) for i in range(args.num_layers))
+        self.rnn = CELLS[args.cell](
+            args.embedding_dim, args.hidden_size, args.num_layers, batch_first=True,
+            dropout=args.dropout if args.num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(args.dropout)
         self.head = nn.Linear(args.hidden_size, args.vocab_size)
         if args.cell == "lstm":
             self._open_forget_gates()
@@ -72,22 +61,9 @@ class CharRNN(nn.Module):
         # (Jozefowicz et al. 2015); PyTorch's gate order is input, forget, cell, output.
         hidden = self.args.hidden_size
         with torch.no_grad():
-            for layer in self.layers:
-                layer.bias_ih_l0[hidden:2 * hidden].fill_(1.0)
-                layer.bias_hh_l0[hidden:2 * hidden].zero_()
-
-    def _drop(self, x: torch.Tensor) -> torch.Tensor:
-        """Variational dropout: one mask per sequence, the same at every time step.
-
-        Recurrent models regularise better with a mask fixed over time (Gal and Ghahramani
-        2016, as AWD-LSTM), and drawing B x D random numbers instead of B x T x D makes it
-        about 30x cheaper on CPU, where drawing masks cost 8% of a training step.
-        """
-        p = self.args.dropout
-        if not self.training or p == 0.0:
-            return x
-        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1.0 - p)  # (B, 1, D)
-        return x * mask / (1.0 - p)
+            for layer in range(self.args.num_layers):
+                getattr(self.rnn, f"bias_ih_l{layer}")[hidden:2 * hidden].fill_(1.0)
+                getattr(self.rnn, f"bias_hh_l{layer}")[hidden:2 * hidden].zero_()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -105,15 +81,9 @@ class CharRNN(nn.Module):
         Unlike a transformer's `forward(idx, targets)`, a recurrent model also takes and returns
         the state, so consecutive windows of one stream continue where the last one stopped.
         """
-        x = self._drop(self.embedding(idx))  # (B, T, E)
-        states = []
-        for i, layer in enumerate(self.layers):
-            layer_state = None if state is None else _layer_state(state, i)
-            x, layer_state = layer(x, layer_state)  # (B, T, H)
-            x = self._drop(x)
-            states.append(layer_state)
-        state = _stack_layers(states)  # (L, B, H), or an (h, c) pair of them
-        logits = self.head(x)  # (B, T, V)
+        x = self.drop(self.embedding(idx))  # (B, T, E)
+        out, state = self.rnn(x, state)  # (B, T, H)
+        logits = self.head(self.drop(out))  # (B, T, V)
         loss = None
         if targets is not None:
             # Loss in fp32 even under bf16 autocast: log-softmax of low-precision logits is noisy.
@@ -134,9 +104,8 @@ class CharRNN(nn.Module):
         lstm = self.args.cell == "lstm"
         new_h, new_c = [], []
         for layer in range(self.args.num_layers):
-            module = self.layers[layer]
-            weights = [module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
-                       module.bias_hh_l0]
+            weights = [getattr(self.rnn, f"{name}_l{layer}")
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             if lstm:
                 h, c = cell_step(x, (state[0][layer], state[1][layer]), *weights)
                 new_c.append(c)

@@ -48,7 +48,7 @@ def test_state_carries_context_between_calls():
 
 def test_lstm_forget_gate_bias_starts_at_one():
     model = CharRNN(ModelArgs(vocab_size=5, hidden_size=4, embedding_dim=4, num_layers=1))
-    total = model.layers[0].bias_ih_l0 + model.layers[0].bias_hh_l0
+    total = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
     assert torch.all(total[4:8] == 1.0)
 
 
