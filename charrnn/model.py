@@ -41,6 +41,17 @@ def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State
     return fn(state)
 
 
+def join_streams(states: list[State]) -> State:
+    """One state from the states of consecutive groups of streams, joined along the batch.
+
+    (L, B_i, H) parts become (L, sum B_i, H): under torchrun each process carries its own
+    streams, and a checkpoint holds them in stream order, as one process training all would.
+    """
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
+    return torch.cat(states, dim=1)
+
+
 class CharRNN(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
