@@ -33,11 +33,14 @@ from charrnn.train import train  # noqa: E402
 NANOGPT_DOCUMENTED = 1.886  # val loss of the CPU recipe on this machine, per the issue
 
 
-def run_charrnn(config_path: Path, corpus: Path) -> dict:
+def run_charrnn(config_path: Path, corpus: Path, max_time: float | None) -> dict:
     from rich.console import Console
 
     with tempfile.TemporaryDirectory() as run_dir:
-        config = load_config(config_path, [f"data.path={corpus}", f"train.out_dir={run_dir}"])
+        overrides = [f"data.path={corpus}", f"train.out_dir={run_dir}"]
+        if max_time is not None:
+            overrides.append(f"train.max_time={max_time}")
+        config = load_config(config_path, overrides)
         start = time.perf_counter()
         result = train(config, console=Console(quiet=True), quiet=True)
         wall = time.perf_counter() - start
@@ -73,10 +76,12 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "shakespeare_cpu.yaml")
     parser.add_argument("--skip-reference", action="store_true",
                         help="only train charrnn (the reference takes about 3 minutes)")
+    parser.add_argument("--time", type=float, default=None,
+                        help="override the config's train.max_time (seconds), for smoke runs")
     args = parser.parse_args()
     corpus = shakespeare()
     print(f"machine: {machine()}")
-    results = [run_charrnn(args.config, corpus)]
+    results = [run_charrnn(args.config, corpus, args.time)]
     print(results[-1], flush=True)
     if not args.skip_reference:
         results.append(run_reference(corpus))
