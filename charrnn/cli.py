@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from charrnn import __version__, errors
-from charrnn.cli_common import CommandGroup, err, handles_errors, out
+from charrnn.cli_common import CommandGroup, err, handles_errors, out, speaks_for_the_run
 from charrnn.cli_data import data_app
 
 app = typer.Typer(cls=CommandGroup, no_args_is_help=True, rich_markup_mode="rich",
@@ -117,7 +117,11 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final result.")]
         = False,
 ) -> None:
-    """Train a model as a YAML config says; checkpoints and metrics go to train.out_dir."""
+    """Train a model as a YAML config says; checkpoints and metrics go to train.out_dir.
+
+    On several GPUs or machines, start it with torchrun: `torchrun --nproc_per_node=N -m
+    charrnn train ...`; data.batch_size is then the total over all processes.
+    """
     from charrnn.config import load_config
     from charrnn.train import saved_config
     from charrnn.train import train as run_training
@@ -133,6 +137,8 @@ def train(
         cfg = load_config(config, overrides)
     result = run_training(cfg, resume=resume_target, overwrite=overwrite, console=out,
                           quiet=quiet)
+    if not speaks_for_the_run():
+        return
     best = f"{result.best_val_loss:.4f} nats/char" if result.best_val_loss is not None else "n/a"
     out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s; best val "
               f"{best}; checkpoints in {result.run_dir}. Sample with: charrnn sample "

@@ -7,6 +7,7 @@ Every `CharRNNError` becomes one red `error: ...` line on stderr and its exit co
 from __future__ import annotations
 
 import functools
+import os
 
 import typer
 from rich.console import Console
@@ -60,6 +61,14 @@ class _usage_errors_as_one_line:
         return False
 
 
+def speaks_for_the_run() -> bool:
+    """False in the processes torchrun starts besides rank 0, which reports for all of them.
+
+    Read from torchrun's variables rather than charrnn.distributed, which would import torch.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+
+
 def report(exc: CharRNNError) -> None:
     if isinstance(exc, ConfigError) and len(exc.problems) > 1:
         err.print(f"[bold red]error:[/] {escape(exc.source)}: {len(exc.problems)} problems")
@@ -77,7 +86,9 @@ def handles_errors(command):
         try:
             return command(*args, **kwargs)
         except CharRNNError as exc:
-            report(exc)
+            # Under torchrun every process raises the error (see distributed.py): shown once.
+            if speaks_for_the_run():
+                report(exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")

@@ -117,22 +117,52 @@ def windows_to_tensors(ids: np.ndarray, starts: np.ndarray, seq_len: int
     return window[:, :-1], window[:, 1:]
 
 
+def _check_split(batch_size: int, parts: int) -> None:
+    if batch_size % parts:
+        from charrnn.errors import ConfigError
+
+        raise ConfigError([f"'data.batch_size' is {batch_size}, the total over all processes, "
+                           f"which does not split evenly over {parts} processes; use a multiple "
+                           f"of {parts}"])
+
+
+def _rows(part: tuple[int, int], batch_size: int) -> slice:
+    """The rows of a global batch that process `index` of `parts` trains on."""
+    index, parts = part
+    share = batch_size // parts
+    return slice(index * share, (index + 1) * share)
+
+
 class StreamBatches:
     """`batch_size` contiguous streams walked `seq_len` characters at a time (truncated BPTT).
 
     Stream b covers one contiguous slice of the training text, so the hidden state left by one
     batch is the right context for the next. At each epoch the slices shift by a random offset
     (so window boundaries differ between epochs) and `reset` tells the trainer to zero the state.
+
+    `part` = (index, parts) splits the streams between data-parallel processes: every process
+    lays out the same `batch_size` streams and walks only its own contiguous share of them
+    (`rows`), so between them they read each character once per epoch, as one process would.
     """
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int):
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int,
+                 part: tuple[int, int] = (0, 1)):
         usable = len(ids) - 1  # the last character is only ever a target
         if usable < seq_len:
             raise CorpusError(f"the training text has {len(ids):,} characters, fewer than one "
                               f"window (data.seq_len + 1 = {seq_len + 1}); use more text or a "
                               "smaller data.seq_len")
+        parts = part[1]
+        _check_split(batch_size, parts)
         self.ids, self.seq_len = ids, seq_len
-        self.batch_size = min(batch_size, usable // seq_len)  # short corpora: fewer streams
+        streams = min(batch_size, usable // seq_len)  # short corpora: fewer streams
+        self.batch_size = streams - streams % parts  # ... but as many for every process
+        if self.batch_size == 0:
+            raise CorpusError(f"the training text has {len(ids):,} characters, fewer than one "
+                              f"window (data.seq_len = {seq_len}) for each of the {parts} "
+                              "processes; use more text, a smaller data.seq_len or fewer "
+                              "processes")
+        self.rows = _rows(part, self.batch_size)
         self.stream_len = usable // self.batch_size
         per_stream = self.stream_len // seq_len
         # Keep about one window of slack so the epoch offset can move the window boundaries.
@@ -153,7 +183,7 @@ class StreamBatches:
     def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(x, y, reset): reset is True when the streams start over and state must be zeroed."""
         reset = self.window == 0
-        starts = (np.arange(self.batch_size) * self.stream_len + self.offset
+        starts = (np.arange(self.batch_size)[self.rows] * self.stream_len + self.offset
                   + self.window * self.seq_len)
         x, y = windows_to_tensors(self.ids, starts, self.seq_len)
         self.window += 1
@@ -177,14 +207,21 @@ class StreamBatches:
 
 
 class RandomBatches:
-    """Independent random windows, each starting from a zero state (nanoGPT-style)."""
+    """Independent random windows, each starting from a zero state (nanoGPT-style).
 
-    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int):
+    Under data parallelism every process draws the same `batch_size` windows and keeps its own
+    share (`rows`): one process with the whole batch would train on the very same windows.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int,
+                 part: tuple[int, int] = (0, 1)):
         if len(ids) - 1 < seq_len:
             raise CorpusError(f"the training text has {len(ids):,} characters, fewer than one "
                               f"window (data.seq_len + 1 = {seq_len + 1}); use more text or a "
                               "smaller data.seq_len")
+        _check_split(batch_size, part[1])
         self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+        self.rows = _rows(part, batch_size)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
 
@@ -199,6 +236,7 @@ class RandomBatches:
     def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         high = len(self.ids) - self.seq_len
         starts = torch.randint(0, high, (self.batch_size,), generator=self.generator).numpy()
+        starts = starts[self.rows]
         self.steps += 1
         x, y = windows_to_tensors(self.ids, starts, self.seq_len)
         return x, y, True

@@ -52,20 +52,27 @@ def _perplexity_text(value: float) -> str:
     return f"{value:.2f}" if value < 1e6 else f"{value:.3e}"
 
 
-def default_streams(n_chars: int, burn_in: int, device: torch.device) -> int:
-    # Segments of at least 4x the burn-in keep the extra reading under 25%.
-    cap = 256 if device.type == "cuda" else 64
+def default_streams(n_chars: int, burn_in: int, device: torch.device, parts: int = 1) -> int:
+    # Segments of at least 4x the burn-in keep the extra reading under 25%. Several processes
+    # share the segments: more of them, each shorter, finish sooner.
+    cap = (256 if device.type == "cuda" else 64) * parts
     return int(max(1, min(cap, n_chars // (4 * burn_in))))
 
 
 @torch.no_grad()
 def score_stream(model: CharRNN, ids: np.ndarray, device: torch.device, *,
-                 streams: int | None = None, burn_in: int = 1024) -> Score:
-    """Full stateful pass: every character after the first scored exactly once."""
+                 streams: int | None = None, burn_in: int = 1024,
+                 part: tuple[int, int] = (0, 1)) -> Score:
+    """Full stateful pass: every character after the first scored exactly once.
+
+    With `part` = (index, parts), only that share of the segments is scored: the parts' sums
+    of nats and characters add up to the whole text's score.
+    """
     targets = len(ids) - 1
     if targets < 1:
         return Score(0.0, 0)
-    streams = streams or default_streams(targets, burn_in, device)
+    index, parts = part
+    streams = streams or default_streams(targets, burn_in, device, parts)
     streams = max(1, min(streams, targets))
     burn_in = burn_in if streams > 1 else 0
     # Row 0 starts at the text's start and reads `length` inputs, all scored; row s >= 1 reads
@@ -77,6 +84,9 @@ def score_stream(model: CharRNN, ids: np.ndarray, device: torch.device, *,
         starts.append(starts[-1] + (length if len(starts) == 1 else length - burn_in))
     scored_from = np.array([0] + [burn_in] * (streams - 1))
     rows = np.array([s - burn_in if i else 0 for i, s in enumerate(starts)])
+    if parts > 1:
+        mine = np.array_split(np.arange(streams), parts)[index]
+        rows, scored_from = rows[mine], scored_from[mine]
     return _score_rows(model, ids, rows, length, scored_from, targets, device)
 
 
@@ -101,6 +111,8 @@ def _score_rows(model: CharRNN, ids: np.ndarray, rows: np.ndarray, length: int,
     Positions before `scored_from[row]` only warm the state; positions past the last target
     are padding and are masked out.
     """
+    if len(rows) == 0:  # a process with no segment of its own to score
+        return Score(0.0, 0)
     was_training = model.training
     model.eval()
     try:

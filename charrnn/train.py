@@ -5,6 +5,9 @@ the (detached) hidden state over from the previous window, and updates the model
 on the device and are read once per log interval, so the loop never waits on the GPU in
 between. Evaluations score the validation text and write `last.pt` and, when it improves,
 `best.pt`; `last.pt` also holds everything needed to resume exactly.
+
+Under torchrun, every process runs a `Trainer` on its own share of the streams (see
+distributed.py); rank 0 alone writes the run directory and prints.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rich.markup import escape
 from charrnn import checkpoint, devices, fileio
 from charrnn.config import Config, config_from_dict
 from charrnn.data import BATCHERS, Dataset, check_named_vocab, prepare
+from charrnn.distributed import World
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError, TrainingStopped
 from charrnn.evaluate import Score, score_stream
 from charrnn.interrupts import StopRequest
@@ -34,7 +38,7 @@ from charrnn.metrics import (
     TensorBoardLogger,
     read_metrics,
 )
-from charrnn.model import CharRNN, ModelArgs, map_state
+from charrnn.model import CharRNN, ModelArgs, join_streams, map_state
 from charrnn.progress import PlainView, make_view
 from charrnn.runlock import RunLock
 from charrnn.schedule import budget_fraction, learning_rate
@@ -55,23 +59,41 @@ class RunResult:
 
 def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool = False,
           console: Console | None = None, quiet: bool = False) -> RunResult:
-    """Train as `config` says, or continue the run in `resume` (True: config's out_dir)."""
+    """Train as `config` says, or continue the run in `resume` (True: config's out_dir).
+
+    Under torchrun every process calls this, and rank 0 speaks for all of them.
+    """
     console = console or Console()
     if resume not in (False, None, True):
         config = config.replace(train={"out_dir": str(resume)})
     run_dir = Path(config.train.out_dir)
     fileio.ensure_dir(run_dir)
-    with RunLock(run_dir), StopRequest() as stop:
-        # What a killed process was writing; holding the lock, no one else writes these now.
-        fileio.remove_temporaries(run_dir, ("*.pt", METRICS_FILE, CONFIG_FILE))
-        resume_from = _resume_payload(run_dir) if resume else None
-        if resume_from is None:
-            if resume and not quiet:
-                console.print(f"nothing to resume in {run_dir} yet (no {checkpoint.LAST}): "
-                              "starting a new run", highlight=False, soft_wrap=True)
-            _refuse_to_clobber(run_dir, overwrite)
-        trainer = Trainer(config, run_dir, console, quiet=quiet, resume_from=resume_from)
+    with World.from_environment(config.train.device) as world, \
+            contextlib.ExitStack() as lock, StopRequest() as stop:
+        if not world.is_main:
+            console, quiet = Console(quiet=True), True
+        # Rank 0 alone locks, tidies and reads the run directory, and passes on what it read.
+        resume_from = world.from_main(
+            lambda: _open_run(run_dir, lock, resume, overwrite, console, quiet))
+        # Rank 0 first: the others then find the corpus already encoded.
+        trainer = world.in_turns(lambda: Trainer(config, run_dir, console, quiet=quiet,
+                                                 resume_from=resume_from, world=world))
         return trainer.run(stop)
+
+
+def _open_run(run_dir: Path, lock: contextlib.ExitStack, resume: bool | str | Path,
+              overwrite: bool, console: Console, quiet: bool) -> dict | None:
+    """Lock the run directory and tidy it; the payload to resume from, if any."""
+    lock.enter_context(RunLock(run_dir))
+    # What a killed process was writing; holding the lock, no one else writes these now.
+    fileio.remove_temporaries(run_dir, ("*.pt", METRICS_FILE, CONFIG_FILE))
+    resume_from = _resume_payload(run_dir) if resume else None
+    if resume_from is None:
+        if resume and not quiet:
+            console.print(f"nothing to resume in {run_dir} yet (no {checkpoint.LAST}): "
+                          "starting a new run", highlight=False, soft_wrap=True)
+        _refuse_to_clobber(run_dir, overwrite)
+    return resume_from
 
 
 def _resume_payload(run_dir: Path) -> dict | None:
@@ -108,14 +130,17 @@ def _refuse_to_clobber(run_dir: Path, overwrite: bool) -> None:
 
 class Trainer:
     def __init__(self, config: Config, run_dir: Path, console: Console, *, quiet: bool = False,
-                 resume_from: dict | None = None):
+                 resume_from: dict | None = None, world: World | None = None):
         self.config, self.run_dir, self.console, self.quiet = config, run_dir, console, quiet
+        self.world = world or World()  # one process, unless torchrun started several
         t = config.train
         devices.set_threads(t.threads)
-        self.device = devices.pick_device(t.device)
+        self.device = self.world.device or devices.pick_device(t.device)
         self.amp = devices.pick_precision(t.precision, self.device)
-        torch.manual_seed(t.seed)
-        random.seed(t.seed)
+        # Each process draws its own dropout masks; rank 0 keeps the single-process seed, and
+        # DDP gives every process rank 0's initial weights.
+        torch.manual_seed(t.seed + self.world.rank)
+        random.seed(t.seed + self.world.rank)
 
         inherited = resume_from or self._init_payload()
         vocab = Vocab.from_dict(inherited["vocab"]) if inherited else None
@@ -126,17 +151,20 @@ class Trainer:
         self.model = self._build_model(inherited, resumed=resume_from is not None)
         self.optimizer = self._make_optimizer()
         batcher = BATCHERS[config.data.batching]
+        # The same seed everywhere: every process lays out the same streams, then takes its own.
         self.batches = batcher(self.data.train, config.data.batch_size, config.data.seq_len,
-                               seed=t.seed)
+                               seed=t.seed, part=self.world.part)
         self.state = None  # the hidden state carried from one window of each stream to the next
         self.step, self.elapsed, self.best_val_loss = 0, 0.0, None
         self.evaluations = 0  # counts evaluations for train.sample_every
         self.best_step: int | None = None  # the step whose weights best.pt holds
         if resume_from is not None:
             self._restore(resume_from)
-        else:
+        elif self.world.is_main:
             fileio.write_text(run_dir / CONFIG_FILE, config.to_yaml())
         self.logger = self._make_logger()
+        # What the training step calls: the model itself, or DDP's wrapper once run() starts.
+        self.trainable: torch.nn.Module = self.model
 
     # ---- set-up ---------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -180,6 +208,8 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), fused=fused)
 
     def _make_logger(self) -> MetricsLogger:
+        if not self.world.is_main:
+            return MultiLogger([])
         loggers: list[MetricsLogger] = [JsonlLogger(self.run_dir)]
         if self.config.train.tensorboard:
             loggers.append(TensorBoardLogger(self.run_dir))
@@ -189,6 +219,12 @@ class Trainer:
     def run(self, stop: StopRequest) -> RunResult:
         t, d = self.config.train, self.config.data
         precision = "bf16 autocast" if self.amp else "fp32"
+        # Wrapping is itself a collective (rank 0's weights go to all): only once all are set up.
+        self.trainable = self.world.wrap(self.model)
+        if self.world.size > 1:
+            each = self.batches.batch_size // self.world.size
+            self.say(f"data parallel: {self.world.describe()}, each training {each} of the "
+                     f"{self.batches.batch_size} streams of a step (data.batch_size)")
         self.say(f"device: {devices.describe(self.device)}, {precision} | model: "
                  f"{self.model.args.cell} {self.model.args.num_layers}x"
                  f"{self.model.args.hidden_size}, {self.model.num_parameters():,} parameters | "
@@ -206,6 +242,9 @@ class Trainer:
         with view:
             while True:
                 self.elapsed = time.perf_counter() - started
+                if t.max_time:
+                    # All processes must end at the same step: the slowest clock decides.
+                    self.elapsed = self.world.max(self.elapsed)
                 fraction = budget_fraction(self.step, self.elapsed, t.max_steps, t.max_time)
                 if fraction >= 1.0:
                     break
@@ -234,14 +273,15 @@ class Trainer:
                     self._check_finite(pending, norms)
                     last_eval = self._evaluate(view, final=False)
                     window_start, window_steps = time.perf_counter(), 0
-                if stop.requested:
+                # A signal reaches the processes at different steps: they stop at the same one.
+                if self.world.any(stop.requested):
                     self._check_finite(pending, norms)
                     self.elapsed = time.perf_counter() - started
                     self._save(last_eval.loss if last_eval else None)
                     raise TrainingStopped(
-                        f"stopped by {stop.name} at step {self.step:,}; {self.run_dir / 'last.pt'}"
-                        f" saved. Continue with: charrnn train --resume {self.run_dir}",
-                        exit_code=stop.exit_code)
+                        f"stopped by {stop.name or 'a signal to another process'} at step "
+                        f"{self.step:,}; {self.run_dir / 'last.pt'} saved. Continue with: "
+                        f"{self._command()} --resume {self.run_dir}", exit_code=stop.exit_code)
             self._check_finite(pending, norms)
             self.elapsed = time.perf_counter() - started
             final = self._evaluate(view, final=True)
@@ -266,7 +306,7 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         with devices.autocast(self.device, self.amp):
-            _, loss, state = self.model(x, y, self.state)
+            _, loss, state = self.trainable(x, y, self.state)
         self.state = map_state(torch.Tensor.detach, state)  # truncated BPTT
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -281,7 +321,9 @@ class Trainer:
         """Mean of the losses; stop with a clear error if any loss or gradient is not finite."""
         if not losses:
             return math.nan
-        values = torch.stack(losses).float().cpu()  # the one sync per interval
+        # Each process's mean over its equal share: their mean is the whole batch's loss, and
+        # a non-finite loss on one process is non-finite on all of them.
+        values = self.world.mean(torch.stack(losses).float()).cpu()  # the one sync per interval
         grads = torch.stack(norms).float().cpu() if norms else torch.zeros(len(values))
         bad = ~(torch.isfinite(values) & torch.isfinite(grads[-len(values):]))
         if bad.any():
@@ -306,7 +348,10 @@ class Trainer:
         t = self.config.train
         limit = t.final_eval_chars if final else t.eval_chars
         val = self.data.val if limit is None else self.data.val[:limit + 1]
-        score = score_stream(self.model, val, self.device)
+        # Every process scores its share of the segments; all of them get the same total.
+        share = score_stream(self.model, val, self.device, part=self.world.part)
+        nats, chars = self.world.sum([share.nats, share.chars])
+        score = Score(nats, int(chars))
         improved = self.best_val_loss is None or score.loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = score.loss, self.step
@@ -318,7 +363,7 @@ class Trainer:
         self._save(score.loss, improved)
         self.evaluations += 1
         every = self.config.train.sample_every
-        if every and self.evaluations % every == 0:
+        if every and self.evaluations % every == 0 and self.world.is_main:
             view.message(self._sample_preview())
         return score
 
@@ -336,37 +381,64 @@ class Trainer:
         return f"[dim]--- sample at step {self.step:,} (temperature 0.8) ---[/]\n" + escape(text)
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def _payload(self, val_loss: float | None, with_state: bool) -> dict:
+    def _payload(self, val_loss: float | None, train_state: dict | None = None) -> dict:
         return checkpoint.build_payload(
             self.model, self.vocab, step=self.step, val_loss=val_loss,
             best_val_loss=self.best_val_loss, elapsed=self.elapsed,
-            config=self.config.to_dict(),
-            train_state=self._train_state() if with_state else None)
+            config=self.config.to_dict(), train_state=train_state)
 
     def _save(self, val_loss: float | None, improved: bool = False) -> None:
         self._check_weights_finite()
+        train_state = self._train_state()  # every process takes part: each has its own streams
+        # Rank 0 alone writes; should it fail, every process stops with its error.
+        self.world.from_main(lambda: self._write_checkpoints(val_loss, improved, train_state))
+
+    def _write_checkpoints(self, val_loss: float | None, improved: bool,
+                           train_state: dict) -> None:
         # last.pt first, so a run can be resumed from its first checkpoint on; if a kill falls
         # before best.pt is written too, resuming writes it (_repair_best).
-        checkpoint.save(self._payload(val_loss, with_state=True), self.run_dir / checkpoint.LAST)
+        checkpoint.save(self._payload(val_loss, train_state), self.run_dir / checkpoint.LAST)
         if improved:
-            checkpoint.save(self._payload(val_loss, with_state=False),
-                            self.run_dir / checkpoint.BEST)
+            checkpoint.save(self._payload(val_loss), self.run_dir / checkpoint.BEST)
         keep = self.config.train.keep_last
         if keep:
-            checkpoint.save(self._payload(val_loss, with_state=False),
-                            self.run_dir / f"step-{self.step:08d}.pt")
+            checkpoint.save(self._payload(val_loss), self.run_dir / f"step-{self.step:08d}.pt")
             for old in sorted(self.run_dir.glob("step-*.pt"))[:-keep]:
                 old.unlink(missing_ok=True)
 
-    def _train_state(self) -> dict:
+    def _train_state(self) -> dict | None:
+        """What resuming needs besides the weights, on rank 0 (None on the other processes).
+
+        Under torchrun, each process's hidden state and RNG state are gathered on rank 0; the
+        hidden states are joined in stream order, as one process training them all holds them.
+        """
+        hidden = None if self.state is None else map_state(
+            lambda s: s.detach().cpu().clone(), self.state)
+        every = self.world.gather({"hidden": hidden, "rng": self._rng_state()})
+        if every is None:
+            return None
+        if len(every) > 1 and hidden is not None:
+            hidden = join_streams([own["hidden"] for own in every])
+        state = {"optimizer": self.optimizer.state_dict(), "batches": self.batches.state_dict(),
+                 "hidden": hidden, "rng": every[0]["rng"], "data_key": self.data.key,
+                 "best_step": self.best_step, "evaluations": self.evaluations}
+        if len(every) > 1:
+            state["rng_per_rank"] = [own["rng"] for own in every]
+        return state
+
+    @staticmethod
+    def _rng_state() -> dict:
         rng = {"torch": torch.get_rng_state(), "python": _python_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        hidden = None if self.state is None else map_state(
-            lambda s: s.detach().cpu().clone(), self.state)
-        return {"optimizer": self.optimizer.state_dict(), "batches": self.batches.state_dict(),
-                "hidden": hidden, "rng": rng, "data_key": self.data.key,
-                "best_step": self.best_step, "evaluations": self.evaluations}
+        return rng
+
+    def _own_rng_state(self, state: dict) -> dict | None:
+        """This process's RNG state in a checkpoint: rank r's, if as many processes wrote it."""
+        per_rank = state.get("rng_per_rank")
+        if per_rank and len(per_rank) == self.world.size:
+            return per_rank[self.world.rank]
+        return state["rng"] if self.world.is_main else None  # the others keep their own seeds
 
     def _restore(self, payload: dict) -> None:
         state = payload["train_state"]
@@ -380,22 +452,24 @@ class Trainer:
         self.best_val_loss = payload.get("best_val_loss")
         self.best_step = state.get("best_step")
         self.evaluations = state.get("evaluations", 0)
-        if self.best_step == self.step:
+        if self.best_step == self.step and self.world.is_main:
             self._repair_best(payload)
         if state.get("data_key") == self.data.key:
             self.batches.load_state_dict(state["batches"])
-            hidden = state.get("hidden")
+            hidden = state.get("hidden")  # (L, B, H): every stream's, this process's rows below
             self.state = None if hidden is None else map_state(
-                lambda s: s.to(self.device), hidden)
+                lambda s: s[:, self.batches.rows].contiguous().to(self.device), hidden)
         else:
             self.say("[yellow]warning:[/] the corpus changed since the checkpoint; its data "
                      "position restarts from the beginning")
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(_to_python_rng(rng["python"]))
-        _truncate_metrics(self.run_dir, self.step)
+        rng = self._own_rng_state(state)
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            random.setstate(_to_python_rng(rng["python"]))
+        if self.world.is_main:
+            _truncate_metrics(self.run_dir, self.step)
 
     def _repair_best(self, payload: dict) -> None:
         """Write best.pt from last.pt if a kill fell between the two writes of one step."""
@@ -404,6 +478,9 @@ class Trainer:
             if checkpoint.load(path)["step"] == self.step:
                 return
         checkpoint.save({k: v for k, v in payload.items() if k != "train_state"}, path)
+
+    def _command(self) -> str:
+        return "torchrun ... -m charrnn train" if self.world.size > 1 else "charrnn train"
 
     @staticmethod
     def _fields(record: dict, last_eval: Score | None) -> dict:

@@ -1,0 +1,265 @@
+"""Data-parallel training under torchrun: one process per device, gradients averaged by DDP.
+
+`torchrun --nproc_per_node=N -m charrnn train ...` starts N copies of the same command with
+RANK, WORLD_SIZE and LOCAL_RANK set. `World.from_environment` joins them into one process
+group (gloo for CPU tensors, plus NCCL for CUDA tensors with each process on cuda:LOCAL_RANK).
+A plain `charrnn train` gets a world of one process, whose methods hand values straight back,
+so single-process training runs exactly the code it always did.
+
+Processes must never disagree about what comes next, or one of them waits forever in a
+collective the others skipped. So every decision that could differ between them (stop on a
+signal, the time budget, a non-finite loss, a failure) is reduced across all processes before
+it is acted on, and a `CharRNNError` on one process is raised on every process: rank 0 prints
+it, the others stop quietly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import os
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from charrnn import devices
+from charrnn.errors import CharRNNError, UsageError
+
+T = TypeVar("T")
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+class ProcessFailed(CharRNNError):
+    """Raised on every process when another one failed, so that all of them stop together."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+PEER_LOST = ("another process of this run failed (its error is printed above, or in torchrun's "
+             "report); this one stopped too")
+# How long the other processes of a failed run wait for rank 0 to report the error and exit.
+REPORT_GRACE = datetime.timedelta(seconds=60)
+
+
+class World:
+    """The processes training one model: their number, this one's rank, its device."""
+
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0):
+        self.rank, self.size, self.local_rank = rank, size, local_rank
+        self.device: torch.device | None = None  # alone: the trainer picks by train.device
+        self.backend = ""  # what carries the gradients: gloo or nccl
+        self.broken = False  # a collective failed: another process is gone
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes the run directory and prints."""
+        return self.rank == 0
+
+    @property
+    def part(self) -> tuple[int, int]:
+        """(this process's share, number of shares) of the streams and of the evaluation."""
+        return self.rank, self.size
+
+    def describe(self) -> str:
+        return f"{self.size} processes ({self.backend})"
+
+    # ---- joining and leaving ------------------------------------------------------------------
+    @classmethod
+    def from_environment(cls, device_name: str) -> World:
+        """The world torchrun started this process in; a world of one without torchrun."""
+        if not launched_by_torchrun():
+            return cls()
+        if not dist.is_available():
+            raise UsageError("this PyTorch build has no torch.distributed, which torchrun "
+                             "training needs; run `charrnn train` without torchrun")
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        # CPU tensors (flags, scores, objects, CPU training) go over gloo; CUDA tensors over
+        # NCCL, GPU to GPU, which starts only if they are used.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+        world = cls(rank, size, local_rank)
+        try:
+            # Joined first, so that a device one machine lacks is reported like any error.
+            world.device = world.agreed(lambda: _device_for(device_name, local_rank))
+        except BaseException as exc:
+            world.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        world.backend = "nccl" if world.device.type == "cuda" else "gloo"
+        return world
+
+    def close(self, reported_by_main: bool = False) -> None:
+        """Leave the process group.
+
+        After a failure, torchrun stops every process as soon as one of them exits. When rank
+        0 is to print the error that stopped them all, it must be the first to go.
+        """
+        if self.size == 1 or not dist.is_initialized():
+            return
+        if reported_by_main and self.is_main:
+            atexit.register(_leave)  # when the interpreter exits, after the error is printed
+            return
+        if reported_by_main:
+            # Rank 0 leaving closes its connections, which ends this wait with an error.
+            with contextlib.suppress(RuntimeError):
+                dist.irecv(torch.zeros(1), src=0).wait(REPORT_GRACE)
+        _leave()
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        # Errors are agreed on (raised on every process) unless a process is gone; anything
+        # else, a bug say, is reported by its own traceback on the process that hit it.
+        self.close(reported_by_main=isinstance(exc, CharRNNError) and not self.broken)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as the training step calls it: under DDP, which averages the gradients."""
+        if self.size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        with self._collective():  # DDP copies rank 0's weights to every process
+            return DistributedDataParallel(model, device_ids=ids)
+
+    # ---- agreeing on values -------------------------------------------------------------------
+    def any(self, flag: bool) -> bool:
+        """True on every process if it is true on one."""
+        return bool(self._reduce([float(flag)], dist.ReduceOp.MAX)[0]) if self.size > 1 else flag
+
+    def max(self, value: float) -> float:
+        return self._reduce([value], dist.ReduceOp.MAX)[0] if self.size > 1 else value
+
+    def sum(self, values: list[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.SUM) if self.size > 1 else values
+
+    def mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise mean over processes, on the tensor's own device (NCCL on CUDA)."""
+        if self.size == 1:
+            return tensor
+        total = tensor.clone()
+        with self._collective():
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)  # gloo has no AVG
+        return total / self.size
+
+    def gather(self, value: T) -> list[T] | None:
+        """Every process's `value` in rank order on rank 0; None on the others."""
+        if self.size == 1:
+            return [value]
+        every = [None] * self.size if self.is_main else None
+        with self._collective():
+            dist.gather_object(value, every, dst=0)
+        return every
+
+    def _reduce(self, values: list[float], op) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64)  # on the CPU: gloo, no device sync
+        with self._collective():
+            dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+    # ---- agreeing on failures ------------------------------------------------------------------
+    def from_main(self, work: Callable[[], T]) -> T:
+        """Rank 0 does `work` (writing files, say); every process gets its result or its error."""
+        if self.size == 1:
+            return work()
+        result, error = _attempt(work) if self.is_main else (None, None)
+        box = [(result, _describe(error))]
+        with self._collective():
+            dist.broadcast_object_list(box, src=0)
+        result, failure = box[0]
+        if failure is not None:
+            raise error if self.is_main else ProcessFailed(*failure)
+        return result
+
+    def agreed(self, work: Callable[[], T]) -> T:
+        """`work` on every process; if it fails on one, the first failure is raised on all."""
+        if self.size == 1:
+            return work()
+        result, error = _attempt(work)
+        self._settle(error)
+        return result
+
+    def in_turns(self, work: Callable[[], T]) -> T:
+        """`work` on rank 0 first, then on the first process of every other machine, then on
+        the rest: what the first one writes (the encoded corpus), the next ones reuse.
+
+        `work` must not use collectives itself: a process that fails in it skips them.
+        """
+        if self.size == 1:
+            return work()
+        turn = 0 if self.is_main else 1 if self.local_rank == 0 else 2
+        result = error = None
+        for stage in range(3):
+            if stage == turn:
+                result, error = _attempt(work)
+            self._settle(error)  # everyone hears of a failure before the next turn starts
+        return result
+
+    def _settle(self, error: CharRNNError | None) -> None:
+        """Raise the first failing process's error on every process, if there is one."""
+        every: list = [None] * self.size
+        with self._collective():
+            dist.all_gather_object(every, _describe(error))
+        failed = [rank for rank, failure in enumerate(every) if failure is not None]
+        if not failed:
+            return
+        first = failed[0]
+        if first == self.rank:
+            raise error
+        message, exit_code = every[first]
+        raise ProcessFailed(f"{message} (on rank {first})", exit_code)
+
+    @contextlib.contextmanager
+    def _collective(self) -> Iterator[None]:
+        # A process that exits mid-run closes its connections: the others' next collective
+        # fails. Their tracebacks would bury the error that matters, printed by that process.
+        try:
+            yield
+        except RuntimeError as exc:
+            self.broken = True
+            raise ProcessFailed(PEER_LOST) from exc
+
+
+def _leave() -> None:
+    with contextlib.suppress(RuntimeError):  # a group that a dead process broke
+        dist.destroy_process_group()
+
+
+def _attempt(work: Callable[[], T]) -> tuple[T | None, CharRNNError | None]:
+    try:
+        return work(), None
+    except CharRNNError as exc:
+        return None, exc
+
+
+def _describe(error: CharRNNError | None) -> tuple[str, int] | None:
+    return None if error is None else (str(error), error.exit_code)
+
+
+def _device_for(name: str, local_rank: int) -> torch.device:
+    """The device of the process with this LOCAL_RANK: its own GPU, or the CPU."""
+    device = devices.pick_device(name)
+    if device.type == "mps":
+        if name != "auto":
+            raise UsageError("training under torchrun runs on CUDA (NCCL) or the CPU (gloo); "
+                             "MPS has no collective backend: use --set train.device=cpu")
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        count = torch.cuda.device_count()
+        if processes > count:
+            raise UsageError(f"torchrun started {processes} processes on this machine but it "
+                             f"has {count} CUDA device{'s' if count != 1 else ''}; use "
+                             f"--nproc_per_node={count} (one process per GPU), or "
+                             "--set train.device=cpu")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
