@@ -35,8 +35,9 @@ class DataConfig:
     vocab: str | None = _opt(None, "vocab.json to use; built from the training text when null")
     val_fraction: float = _opt(0.1, "the last fraction of the text, held out for validation",
                                min=0.0, max=0.5, min_exclusive=True)
-    seq_len: int = _opt(128, "characters per training window (truncated-BPTT length)", min=1)
-    batch_size: int = _opt(64, "parallel streams (windows) per step", min=1)
+    seq_len: int = _opt(64, "characters per training window (truncated-BPTT length)", min=1)
+    batch_size: int = _opt(16, "parallel streams (windows) per step, in all: under torchrun "
+                           "the processes split them evenly (a multiple of their number)", min=1)
     batching: str = _opt("stream", "stream: contiguous streams carrying hidden state between "
                          "steps; random: independent random windows", choices=("stream", "random"))
     separator: str = _opt("", "text put between documents when several files are read")
@@ -57,16 +58,16 @@ class DataConfig:
 class ModelConfig:
     cell: str = _opt("lstm", "recurrent cell", choices=("rnn", "lstm", "gru"))
     embedding_dim: int = _opt(64, "size of each character's learned vector", min=1)
-    hidden_size: int = _opt(256, "units per recurrent layer", min=1)
-    num_layers: int = _opt(2, "stacked recurrent layers", min=1)
-    dropout: float = _opt(0.0, "dropout on the embedding, between layers and before the output",
+    hidden_size: int = _opt(512, "units per recurrent layer", min=1)
+    num_layers: int = _opt(1, "stacked recurrent layers", min=1)
+    dropout: float = _opt(0.1, "dropout on the embedding, between layers and before the output",
                           min=0.0, max=1.0, max_exclusive=True)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _opt(2e-3, "peak AdamW learning rate", min=0.0, min_exclusive=True)
-    weight_decay: float = _opt(0.0, "AdamW decoupled weight decay", min=0.0)
+    lr: float = _opt(4e-3, "peak AdamW learning rate", min=0.0, min_exclusive=True)
+    weight_decay: float = _opt(0.1, "AdamW decoupled weight decay (matrices only)", min=0.0)
     beta1: float = _opt(0.9, "AdamW beta1", min=0.0, max=1.0)
     beta2: float = _opt(0.99, "AdamW beta2", min=0.0, max=1.0)
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
