@@ -110,6 +110,11 @@ class World:
             # Rank 0 leaving closes its connections, which ends this wait with an error.
             with contextlib.suppress(RuntimeError):
                 dist.irecv(torch.zeros(1), src=0).wait(REPORT_GRACE)
+        else:
+            # Leave together: a process tearing gloo down while a peer still talks to it can
+            # abort ("terminate called without an active exception") after a finished run.
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         _leave()
 
     def __enter__(self) -> World:
