@@ -40,6 +40,10 @@ class DataConfig:
                            "the processes split them evenly (a multiple of their number)", min=1)
     batching: str = _opt("stream", "stream: contiguous streams carrying hidden state between "
                          "steps; random: independent random windows", choices=("stream", "random"))
+    reset_every: int = _opt(2048, "stream batching: zero a stream's hidden state at random, "
+                            "on average every N characters, so the model learns to start "
+                            "from a blank state as sampling does (0: only at epoch starts)",
+                            min=0)
     separator: str = _opt("", "text put between documents when several files are read")
     lowercase: bool | None = _opt(None, "fold case (null: as the vocab says, else false)")
     newline: str | None = _opt(None, "keep | lf: turn CRLF/CR into LF (null: as the vocab says, "

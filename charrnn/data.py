@@ -140,13 +140,17 @@ class StreamBatches:
     batch is the right context for the next. At each epoch the slices shift by a random offset
     (so window boundaries differ between epochs) and `reset` tells the trainer to zero the state.
 
+    Besides, each stream's state is zeroed at random, on average every `reset_every`
+    characters: otherwise the model only ever starts from a blank state at epoch starts and
+    can fail to recover from one, which is exactly how sampling and evaluation begin.
+
     `part` = (index, parts) splits the streams between data-parallel processes: every process
     lays out the same `batch_size` streams and walks only its own contiguous share of them
     (`rows`), so between them they read each character once per epoch, as one process would.
     """
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int,
-                 part: tuple[int, int] = (0, 1)):
+                 part: tuple[int, int] = (0, 1), reset_every: int = 0):
         usable = len(ids) - 1  # the last character is only ever a target
         if usable < seq_len:
             raise CorpusError(f"the training text has {len(ids):,} characters, fewer than one "
@@ -169,6 +173,8 @@ class StreamBatches:
         self.windows = per_stream - 1 if per_stream >= 2 and self.stream_len % seq_len == 0 \
             else per_stream
         self.slack = self.stream_len - self.windows * seq_len
+        # Chance that a stream starts a window from a blank state (0: only at epoch starts).
+        self.reset_chance = min(seq_len / reset_every, 1.0) if reset_every else 0.0
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.window = 0, 0
         self.offset = self._draw_offset()
@@ -180,9 +186,13 @@ class StreamBatches:
     def _draw_offset(self) -> int:
         return int(torch.randint(0, self.slack + 1, (1,), generator=self.generator))
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(x, y, reset): reset is True when the streams start over and state must be zeroed."""
-        reset = self.window == 0
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, y, reset): reset (B,) marks the streams whose state must be zeroed first."""
+        if self.window == 0:  # the streams start over
+            reset = torch.ones(self.batch_size, dtype=torch.bool)
+        else:  # drawn for every stream, so each process sees its share of the same draw
+            reset = torch.rand(self.batch_size, generator=self.generator) < self.reset_chance
+        reset = reset[self.rows]
         starts = (np.arange(self.batch_size)[self.rows] * self.stream_len + self.offset
                   + self.window * self.seq_len)
         x, y = windows_to_tensors(self.ids, starts, self.seq_len)
@@ -233,13 +243,13 @@ class RandomBatches:
     def progress(self) -> float:
         return self.steps * self.batch_size * self.seq_len / self.chars_per_epoch
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         high = len(self.ids) - self.seq_len
         starts = torch.randint(0, high, (self.batch_size,), generator=self.generator).numpy()
         starts = starts[self.rows]
         self.steps += 1
         x, y = windows_to_tensors(self.ids, starts, self.seq_len)
-        return x, y, True
+        return x, y, torch.ones(len(starts), dtype=torch.bool)  # every window starts blank
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "generator": self.generator.get_state()}

@@ -25,7 +25,7 @@ from rich.markup import escape
 
 from charrnn import checkpoint, devices, fileio
 from charrnn.config import Config, config_from_dict
-from charrnn.data import BATCHERS, Dataset, check_named_vocab, prepare
+from charrnn.data import BATCHERS, Dataset, StreamBatches, check_named_vocab, prepare
 from charrnn.distributed import World
 from charrnn.errors import CharRNNError, CheckpointError, ConfigError, TrainingStopped
 from charrnn.evaluate import Score, score_stream
@@ -152,8 +152,9 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         batcher = BATCHERS[config.data.batching]
         # The same seed everywhere: every process lays out the same streams, then takes its own.
+        options = {"reset_every": config.data.reset_every} if batcher is StreamBatches else {}
         self.batches = batcher(self.data.train, config.data.batch_size, config.data.seq_len,
-                               seed=t.seed, part=self.world.part)
+                               seed=t.seed, part=self.world.part, **options)
         self.state = None  # the hidden state carried from one window of each stream to the next
         self.step, self.elapsed, self.best_val_loss = 0, 0.0, None
         self.evaluations = 0  # counts evaluations for train.sample_every
@@ -298,8 +299,11 @@ class Trainer:
 
     def _train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, y, reset = self.batches.next()
-        if reset:
+        if reset.all():
             self.state = None  # the streams start over: no context to carry
+        elif reset.any() and self.state is not None:
+            keep = (~reset).to(self.device)[None, :, None]  # (1, B, 1)
+            self.state = map_state(lambda s: s * keep, self.state)
         if self.device.type == "cuda":
             # From pageable memory a copy waits for the GPU to finish; pinned, it does not.
             x, y = x.pin_memory(), y.pin_memory()

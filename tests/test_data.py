@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from charrnn.config import DataConfig
 from charrnn.corpus import Normalization, resolve_sources
@@ -28,7 +29,7 @@ def test_streams_continue_where_the_previous_window_ended():
     batches = StreamBatches(ids, batch_size=4, seq_len=16, seed=0)
     x1, y1, reset1 = batches.next()
     x2, _, reset2 = batches.next()
-    assert reset1 and not reset2
+    assert reset1.all() and not reset2.any()
     assert (x2[:, 0] == y1[:, -1]).all()  # window 2 starts right after window 1
     assert (x1[1, 0] - x1[0, 0]).item() == batches.stream_len  # streams are far apart
 
@@ -44,20 +45,20 @@ def test_an_epoch_covers_each_stream_once_then_resets():
     flat = np.concatenate([s.numpy().ravel() for s in seen])
     assert len(np.unique(flat)) == len(flat) == batches.chars_per_epoch
     _, _, reset = batches.next()
-    assert reset
+    assert reset.all()
 
 
 def test_stream_batcher_state_round_trips():
     ids = np.arange(5_000, dtype=np.uint32)
-    a = StreamBatches(ids, batch_size=4, seq_len=16, seed=3)
+    a = StreamBatches(ids, batch_size=4, seq_len=16, seed=3, reset_every=64)
     for _ in range(100):
         a.next()
-    b = StreamBatches(ids, batch_size=4, seq_len=16, seed=99)
+    b = StreamBatches(ids, batch_size=4, seq_len=16, seed=99, reset_every=64)
     b.load_state_dict(a.state_dict())
     for _ in range(100):
         xa, _, ra = a.next()
         xb, _, rb = b.next()
-        assert (xa == xb).all() and ra == rb
+        assert (xa == xb).all() and torch.equal(ra, rb)
 
 
 def test_short_corpus_uses_fewer_streams_or_fails_clearly():
@@ -72,7 +73,7 @@ def test_random_batches_are_reproducible_windows():
     a, b = RandomBatches(ids, 5, 7, seed=4), RandomBatches(ids, 5, 7, seed=4)
     xa, ya, reset = a.next()
     xb, _, _ = b.next()
-    assert reset and (xa == xb).all() and (ya == xa + 1).all()
+    assert reset.all() and (xa == xb).all() and (ya == xa + 1).all()
 
 
 def test_encoding_is_cached_until_the_corpus_changes(tmp_path, corpus):
@@ -171,3 +172,14 @@ def test_crlf_and_bom_files_encode_like_their_clean_twins(tmp_path):
     for name in ("crlf.txt", "bom.txt", "both.txt"):
         assert encoded[name][0] == chars, name
         assert np.array_equal(encoded[name][1], ids), name
+
+
+def test_streams_restart_from_a_blank_state_now_and_then():
+    ids = np.arange(200_000, dtype=np.uint32)
+    batches = StreamBatches(ids, batch_size=32, seq_len=16, seed=0, reset_every=160)
+    batches.next()  # the epoch start: every stream
+    resets = torch.stack([batches.next()[2] for _ in range(300)])
+    assert 0.05 < resets.float().mean() < 0.15  # about seq_len / reset_every
+    never = StreamBatches(ids, batch_size=32, seq_len=16, seed=0)
+    never.next()
+    assert not any(never.next()[2].any() for _ in range(100))

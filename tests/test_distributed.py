@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
@@ -65,7 +66,8 @@ def two_process_run(corpus, tmp_path_factory):
 
 
 # ---- the pieces, in this process ----------------------------------------------------------------
-@pytest.mark.parametrize("batcher", [StreamBatches, RandomBatches], ids=["stream", "random"])
+@pytest.mark.parametrize("batcher", [StreamBatches, partial(StreamBatches, reset_every=64),
+                                     RandomBatches], ids=["stream", "stream-resets", "random"])
 def test_the_processes_shares_together_are_the_single_process_batch(batcher):
     ids = np.arange(3_000, dtype=np.uint32)
     whole = batcher(ids, 6, 16, seed=5)
@@ -75,7 +77,7 @@ def test_the_processes_shares_together_are_the_single_process_batch(batcher):
         parts = [share.next() for share in shares]
         assert torch.equal(torch.cat([p[0] for p in parts]), x)
         assert torch.equal(torch.cat([p[1] for p in parts]), y)
-        assert all(p[2] == reset for p in parts)
+        assert torch.equal(torch.cat([p[2] for p in parts]), reset)
     assert all(share.progress == whole.progress for share in shares)
 
 
