@@ -302,13 +302,9 @@ class Trainer:
         if reset.all():
             self.state = None  # the streams start over: no context to carry
         elif reset.any() and self.state is not None:
-            keep = (~reset).to(self.device)[None, :, None]  # (1, B, 1)
+            keep = self._to_device(~reset)[None, :, None]  # (1, B, 1)
             self.state = map_state(lambda s: s * keep, self.state)
-        if self.device.type == "cuda":
-            # From pageable memory a copy waits for the GPU to finish; pinned, it does not.
-            x, y = x.pin_memory(), y.pin_memory()
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+        x, y = self._to_device(x), self._to_device(y)
         with devices.autocast(self.device, self.amp):
             _, loss, state = self.trainable(x, y, self.state)
         self.state = map_state(torch.Tensor.detach, state)  # truncated BPTT
@@ -320,6 +316,12 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip, foreach=True)
         self.optimizer.step()
         return loss.detach(), norm
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            # From pageable memory a copy waits for the GPU to finish; pinned, it does not.
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True)
 
     def _check_finite(self, losses: list[torch.Tensor], norms: list[torch.Tensor]) -> float:
         """Mean of the losses; stop with a clear error if any loss or gradient is not finite."""
