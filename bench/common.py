@@ -24,9 +24,14 @@ def rnn_flops_per_char(cell: str, embedding: int, hidden: int, layers: int,
     return forward * (3 if training else 1)
 
 
-def matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 2048,
-                 seconds: float = 2.0) -> float:
-    """FLOP/s of a large square matmul: the machine's practical peak for this dtype."""
+def matmul_flops(dtype: torch.dtype, device: torch.device,
+                 sizes: tuple[int, ...] = (1024, 2048, 4096), seconds: float = 1.0) -> float:
+    """FLOP/s of the fastest large square matmul: the practical peak for this dtype."""
+    return max(_matmul_flops(dtype, device, size, seconds) for size in sizes)
+
+
+def _matmul_flops(dtype: torch.dtype, device: torch.device, size: int,
+                  seconds: float) -> float:
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):

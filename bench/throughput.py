@@ -90,13 +90,16 @@ def charrnn_speed(cell: str, hidden: int, layers: int, corpus: Path, device, pre
 def _chars_per_second(steps, device, seconds: float) -> float:
     for _ in range(3):
         next(steps)
-    sync(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        next(steps)
-        count += 1
-    sync(device)
-    return count * BATCH * SEQ / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(2):  # the faster of two timed spans: the least disturbed one
+        sync(device)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            next(steps)
+            count += 1
+        sync(device)
+        best = max(best, count * BATCH * SEQ / (time.perf_counter() - start))
+    return best
 
 
 def main() -> None:
@@ -111,7 +114,7 @@ def main() -> None:
     peak = {"fp32": matmul_flops(torch.float32, device),
             "bf16": matmul_flops(torch.bfloat16, device)}
     print(f"machine: {machine()}")
-    print(f"matmul 2048x2048: fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s, "
+    print(f"best large matmul: fp32 {peak['fp32'] / 1e9:,.0f} GFLOP/s, "
           f"bf16 {peak['bf16'] / 1e9:,.0f} GFLOP/s; batch {BATCH} x {SEQ} chars")
     rows = []
     for cell, hidden, layers in SIZES:

@@ -17,12 +17,13 @@ def test_output_shapes_and_loss_for_every_cell(cell):
     assert isinstance(state, tuple) == (cell == "lstm")
 
 
+@pytest.mark.parametrize("batch", [2, 64])  # fused cell calls, then the module itself
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_one_step_at_a_time_equals_the_whole_sequence(cell):
+def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch):
     torch.manual_seed(0)
     model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=16,
                               num_layers=3)).eval()
-    idx = torch.randint(0, 9, (2, 12))
+    idx = torch.randint(0, 9, (batch, 12))
     with torch.no_grad():
         full, _, full_state = model(idx)
         state, steps = None, []
