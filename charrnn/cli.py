@@ -139,9 +139,9 @@ def train(
                           quiet=quiet)
     if not speaks_for_the_run():
         return
-    best = f"{result.best_val_loss:.4f} nats/char" if result.best_val_loss is not None else "n/a"
-    out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s; best val "
-              f"{best}; checkpoints in {result.run_dir}. Sample with: charrnn sample "
+    final = f"; val {result.final.line()}" if result.final is not None else ""
+    out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s{final}; "
+              f"checkpoints in {result.run_dir}. Sample with: charrnn sample "
               f"--checkpoint {result.run_dir}")
 
 

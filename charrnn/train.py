@@ -350,17 +350,25 @@ class Trainer:
             f"and the last good checkpoint in {self.run_dir} is kept. Lower optim.lr (now "
             f"{self.config.optim.lr:g}) or set optim.grad_clip, then start again")
 
-    def _evaluate(self, view: PlainView, final: bool) -> Score:
-        t = self.config.train
-        limit = t.final_eval_chars if final else t.eval_chars
+    def _score(self, limit: int | None) -> Score:
+        """The first `limit` validation characters (all when None), scored on every process."""
         val = self.data.val if limit is None else self.data.val[:limit + 1]
         # Every process scores its share of the segments; all of them get the same total.
         share = score_stream(self.model, val, self.device, part=self.world.part)
         nats, chars = self.world.sum([share.nats, share.chars])
-        score = Score(nats, int(chars))
-        improved = self.best_val_loss is None or score.loss < self.best_val_loss
+        return Score(nats, int(chars))
+
+    def _evaluate(self, view: PlainView, final: bool) -> Score:
+        t = self.config.train
+        score = self._score(t.final_eval_chars if final else t.eval_chars)
+        # best.pt compares like with like: when periodic evaluations read fewer characters
+        # than the final one, the final weights are judged on that same part too.
+        compared = score
+        if final and t.eval_every and t.eval_chars != t.final_eval_chars:
+            compared = self._score(t.eval_chars)
+        improved = self.best_val_loss is None or compared.loss < self.best_val_loss
         if improved:
-            self.best_val_loss, self.best_step = score.loss, self.step
+            self.best_val_loss, self.best_step = compared.loss, self.step
         self.logger.log({"kind": "eval", "step": self.step, "val_loss": score.loss,
                          "val_bpc": score.bpc, "val_chars": score.chars,
                          "elapsed": self.elapsed, "final": final})

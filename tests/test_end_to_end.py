@@ -65,3 +65,27 @@ def test_real_corpora_train_and_sample(tmp_path, name):
     assert len(text.rstrip("\n")) == 100
     scored = run("eval", "-k", out, "--window", "64").stdout
     assert "bits/char" in scored
+
+
+def test_best_checkpoint_compares_scores_of_the_same_text(tmp_path, corpus):
+    """Periodic evaluations read 300 characters, the final one all: best.pt compares like
+    with like, judging the final weights on the same 300 characters."""
+    out = tmp_path / "run"
+    run("train", *sets(tiny_overrides(corpus, out, **{"train.eval_chars": 300})))
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    periodic = [r for r in records if r["kind"] == "eval" and not r["final"]]
+    final = [r for r in records if r["kind"] == "eval" and r["final"]][-1]
+    assert all(r["val_chars"] == 300 for r in periodic) and final["val_chars"] > 300
+
+    import torch
+
+    from charrnn import checkpoint
+    from charrnn.config import config_from_dict
+    from charrnn.data import prepare
+    from charrnn.evaluate import score_stream
+
+    model, vocab, payload = checkpoint.load_model(out / "last.pt")
+    val = prepare(config_from_dict(payload["config"]).data, out, vocab).val
+    on_the_same_text = score_stream(model, val[:301], torch.device("cpu")).loss
+    best = min([r["val_loss"] for r in periodic] + [on_the_same_text])
+    assert payload["best_val_loss"] == pytest.approx(best)
