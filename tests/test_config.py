@@ -88,3 +88,13 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = load_config(None, ["model.hidden_size=77", "data.separator=\\n"])
     again = load_config(write(tmp_path, cfg.to_yaml()))
     assert again == cfg
+
+
+def test_readme_documents_every_config_key():
+    from pathlib import Path
+
+    from charrnn.config import describe_fields
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [key for key, *_ in describe_fields() if f"`{key}`" not in readme]
+    assert not missing, f"README.md lacks {missing}"
