@@ -84,11 +84,13 @@ def set_args(corpus: Path, out_dir: Path, **extra: object) -> list[str]:
     return [arg for kv in tiny_overrides(corpus, out_dir, **extra) for arg in ("--set", kv)]
 
 
-def assert_clean_error(result, code: int, *fragments: str) -> None:
-    """What a user must see for a problem they caused: one `error:` line, that exit code."""
+def assert_clean_error(result, code: int, *fragments: str, one_line: bool = False) -> None:
+    """What a user must see for a problem they caused: an `error:` line first (the only line
+    on stderr when `one_line`), that exit code, no traceback."""
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[0].startswith("error:"), result.stderr
+    assert len(lines) == 1 or not one_line, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)

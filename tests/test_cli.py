@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from charrnn import __version__
 from charrnn.cli import app
-from conftest import tiny_overrides
+from conftest import assert_clean_error, tiny_overrides
 
 runner = CliRunner()
 
@@ -15,14 +15,6 @@ runner = CliRunner()
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
-
-def assert_clean_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 def test_help_and_version():

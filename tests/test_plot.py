@@ -4,13 +4,17 @@ import json
 import shutil
 import struct
 import sys
+from functools import partial
 
 import pytest
 from typer.testing import CliRunner
 
 from charrnn.cli import app
 from charrnn.plot import _labels
+from conftest import assert_clean_error
 
+# Errors here are a single line on stderr, nothing else.
+assert_clean_error = partial(assert_clean_error, one_line=True)
 runner = CliRunner()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -26,14 +30,6 @@ def png_size(path):
     assert head[12:16] == b"IHDR"
     return struct.unpack(">II", head[16:24])
 
-
-def assert_clean_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 def copy_run(tiny_run, target):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from charrnn.checkpoint import load_model
 from charrnn.cli import app
 from charrnn.sample import FLUSH_EVERY, Sampler, SampleSettings, parse_stop
+from conftest import assert_clean_error
 
 runner = CliRunner()
 
@@ -27,14 +28,6 @@ def sample(run, *args, input=None):
     assert result.exit_code == 0, result.output
     return result.stdout
 
-
-def assert_clean_error(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr
 
 
 @pytest.fixture
