@@ -161,7 +161,7 @@ class Trainer:
         self.best_step: int | None = None  # the step whose weights best.pt holds
         if resume_from is not None:
             self._restore(resume_from)
-        elif self.world.is_main:
+        if self.world.is_main:  # on resume too: the next --resume RUN_DIR starts from this one
             fileio.write_text(run_dir / CONFIG_FILE, config.to_yaml())
         self.logger = self._make_logger()
         # What the training step calls: the model itself, or DDP's wrapper once run() starts.
@@ -435,6 +435,7 @@ class Trainer:
             hidden = join_streams([own["hidden"] for own in every])
         state = {"optimizer": self.optimizer.state_dict(), "batches": self.batches.state_dict(),
                  "hidden": hidden, "rng": every[0]["rng"], "data_key": self.data.key,
+                 "batch_layout": self._batch_layout(),
                  "best_step": self.best_step, "evaluations": self.evaluations}
         if len(every) > 1:
             state["rng_per_rank"] = [own["rng"] for own in every]
@@ -468,14 +469,18 @@ class Trainer:
         self.evaluations = state.get("evaluations", 0)
         if self.best_step == self.step and self.world.is_main:
             self._repair_best(payload)
-        if state.get("data_key") == self.data.key:
+        changed = self._batching_changes(state.get("batch_layout", self._batch_layout()))
+        if state.get("data_key") != self.data.key:
+            self.say("[yellow]warning:[/] the corpus changed since the checkpoint; its data "
+                     "position restarts from the beginning")
+        elif changed:
+            self.say(f"[yellow]warning:[/] {changed} since the checkpoint; the data position "
+                     "restarts from the beginning with a fresh hidden state")
+        else:
             self.batches.load_state_dict(state["batches"])
             hidden = state.get("hidden")  # (L, B, H): every stream's, this process's rows below
             self.state = None if hidden is None else map_state(
                 lambda s: s[:, self.batches.rows].contiguous().to(self.device), hidden)
-        else:
-            self.say("[yellow]warning:[/] the corpus changed since the checkpoint; its data "
-                     "position restarts from the beginning")
         rng = self._own_rng_state(state)
         if rng is not None:
             torch.set_rng_state(rng["torch"])
@@ -484,6 +489,18 @@ class Trainer:
             random.setstate(_to_python_rng(rng["python"]))
         if self.world.is_main:
             _truncate_metrics(self.run_dir, self.step)
+
+    def _batch_layout(self) -> dict:
+        """What a saved data position and hidden state are only valid for."""
+        return {"data.batching": self.config.data.batching,
+                "data.batch_size": self.batches.batch_size,
+                "data.seq_len": self.config.data.seq_len}
+
+    def _batching_changes(self, saved: dict) -> str:
+        """'data.batch_size changed (16 -> 32)' and the like; empty when nothing did."""
+        now = self._batch_layout()
+        return ", ".join(f"{key} changed ({saved.get(key)} -> {value})"
+                         for key, value in now.items() if saved.get(key) != value)
 
     def _repair_best(self, payload: dict) -> None:
         """Write best.pt from last.pt if a kill fell between the two writes of one step."""

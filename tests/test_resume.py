@@ -406,6 +406,31 @@ def test_resume_with_nothing_to_resume_starts_a_new_run(tmp_path, corpus):
     assert not list(run.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("change", ["data.batch_size=4", "data.seq_len=16",
+                                    "data.batching=random"])
+def test_resume_with_other_batching_restarts_the_data_and_keeps_the_new_config(tmp_path, corpus,
+                                                                               change):
+    run = tmp_path / "run"
+    base = ["train", *set_args(corpus, run, **{"train.max_steps": 6, "train.eval_every": 0})]
+    assert runner.invoke(app, base).exit_code == 0
+    # The saved data position and hidden state fit 8 streams of 32: they cannot carry over.
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", change,
+                                 "--set", "train.max_steps=12"])
+    assert result.exit_code == 0, result.output
+    key, value = change.split("=")
+    assert f"warning: {key} changed" in result.stdout and f"-> {value})" in result.stdout
+    assert "resuming at step 6" in result.stdout
+    assert checkpoint.load(run / "last.pt")["step"] == 12
+    # config.yaml follows the resumed run, so a later plain --resume carries on from it.
+    saved = load_config(run / "config.yaml")
+    assert saved.train.max_steps == 12
+    assert str(getattr(saved.data, key.split(".")[1])) == value
+    again = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=14"])
+    assert again.exit_code == 0, again.output
+    assert "changed" not in again.stdout  # the same layout now: an exact continuation
+    assert checkpoint.load(run / "last.pt")["step"] == 14
+
+
 def test_a_run_with_best_pt_but_no_last_pt_cannot_be_resumed(tmp_path, tiny_run):
     run = tmp_path / "run"
     run.mkdir()
