@@ -25,11 +25,24 @@ FORMAT = "charrnn-checkpoint"
 VERSION = 1
 REQUIRED = ("format", "version", "model_args", "model", "vocab", "step")
 BEST, LAST = "best.pt", "last.pt"
+_NUMBER_OR_NONE = (int, float, type(None))
+_INT_OR_NONE = (int, type(None))
+TYPES = {"model_args": dict, "model": dict, "vocab": dict, "step": int, "elapsed": (int, float),
+         "val_loss": _NUMBER_OR_NONE, "val_chars": _INT_OR_NONE,
+         "best_val_loss": _NUMBER_OR_NONE, "best_val_chars": _INT_OR_NONE, "config": dict,
+         "train_state": dict, "torch_version": str, "charrnn_version": str, "saved_at": str}
+# How torch's safe unpickler words a refusal of something that would call or build arbitrary
+# objects; random or damaged bytes fail otherwise (e.g. "Unsupported operand").
+CODE_SIGNS = ("GLOBAL", "call reduce", "Can only create new object", "Can only build")
 
 
 def build_payload(model: CharRNN, vocab: Vocab, *, step: int, val_loss: float | None,
                   best_val_loss: float | None, elapsed: float, config: dict,
-                  train_state: dict | None = None) -> dict:
+                  train_state: dict | None = None, val_chars: int | None = None,
+                  best_val_chars: int | None = None) -> dict:
+    """val_loss: these weights' validation score over val_chars characters; best_val_loss:
+    the best score of the run so far, over best_val_chars (periodic evaluations may read
+    fewer characters than the final one, and best.pt is chosen among scores over the same)."""
     model = _unwrap(model)
     payload = {
         "format": FORMAT,
@@ -40,6 +53,8 @@ def build_payload(model: CharRNN, vocab: Vocab, *, step: int, val_loss: float | 
         "step": int(step),
         "val_loss": _float_or_none(val_loss),
         "best_val_loss": _float_or_none(best_val_loss),
+        "val_chars": val_chars,
+        "best_val_chars": best_val_chars,
         "elapsed": float(elapsed),
         "config": config,
         "torch_version": str(torch.__version__),
@@ -108,20 +123,27 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> dict:
         with warnings.catch_warnings():  # torch's hints about foreign pickles are not for users
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "unsafe content"
-        if "weights only" in str(exc).lower() or "unsupported" in str(exc).lower():
+    except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere in unpickling
+        if isinstance(exc, pickle.UnpicklingError) and any(s in str(exc) for s in CODE_SIGNS):
             raise CheckpointError(f"refusing to load {path}: it holds objects that would run "
                                   "code when unpickled; only load checkpoints charrnn wrote "
                                   "(it is not a charrnn checkpoint)") from None
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({reason}); use another "
-                              "checkpoint, e.g. the run's last.pt") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged file can fail anywhere in unpickling
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} is damaged, truncated or not a PyTorch file ({reason}); "
-                              "use another checkpoint, e.g. the run's last.pt") from None
+        raise CheckpointError(f"{path} is damaged, truncated or not a PyTorch file "
+                              f"({_failure_reason(exc)}); use another checkpoint, e.g. the "
+                              "run's last.pt") from None
     validate(payload, path)
     return payload
+
+
+def _failure_reason(exc: Exception) -> str:
+    """The line of a load failure that says what was wrong, without torch's advice around it."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    lines = text.splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if isinstance(exc, LookupError) else lines[0]
 
 
 def validate(payload: Any, path: Path) -> None:
@@ -135,6 +157,12 @@ def validate(payload: Any, path: Path) -> None:
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is damaged: use another "
                               "checkpoint")
+    wrong = [key for key, kinds in TYPES.items()
+             if key in payload and (not isinstance(payload[key], kinds)
+                                    or isinstance(payload[key], bool))]
+    if wrong:
+        raise CheckpointError(f"{path} has {', '.join(wrong)} of the wrong type; it is damaged: "
+                              "use another checkpoint")
 
 
 def model_from(payload: dict, path: str | Path = "checkpoint") -> tuple[CharRNN, Vocab]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -141,13 +142,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         source = str(path)
         raw = read_yaml_mapping(path)
+    overridden = set()
     for override in overrides or []:
         section, key, value = parse_override(override)
+        overridden.add(f"{section}.{key}")
         if not isinstance(raw.get(section), dict):
             raw[section] = {} if raw.get(section) is None else raw[section]
         if isinstance(raw[section], dict):
             raw[section][key] = value
-    return config_from_dict(raw, source)
+    try:
+        return config_from_dict(raw, source)
+    except ConfigError as exc:
+        # Say which problems came from the command line rather than from the file.
+        raise ConfigError([_mark_override(p, overridden) for p in exc.problems],
+                          exc.source) from None
+
+
+def _mark_override(problem: str, overridden: set[str]) -> str:
+    named = re.search(r"'([a-z_]+\.[a-z_0-9]+)'", problem)
+    return f"{problem} (from --set)" if named and named.group(1) in overridden else problem
 
 
 def read_yaml_mapping(path: Path) -> dict:

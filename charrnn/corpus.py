@@ -122,11 +122,22 @@ def _resolve_one(spec: str) -> list[Source]:
         from charrnn.corpora import builtin_sources
 
         return builtin_sources(spec.removeprefix("builtin:"))
+    if not spec.strip():
+        raise UsageError("an empty path was given as input; pass a file, directory, glob or "
+                         "builtin:NAME")
     path = Path(spec).expanduser()
-    if path.is_file():
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except PermissionError:  # a directory on the way cannot be entered
+        raise CorpusError(f"cannot read {spec}: permission denied on a directory in its path; "
+                          "fix the permissions or choose another location") from None
+    if is_file:
         _check_readable(path)
         return [Source(str(path), path=path)]
-    if path.is_dir():
+    if is_dir:
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise CorpusError(f"cannot read the directory {path}: permission denied; fix its "
+                              f"permissions (chmod u+rx {path})")
         return _walk_directory(path)
     if GLOB_CHARS & set(spec):
         matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
@@ -250,7 +261,7 @@ def _check_no_nul(source: Source, block: bytes, offset: int) -> None:
     nul = block.find(b"\0")
     if nul >= 0:
         raise CorpusError(f"{source.name} looks like a binary file (NUL byte at byte offset "
-                          f"{offset + nul}); train on UTF-8 text files only")
+                          f"{offset + nul}); give UTF-8 text files only")
 
 
 def total_bytes(sources: Iterable[Source]) -> int:

@@ -10,7 +10,8 @@ import torch
 from charrnn.errors import UsageError
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", option: str = "--set train.device") -> torch.device:
+    """The device `name` means; `option` is how the user chose it (named in errors)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -19,10 +20,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("device 'cuda' was asked for but CUDA is not available (no NVIDIA GPU or "
-                         "a CPU-only torch build); use --set train.device=auto or cpu")
+                         f"a CPU-only torch build); use {option}=auto or cpu")
     if name == "mps" and not _mps_available():
         raise UsageError("device 'mps' was asked for but Apple's MPS is not available; use "
-                         "--set train.device=auto or cpu")
+                         f"{option}=auto or cpu")
     if name not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
     return torch.device(name)

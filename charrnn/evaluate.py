@@ -150,7 +150,7 @@ def score_checkpoint(path, files: list[str], *, window: int | None = None,
     from charrnn.devices import pick_device
     from charrnn.errors import CharRNNError
 
-    target = pick_device(device)
+    target = pick_device(device, "--device")
     model, vocab, payload = checkpoint.load_model(path, target)
     if files:
         pieces = [vocab.encode(p) for p in iter_text(resolve_sources(files), vocab.normalization)]

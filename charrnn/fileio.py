@@ -12,6 +12,7 @@ most a partial last line, which readers skip and a resumed run rewrites away.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import tempfile
@@ -43,8 +44,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         _fsync_dir(path.parent)
     except OSError as exc:
         _remove_quietly(tmp)
-        raise CharRNNError(f"cannot write {path}: {exc.strerror or exc}; free some disk space "
-                           "or choose another location") from None
+        raise CharRNNError(write_problem(path, exc)) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -69,8 +69,20 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             f.write(line.rstrip("\n") + "\n")
             f.flush()
     except OSError as exc:
-        raise CharRNNError(f"cannot write {path}: {exc.strerror or exc}; free some disk space "
-                           "or choose another location") from None
+        raise CharRNNError(write_problem(path, exc)) from None
+
+
+def write_problem(path: Path, exc: OSError) -> str:
+    """One line naming a failed write and the fix that fits its cause."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = "free some disk space or choose another location"
+    elif exc.errno == errno.EISDIR:
+        fix = "name a file inside it instead"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose a writable location"
+    else:
+        fix = "choose another location"
+    return f"cannot write {path}: {exc.strerror or exc}; {fix}"
 
 
 def remove_temporaries(directory: Path, names: Iterable[str]) -> None:

@@ -87,8 +87,9 @@ def checkpoint_table(payload: dict, path: Path, preview: int = 60) -> Table:
     elapsed = float(payload.get("elapsed") or 0.0)
     table.add_row("training time", f"{elapsed:.1f} s" if elapsed < 60
                   else f"{elapsed:,.0f} s ({format_duration(elapsed)})")
-    table.add_row("val loss", _loss(payload.get("val_loss")))
-    table.add_row("best val loss", _loss(payload.get("best_val_loss")))
+    table.add_row("val loss", _loss(payload.get("val_loss"), payload.get("val_chars")))
+    table.add_row("best val loss", _loss(payload.get("best_val_loss"),
+                                         payload.get("best_val_chars")))
     table.add_row("resumable", "yes: holds the optimizer and data position"
                   if "train_state" in payload else "no: weights only (use last.pt to resume)")
     table.add_row("saved with", f"torch {payload.get('torch_version', '?')}, charrnn "
@@ -100,10 +101,11 @@ def checkpoint_table(payload: dict, path: Path, preview: int = 60) -> Table:
     return table
 
 
-def _loss(nats: float | None) -> str:
+def _loss(nats: float | None, chars: int | None = None) -> str:
     if nats is None:
         return "not evaluated"
-    return f"{nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char)"
+    over = f", over {chars:,} validation chars" if chars else ""
+    return f"{nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char{over})"
 
 
 def _file_size(size: int) -> str:

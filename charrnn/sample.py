@@ -20,6 +20,7 @@ from charrnn.model import CharRNN
 from charrnn.vocab import UNK_ID, Vocab
 
 FLUSH_EVERY = 32  # generated steps between hand-offs to the caller (bounds device syncs)
+GREEDY_BELOW = torch.finfo(torch.float32).tiny  # temperatures this small act as 0 (argmax)
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,10 @@ class Sampler:
         if unknown:
             shown = " ".join(repr(c) for c in unknown[:20])
             more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
-            raise UsageError(f"the prime text has {len(unknown)} character"
-                             f"{'s' if len(unknown) != 1 else ''} the model never saw: "
-                             f"{shown}{more}; remove them from --prime")
+            plural = "s" if len(unknown) != 1 else ""
+            raise UsageError(f"the prime text has {len(unknown)} character{plural} the model "
+                             f"cannot write (not in its vocabulary): {shown}{more}; remove them "
+                             "from the prime text")
         return self.vocab.encode(text).tolist()
 
     def prepare_stop(self, stop: str) -> str:
@@ -148,9 +150,13 @@ class Sampler:
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         logits = logits.clone()
         logits[:, UNK_ID] = -math.inf  # <unk> stands for "some character": never emit it
-        if settings.temperature == 0:
+        # Below float32's smallest normal number a temperature is greedy in all but name (and
+        # would divide by zero once cast).
+        if settings.temperature < GREEDY_BELOW:
             nxt = logits.argmax(dim=-1)  # (B,)
             return nxt, _logprob_of(logits, nxt) if with_logprobs else None
+        # Shifted to a maximum of 0 first, so that a tiny temperature cannot overflow to inf/inf.
+        logits = logits - logits.amax(dim=-1, keepdim=True)
         logits = logits / settings.temperature  # sharper (<1) or flatter (>1)
         if settings.top_k is not None:
             kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]  # (B, 1)

@@ -40,7 +40,7 @@ def run_sample(request: SampleRequest) -> None:
     from charrnn.sample import Sampler, SampleSettings, parse_stop, parse_temperatures
 
     temperatures = parse_temperatures(request.temperatures)
-    target = pick_device(request.device)
+    target = pick_device(request.device, "--device")
     model, vocab, _ = load_model(request.checkpoint, target)
     sampler = Sampler(model, vocab, target)
     runs = [SampleSettings(length=request.length, temperature=temp, top_k=request.top_k,

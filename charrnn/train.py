@@ -119,11 +119,14 @@ def _refuse_to_clobber(run_dir: Path, overwrite: bool) -> None:
         raise CharRNNError(f"{run_dir} already holds a run ({', '.join(existing)}); continue it "
                            "with --resume, start over with --overwrite, or choose another "
                            "train.out_dir")
-    if overwrite:
-        # Old step checkpoints too: keep_last would otherwise count them as the new run's.
-        for path in (run_dir / checkpoint.LAST, run_dir / checkpoint.BEST,
-                     *run_dir.glob("step-*.pt")):
-            path.unlink(missing_ok=True)
+
+
+def _clear_previous_run(run_dir: Path) -> None:
+    """Remove what an overwritten run left; called only once the new run's inputs check out."""
+    # Old step checkpoints too: keep_last would otherwise count them as the new run's.
+    for path in (run_dir / checkpoint.LAST, run_dir / checkpoint.BEST,
+                 *run_dir.glob("step-*.pt")):
+        path.unlink(missing_ok=True)
     # The records of the run overwritten, or of one killed before its first checkpoint.
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
 
@@ -157,10 +160,13 @@ class Trainer:
                                seed=t.seed, part=self.world.part, **options)
         self.state = None  # the hidden state carried from one window of each stream to the next
         self.step, self.elapsed, self.best_val_loss = 0, 0.0, None
+        self.best_val_chars: int | None = None  # how many characters best_val_loss is over
         self.evaluations = 0  # counts evaluations for train.sample_every
         self.best_step: int | None = None  # the step whose weights best.pt holds
         if resume_from is not None:
             self._restore(resume_from)
+        elif self.world.is_main:  # --overwrite: the old run stays until now, when all is set
+            _clear_previous_run(run_dir)
         if self.world.is_main:  # on resume too: the next --resume RUN_DIR starts from this one
             fileio.write_text(run_dir / CONFIG_FILE, config.to_yaml())
         self.logger = self._make_logger()
@@ -272,13 +278,14 @@ class Trainer:
                 due = t.eval_every and self.step % t.eval_every == 0
                 if due and self.step != t.max_steps:
                     self._check_finite(pending, norms)
+                    self.elapsed = time.perf_counter() - started  # this step's time included
                     last_eval = self._evaluate(view, final=False)
                     window_start, window_steps = time.perf_counter(), 0
                 # A signal reaches the processes at different steps: they stop at the same one.
                 if self.world.any(stop.requested):
                     self._check_finite(pending, norms)
                     self.elapsed = time.perf_counter() - started
-                    self._save(last_eval.loss if last_eval else None)
+                    self._save(last_eval)
                     raise TrainingStopped(
                         f"stopped by {stop.name or 'a signal to another process'} at step "
                         f"{self.step:,}; {self.run_dir / 'last.pt'} saved. Continue with: "
@@ -345,10 +352,12 @@ class Trainer:
             raise self._diverged("the weights", self.step)
 
     def _diverged(self, what: str, step: int) -> TrainingStopped:
+        kept = (f"the last good checkpoint in {self.run_dir} is kept"
+                if (self.run_dir / checkpoint.LAST).exists() else "no checkpoint was written")
         return TrainingStopped(
             f"{what} became non-finite (NaN or inf) at step {step:,}; training stopped "
-            f"and the last good checkpoint in {self.run_dir} is kept. Lower optim.lr (now "
-            f"{self.config.optim.lr:g}) or set optim.grad_clip, then start again")
+            f"and {kept}. Lower optim.lr (now {self.config.optim.lr:g}) or set "
+            "optim.grad_clip, then start again")
 
     def _score(self, limit: int | None) -> Score:
         """The first `limit` validation characters (all when None), scored on every process."""
@@ -369,12 +378,13 @@ class Trainer:
         improved = self.best_val_loss is None or compared.loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_step = compared.loss, self.step
+            self.best_val_chars = compared.chars
         self.logger.log({"kind": "eval", "step": self.step, "val_loss": score.loss,
                          "val_bpc": score.bpc, "val_chars": score.chars,
                          "elapsed": self.elapsed, "final": final})
         mark = " (best)" if improved else ""
         view.message(f"step {self.step:,}: val {score.line()}{mark}", important=final)
-        self._save(score.loss, improved)
+        self._save(score, improved)
         self.evaluations += 1
         every = self.config.train.sample_every
         if every and self.evaluations % every == 0 and self.world.is_main:
@@ -395,28 +405,29 @@ class Trainer:
         return f"[dim]--- sample at step {self.step:,} (temperature 0.8) ---[/]\n" + escape(text)
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def _payload(self, val_loss: float | None, train_state: dict | None = None) -> dict:
+    def _payload(self, score: Score | None, train_state: dict | None = None) -> dict:
         return checkpoint.build_payload(
-            self.model, self.vocab, step=self.step, val_loss=val_loss,
-            best_val_loss=self.best_val_loss, elapsed=self.elapsed,
+            self.model, self.vocab, step=self.step, val_loss=score and score.loss,
+            val_chars=score and score.chars, best_val_loss=self.best_val_loss,
+            best_val_chars=self.best_val_chars, elapsed=self.elapsed,
             config=self.config.to_dict(), train_state=train_state)
 
-    def _save(self, val_loss: float | None, improved: bool = False) -> None:
+    def _save(self, score: Score | None, improved: bool = False) -> None:
         self._check_weights_finite()
         train_state = self._train_state()  # every process takes part: each has its own streams
         # Rank 0 alone writes; should it fail, every process stops with its error.
-        self.world.from_main(lambda: self._write_checkpoints(val_loss, improved, train_state))
+        self.world.from_main(lambda: self._write_checkpoints(score, improved, train_state))
 
-    def _write_checkpoints(self, val_loss: float | None, improved: bool,
+    def _write_checkpoints(self, score: Score | None, improved: bool,
                            train_state: dict) -> None:
         # last.pt first, so a run can be resumed from its first checkpoint on; if a kill falls
         # before best.pt is written too, resuming writes it (_repair_best).
-        checkpoint.save(self._payload(val_loss, train_state), self.run_dir / checkpoint.LAST)
+        checkpoint.save(self._payload(score, train_state), self.run_dir / checkpoint.LAST)
         if improved:
-            checkpoint.save(self._payload(val_loss), self.run_dir / checkpoint.BEST)
+            checkpoint.save(self._payload(score), self.run_dir / checkpoint.BEST)
         keep = self.config.train.keep_last
         if keep:
-            checkpoint.save(self._payload(val_loss), self.run_dir / f"step-{self.step:08d}.pt")
+            checkpoint.save(self._payload(score), self.run_dir / f"step-{self.step:08d}.pt")
             for old in sorted(self.run_dir.glob("step-*.pt"))[:-keep]:
                 old.unlink(missing_ok=True)
 
@@ -465,6 +476,7 @@ class Trainer:
         self.step = payload["step"]
         self.elapsed = payload.get("elapsed", 0.0)
         self.best_val_loss = payload.get("best_val_loss")
+        self.best_val_chars = payload.get("best_val_chars")
         self.best_step = state.get("best_step")
         self.evaluations = state.get("evaluations", 0)
         if self.best_step == self.step and self.world.is_main:

@@ -12,6 +12,7 @@ shorter than one window, YAML syntax errors, several config errors at once, a ma
 import codecs
 import hashlib
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,14 @@ def foreign_checkpoint(tmp: Path) -> Path:
     return path
 
 
+def tampered_checkpoint(tmp: Path, run: Path) -> Path:
+    payload = checkpoint.load(run / "best.pt")
+    payload["step"] = "x"
+    path = tmp / "tampered.pt"
+    torch.save(payload, path)
+    return path
+
+
 def copy_of_run(tmp: Path, run: Path) -> Path:
     copy = tmp / "copy"
     copy.mkdir()
@@ -102,6 +111,7 @@ BAD_INPUTS = {
                                           "raise data.val_fraction"]),
     "one character": (lambda t, run: train_on(write(t / "a.txt", "a" * 5000), t), 1,
                       ["only 1 distinct character", "at least two"]),
+    "empty path": (lambda t, run: train_on("", t), 2, ["an empty path was given"]),
     # ---- the config
     "YAML not a mapping": (lambda t, run: ["train", "--config", write(t / "c.yaml", "- a\n")], 2,
                            ["must be a YAML mapping", "(it holds a list)"]),
@@ -127,6 +137,11 @@ BAD_INPUTS = {
     "truncated checkpoint": (lambda t, run: ["sample", "-k", write(
         t / "cut.pt", (run / "best.pt").read_bytes()[:5000])], 1,
         ["cut.pt is damaged, truncated or not a PyTorch file", "use another checkpoint"]),
+    "random bytes as a checkpoint": (lambda t, run: ["info", write(
+        t / "noise.pt", random.Random(0).randbytes(5000))], 1,
+        ["noise.pt is damaged, truncated or not a PyTorch file"]),
+    "a checkpoint field of the wrong type": (lambda t, run: ["info", tampered_checkpoint(t, run)],
+                                             1, ["has step of the wrong type", "damaged"]),
     "another program's file": (lambda t, run: ["eval", "-k", foreign_checkpoint(t)], 1,
                                ["model.pt is not a charrnn checkpoint", "charrnn train"]),
     "init_from with another data.vocab": (lambda t, run: train_on(poem(t), t, **{
@@ -138,6 +153,8 @@ BAD_INPUTS = {
     "eval on text in another script": (lambda t, run: [
         "eval", "-k", run, write(t / "zh.txt", "第一回　甄士隐梦幻识通灵\n" * 50)], 1,
         ["are not in the model's vocabulary", "does not match the model"]),
+    "vocab output is a directory": (lambda t, run: ["vocab", "build", poem(t), "-o", t], 1,
+                                    ["Is a directory", "name a file inside it instead"]),
     # ---- sampling
     "infinite temperature": (lambda t, run: ["sample", "-k", run, "--temperature", "inf"], 2,
                              ["temperature must be a finite number"]),
@@ -189,6 +206,28 @@ def test_an_unreadable_file_is_a_clear_error(tmp_path, monkeypatch):
         path.chmod(0)
     assert_clean_error(invoke(*train_on(path, tmp_path)), 1,
                        "cannot read", "permission denied", f"chmod u+r {path}")
+
+
+def test_a_directory_that_cannot_be_read_or_entered_is_a_clear_error(tmp_path, monkeypatch):
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    poem(closed)
+    # Simulated, so that the test also holds for root (who may enter any directory).
+    real_access, real_is_file = os.access, Path.is_file
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != closed
+                        and real_access(p, mode, **kw))
+    assert_clean_error(invoke(*train_on(closed, tmp_path)), 1,
+                       f"cannot read the directory {closed}: permission denied", "chmod u+rx")
+
+    def is_file(path: Path) -> bool:
+        if closed in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    for spec in (closed / "poem.txt", closed / "*.txt"):
+        assert_clean_error(invoke("vocab", "build", spec, "-o", tmp_path / "v.json"), 1,
+                           f"cannot read {spec}: permission denied on a directory in its path")
 
 
 def test_an_out_dir_without_write_permission_is_a_clear_error(tmp_path):

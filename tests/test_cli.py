@@ -67,6 +67,9 @@ def test_train_sample_eval_through_the_cli(tmp_path, corpus):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert evals and all("val_loss" in r and "val_bpc" in r for r in evals)
+    # An evaluation is timed after the step it follows (plots against wall time rely on it).
+    trained_by = {r["step"]: r["elapsed"] for r in records if r["kind"] == "train"}
+    assert all(r["elapsed"] >= trained_by[r["step"]] for r in evals if r["step"] in trained_by)
 
     sampled = invoke("sample", "--checkpoint", run, "--prime", "The ", "--length", "60",
                      "--seed", "1", "--temperature", "0.8")
@@ -133,14 +136,18 @@ def test_train_corpus_errors(tmp_path, corpus):
     assert_clean_error(invoke("train", *sets), 1, "no such file")
 
 
-def test_cuda_without_cuda_is_a_clean_error(corpus, tmp_path):
+def test_cuda_without_cuda_is_a_clean_error(corpus, tmp_path, tiny_run):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     sets = [a for kv in tiny_overrides(corpus, tmp_path / "r", **{"train.device": "cuda"})
             for a in ("--set", kv)]
-    assert_clean_error(invoke("train", *sets), 2, "CUDA is not available")
+    assert_clean_error(invoke("train", *sets), 2, "CUDA is not available",
+                       "use --set train.device=auto or cpu")
+    for command in ("sample", "eval"):  # these take --device, and the fix says so
+        assert_clean_error(invoke(command, "-k", tiny_run, "--device", "cuda"), 2,
+                           "CUDA is not available", "use --device=auto or cpu")
 
 
 def test_unknown_option_is_one_line(tiny_run):

@@ -52,6 +52,14 @@ extra: {}
     assert info.value.exit_code == 2
 
 
+def test_problems_from_the_command_line_say_so(tmp_path):
+    path = write(tmp_path, "model: {dropout: 2}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["optim.lr=-1", "model.hiden=3"])
+    marked = {p.split("'")[1]: p.endswith("(from --set)") for p in info.value.problems}
+    assert marked == {"model.dropout": False, "optim.lr": True, "model.hiden": True}
+
+
 def test_wrong_types_are_named(tmp_path):
     with pytest.raises(ConfigError, match="'model.num_layers' must be an integer, not 2.5"):
         load_config(None, ["model.num_layers=2.5"])

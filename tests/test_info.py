@@ -32,7 +32,7 @@ def test_info_shows_model_vocab_progress_and_config(tiny_run):
     assert "\\n" in shown and "(space)" in shown  # the preview escapes whitespace
     assert re.search(rf"step\W+{payload['step']:,}\b", shown)
     best = payload["best_val_loss"]
-    assert f"{best:.4f} nats/char ({best / math.log(2):.4f} bits/char)" in shown
+    assert f"{best:.4f} nats/char ({best / math.log(2):.4f} bits/char," in shown
     assert f"torch {torch.__version__}, charrnn {__version__}" in shown
     assert payload["saved_at"] in shown
     assert "hidden_size: 32" in shown and "max_steps: 30" in shown  # the config, as YAML
@@ -44,6 +44,16 @@ def test_info_on_last_checkpoint_says_it_can_resume(tiny_run):
     assert result.exit_code == 0, result.output
     assert "last.pt" in result.stdout and "resumable" in result.stdout
     assert "holds the optimizer" in result.stdout
+
+
+def test_each_val_loss_says_how_many_characters_it_is_over(tiny_run):
+    payload = load(tiny_run / "best.pt")
+    payload.update(val_loss=1.5, val_chars=111_539, best_val_loss=1.25, best_val_chars=10_000)
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(checkpoint_table(payload, tiny_run / "best.pt", preview=5))
+    text = console.export_text()
+    assert "1.5000 nats/char (2.1640 bits/char, over 111,539 validation chars)" in text
+    assert "1.2500 nats/char (1.8034 bits/char, over 10,000 validation chars)" in text
 
 
 def test_a_checkpoint_never_evaluated(tiny_run):

@@ -353,6 +353,15 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         assert all(torch.isfinite(t).all() for t in payload["model"].values())
 
 
+def test_divergence_before_any_checkpoint_does_not_promise_one(monkeypatch, tmp_path, corpus):
+    run = tmp_path / "run"
+    poison_weights_after_step(monkeypatch, 3)
+    args = ["train", *set_args(corpus, run, **{**RUN, "train.eval_every": 10})]
+    assert_clean_error(runner.invoke(app, args), 1, "became non-finite",
+                       "no checkpoint was written", "Lower optim.lr")
+    assert not list(run.glob("*.pt"))
+
+
 # ---- keep_last, best.pt, starting and resuming edge cases ---------------------------------------
 def test_keep_last_keeps_the_most_recent_step_checkpoints(monkeypatch, tmp_path, corpus):
     run = tmp_path / "run"
@@ -366,6 +375,21 @@ def test_keep_last_keeps_the_most_recent_step_checkpoints(monkeypatch, tmp_path,
     assert runner.invoke(app, args).exit_code == 0
     assert sorted(p.name for p in run.glob("step-*.pt")) == ["step-00000010.pt",
                                                              "step-00000015.pt"]
+
+
+@pytest.mark.parametrize("bad", ["data.path=MISSING", "train.device=no-such-device",
+                                 "data.seq_len=100000"])
+def test_overwrite_that_fails_its_checks_leaves_the_old_run_alone(tmp_path, corpus, bad):
+    run = tmp_path / "run"
+    train_args = ["train", *set_args(corpus, run, **{"train.max_steps": 5,
+                                                     "train.eval_every": 0})]
+    assert runner.invoke(app, train_args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".jsonl")}
+    bad = bad.replace("MISSING", str(tmp_path / "missing.txt"))
+    result = runner.invoke(app, [*train_args, "--overwrite", "--set", bad])
+    assert result.exit_code in (1, 2)
+    assert "Traceback" not in result.output
+    assert {name: (run / name).read_bytes() for name in before} == before
 
 
 def test_a_kill_right_after_the_first_checkpoint_file_leaves_a_resumable_run(
