@@ -31,8 +31,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise CharRNNError(f"cannot write {path}: {exc.strerror}; check the directory "
-                           "permissions or choose another location") from None
+        raise CharRNNError(_write_problem(path, exc)) from None
     try:
         os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would make checkpoints private
         encoding = None if "b" in mode else "utf-8"
@@ -44,7 +43,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         _fsync_dir(path.parent)
     except OSError as exc:
         _remove_quietly(tmp)
-        raise CharRNNError(write_problem(path, exc)) from None
+        raise CharRNNError(_write_problem(path, exc)) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -69,17 +68,17 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             f.write(line.rstrip("\n") + "\n")
             f.flush()
     except OSError as exc:
-        raise CharRNNError(write_problem(path, exc)) from None
+        raise CharRNNError(_write_problem(path, exc)) from None
 
 
-def write_problem(path: Path, exc: OSError) -> str:
+def _write_problem(path: Path, exc: OSError) -> str:
     """One line naming a failed write and the fix that fits its cause."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         fix = "free some disk space or choose another location"
     elif exc.errno == errno.EISDIR:
         fix = "name a file inside it instead"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "choose a writable location"
+        fix = "check the permissions or choose a writable location"
     else:
         fix = "choose another location"
     return f"cannot write {path}: {exc.strerror or exc}; {fix}"
