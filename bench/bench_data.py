@@ -79,7 +79,7 @@ def line_pool(seed: int = 0) -> tuple[list[str], str]:
             lines, origin = path.read_text(encoding="utf-8").splitlines(keepends=True), path.name
             break
     else:
-        from charrnn.corpora import builtin_sources
+        from charrnn.corpus import builtin_sources
 
         text = builtin_sources("python-docs")[0].data.decode("utf-8")
         lines, origin = text.splitlines(keepends=True), "builtin:python-docs"
@@ -118,7 +118,7 @@ def make_corpus(work_dir: Path, size_mb: int) -> tuple[Path, str]:
 # ---- the measurements, each run in a fresh process --------------------------------------------
 def child_throughput(corpus: str, small: str, work: str) -> dict:
     from charrnn.corpus import Normalization, iter_text, resolve_sources, total_bytes
-    from charrnn.data import encode_cached
+    from charrnn.idcache import encode_cached
     from charrnn.vocab import Vocab
 
     after_import = rss_mb()
@@ -156,10 +156,9 @@ def train_overrides(corpus: str, run_dir: str) -> list[str]:
 
 def child_train(corpus: str, run_dir: str) -> dict:
     import torch
-    from rich.console import Console
 
     from charrnn.config import load_config
-    from charrnn.data import prepare
+    from charrnn.data import load_dataset
     from charrnn.model import CharRNN, ModelArgs
     from charrnn.train import train
 
@@ -178,14 +177,14 @@ def child_train(corpus: str, run_dir: str) -> dict:
     run = Path(run_dir)
     shutil.rmtree(run, ignore_errors=True)  # a cold start: vocabulary and ids built here
     start = time.perf_counter()
-    data = prepare(cfg.data, run, say=lambda message: None)
+    data = load_dataset(cfg.data, run, warn=lambda message: None)
     prepare_s = time.perf_counter() - start
     sizes = {"train_chars": len(data.train), "val_chars": len(data.val),
              "vocab_size": data.vocab.size, "dtype": data.vocab.dtype.name}
     del data
     prepare_peak = peak_rss_mb()
     start = time.perf_counter()
-    result = train(cfg, overwrite=True, console=Console(quiet=True), quiet=True)
+    result = train(cfg, overwrite=True)
     total_s = time.perf_counter() - start
     return {**sizes, "baseline_mb": baseline, "prepare_peak_mb": prepare_peak,
             "peak_mb": peak_rss_mb(), "prepare_s": prepare_s, "train_s": total_s,
@@ -196,17 +195,18 @@ def child_first_batch(corpus: str, run_dir: str, started: float) -> dict:
     imports = time.perf_counter()
     import torch  # noqa: F401 - timed: every real run pays for it
 
+    from charrnn.batches import make_batches
     from charrnn.config import load_config
-    from charrnn.data import BATCHERS, IDS_FILE, prepare
+    from charrnn.data import load_dataset
+    from charrnn.idcache import IDS_FILE
 
     imported = time.perf_counter()
     ids = Path(run_dir) / IDS_FILE
     stamp = ids.stat().st_mtime_ns
     cfg = load_config(None, train_overrides(corpus, run_dir))
     start = time.perf_counter()
-    data = prepare(cfg.data, Path(run_dir), say=lambda message: None)
-    batches = BATCHERS[cfg.data.batching](data.train, cfg.data.batch_size, cfg.data.seq_len,
-                                          seed=cfg.train.seed)
+    data = load_dataset(cfg.data, Path(run_dir), warn=lambda message: None)
+    batches = make_batches(cfg.data, data.train, seed=cfg.train.seed)
     x, y, _ = batches.next()
     first_batch_s = time.perf_counter() - start
     assert x.shape == (BATCH_SIZE, SEQ_LEN)

@@ -26,7 +26,7 @@ from common import ROOT, machine, shakespeare, table  # noqa: E402
 
 from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.config import load_config  # noqa: E402
-from charrnn.data import prepare  # noqa: E402
+from charrnn.data import load_dataset  # noqa: E402
 from charrnn.evaluate import score_stream, score_windows  # noqa: E402
 from charrnn.train import train  # noqa: E402
 
@@ -34,18 +34,16 @@ NANOGPT_DOCUMENTED = 1.886  # val loss of the CPU recipe on this machine, per th
 
 
 def run_charrnn(config_path: Path, corpus: Path, max_time: float | None) -> dict:
-    from rich.console import Console
-
     with tempfile.TemporaryDirectory() as run_dir:
         overrides = [f"data.path={corpus}", f"train.out_dir={run_dir}"]
         if max_time is not None:
             overrides.append(f"train.max_time={max_time}")
         config = load_config(config_path, overrides)
         start = time.perf_counter()
-        result = train(config, console=Console(quiet=True), quiet=True)
+        result = train(config)
         wall = time.perf_counter() - start
         model, vocab, _ = load_model(Path(run_dir) / "last.pt")
-        data = prepare(config.data, Path(run_dir), vocab)
+        data = load_dataset(config.data, Path(run_dir), vocab)
         device = torch.device("cpu")
         t0 = time.perf_counter()
         full = score_stream(model, data.val, device)
@@ -62,7 +60,7 @@ def run_reference(corpus: Path) -> dict:
     from charrnn.config import DataConfig
 
     with tempfile.TemporaryDirectory() as cache:
-        data = prepare(DataConfig(path=str(corpus)), Path(cache))
+        data = load_dataset(DataConfig(path=str(corpus)), Path(cache))
     model, iters, seconds = babygpt.train_recipe(data.train, data.vocab.size)
     window = babygpt.score_windows(model, data.val)
     return {"name": "nanoGPT CPU recipe (4x128 GPT)", "train_s": seconds, "wall_s": seconds,

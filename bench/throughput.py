@@ -24,7 +24,10 @@ from common import machine, matmul_flops, rnn_flops_per_char, shakespeare, sync,
 
 from charrnn.config import load_config  # noqa: E402
 from charrnn.devices import pick_device  # noqa: E402
+from charrnn.distributed import World  # noqa: E402
+from charrnn.metrics import SilentView  # noqa: E402
 from charrnn.model import CharRNN, ModelArgs  # noqa: E402
+from charrnn.rundir import RunDir  # noqa: E402
 from charrnn.train import Trainer  # noqa: E402
 
 SIZES = [("lstm", 128, 2), ("lstm", 256, 2), ("lstm", 512, 3), ("gru", 256, 2), ("rnn", 256, 2)]
@@ -49,7 +52,8 @@ class NaiveWindows(Dataset):
 def naive_speed(cell: str, hidden: int, layers: int, text: str, stoi: dict, device,
                 seconds: float) -> float:
     torch.manual_seed(0)
-    model = CharRNN(ModelArgs(len(stoi) + 1, cell, EMBEDDING, hidden, layers)).to(device)
+    model = CharRNN(ModelArgs(vocab_size=len(stoi) + 1, cell=cell, embedding_dim=EMBEDDING,
+                              hidden_size=hidden, num_layers=layers, dropout=0.0)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     loader = DataLoader(NaiveWindows(text, SEQ, stoi), batch_size=BATCH, shuffle=True,
                         drop_last=True)
@@ -75,13 +79,12 @@ def charrnn_speed(cell: str, hidden: int, layers: int, corpus: Path, device, pre
             f"model.cell={cell}", f"model.hidden_size={hidden}", f"model.num_layers={layers}",
             f"model.embedding_dim={EMBEDDING}", "model.dropout=0", f"train.device={device}",
             f"train.precision={precision}", f"train.out_dir={run_dir}"])
-        from rich.console import Console
-
-        trainer = Trainer(config, Path(run_dir), Console(quiet=True), quiet=True)
+        world = World(device=pick_device(device))
+        trainer = Trainer(config, RunDir(run_dir), world, SilentView())
 
         def steps():
             while True:
-                trainer._train_step()
+                trainer.train_step()
                 yield
 
         return _chars_per_second(steps(), trainer.device, seconds)

@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 import torch
 
 from charrnn import __version__, fileio
-from charrnn.errors import CheckpointError
+from charrnn.errors import CheckpointError, VocabError
 from charrnn.model import CharRNN, ModelArgs
-from charrnn.vocab import Vocab, VocabError
+from charrnn.vocab import Vocab
 
 FORMAT = "charrnn-checkpoint"
 VERSION = 1

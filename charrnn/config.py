@@ -306,7 +306,7 @@ def _closest(key: str, options: typing.Iterable[str]) -> str | None:
     return match[0] if match else None
 
 
-def describe_fields() -> list[tuple[str, str, Any, str]]:
+def field_reference() -> list[tuple[str, str, Any, str]]:
     """(key, type, default, help) for every config key: the README's reference table."""
     rows = []
     for name, cls in _SECTION_CLASSES.items():

@@ -1,9 +1,14 @@
-"""Choosing where and in what precision to run: CUDA, then MPS, then CPU."""
+"""Choosing where and in what precision to run: CUDA, then MPS, then CPU.
+
+Every choice of device is made here: `pick_device` for sampling and scoring, and
+`training_device` for training, alone or as one of the processes torchrun started.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 
@@ -27,6 +32,30 @@ def pick_device(name: str = "auto", option: str = "--set train.device") -> torch
     if name not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
     return torch.device(name)
+
+
+def training_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The device to train on: `name` (train.device) for one process; under torchrun
+    (`local_rank` given) this process's own GPU, or the CPU."""
+    device = pick_device(name)
+    if local_rank is None:
+        return device
+    if device.type == "mps":
+        if name != "auto":
+            raise UsageError("training under torchrun runs on CUDA (NCCL) or the CPU (gloo); "
+                             "MPS has no collective backend: use --set train.device=cpu")
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        count = torch.cuda.device_count()
+        if processes > count:
+            raise UsageError(f"torchrun started {processes} processes on this machine but it "
+                             f"has {count} CUDA device{'s' if count != 1 else ''}; use "
+                             f"--nproc_per_node={count} (one process per GPU), or "
+                             "--set train.device=cpu")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 def _mps_available() -> bool:

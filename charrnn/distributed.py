@@ -4,7 +4,8 @@
 RANK, WORLD_SIZE and LOCAL_RANK set. `World.from_environment` joins them into one process
 group (gloo for CPU tensors, plus NCCL for CUDA tensors with each process on cuda:LOCAL_RANK).
 A plain `charrnn train` gets a world of one process, whose methods hand values straight back,
-so single-process training runs exactly the code it always did.
+so single-process training runs exactly the code it always did. Either way, the world holds
+the device its process trains on (chosen by devices.training_device).
 
 Processes must never disagree about what comes next, or one of them waits forever in a
 collective the others skipped. So every decision that could differ between them (stop on a
@@ -26,21 +27,13 @@ import torch
 import torch.distributed as dist
 
 from charrnn import devices
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CharRNNError, ProcessFailed, UsageError
 
 T = TypeVar("T")
 
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-class ProcessFailed(CharRNNError):
-    """Raised on every process when another one failed, so that all of them stop together."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 PEER_LOST = ("another process of this run failed (its error is printed above, or in torchrun's "
@@ -52,9 +45,10 @@ REPORT_GRACE = datetime.timedelta(seconds=60)
 class World:
     """The processes training one model: their number, this one's rank, its device."""
 
-    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0):
+    def __init__(self, rank: int = 0, size: int = 1, local_rank: int = 0,
+                 device: torch.device | None = None):
         self.rank, self.size, self.local_rank = rank, size, local_rank
-        self.device: torch.device | None = None  # alone: the trainer picks by train.device
+        self.device = device or torch.device("cpu")  # where this process trains
         self.backend = ""  # what carries the gradients: gloo or nccl
         self.broken = False  # a collective failed: another process is gone
 
@@ -76,7 +70,7 @@ class World:
     def from_environment(cls, device_name: str) -> World:
         """The world torchrun started this process in; a world of one without torchrun."""
         if not launched_by_torchrun():
-            return cls()
+            return cls(device=devices.training_device(device_name))
         if not dist.is_available():
             raise UsageError("this PyTorch build has no torch.distributed, which torchrun "
                              "training needs; run `charrnn train` without torchrun")
@@ -88,7 +82,8 @@ class World:
         world = cls(rank, size, local_rank)
         try:
             # Joined first, so that a device one machine lacks is reported like any error.
-            world.device = world.agreed(lambda: _device_for(device_name, local_rank))
+            world.device = world.run_on_all(
+                lambda: devices.training_device(device_name, local_rank))
         except BaseException as exc:
             world.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -171,7 +166,7 @@ class World:
         return tensor.tolist()
 
     # ---- agreeing on failures ------------------------------------------------------------------
-    def from_main(self, work: Callable[[], T]) -> T:
+    def run_on_main(self, work: Callable[[], T]) -> T:
         """Rank 0 does `work` (writing files, say); every process gets its result or its error."""
         if self.size == 1:
             return work()
@@ -184,7 +179,7 @@ class World:
             raise error if self.is_main else ProcessFailed(*failure)
         return result
 
-    def agreed(self, work: Callable[[], T]) -> T:
+    def run_on_all(self, work: Callable[[], T]) -> T:
         """`work` on every process; if it fails on one, the first failure is raised on all."""
         if self.size == 1:
             return work()
@@ -247,24 +242,3 @@ def _attempt(work: Callable[[], T]) -> tuple[T | None, CharRNNError | None]:
 
 def _describe(error: CharRNNError | None) -> tuple[str, int] | None:
     return None if error is None else (str(error), error.exit_code)
-
-
-def _device_for(name: str, local_rank: int) -> torch.device:
-    """The device of the process with this LOCAL_RANK: its own GPU, or the CPU."""
-    device = devices.pick_device(name)
-    if device.type == "mps":
-        if name != "auto":
-            raise UsageError("training under torchrun runs on CUDA (NCCL) or the CPU (gloo); "
-                             "MPS has no collective backend: use --set train.device=cpu")
-        device = torch.device("cpu")
-    if device.type == "cuda":
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        count = torch.cuda.device_count()
-        if processes > count:
-            raise UsageError(f"torchrun started {processes} processes on this machine but it "
-                             f"has {count} CUDA device{'s' if count != 1 else ''}; use "
-                             f"--nproc_per_node={count} (one process per GPU), or "
-                             "--set train.device=cpu")
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from charrnn import __version__, fileio
-from charrnn.corpora import RemoteCorpus
+from charrnn.corpus import RemoteCorpus
 from charrnn.errors import DownloadError, UsageError
 
 CHUNK_BYTES = 1 << 20  # per read: frequent progress updates, negligible per-call overhead

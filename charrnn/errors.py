@@ -1,16 +1,21 @@
 """The one error family charrnn raises for problems a user can cause and fix.
 
-The CLI prints `error: <message>` for these and exits with `exit_code`; anything else is a
-bug and keeps its traceback.
+Every error type charrnn raises lives here. The CLI prints `error: <message>` for these and
+exits with `exit_code`; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 
 class CharRNNError(Exception):
-    """A problem with the user's input or environment (exit code 1)."""
+    """A problem with the user's input or environment (exit code 1 unless said otherwise)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
 
 
 class UsageError(CharRNNError):
@@ -34,6 +39,10 @@ class CorpusError(CharRNNError):
     """A corpus that cannot be read or used (missing, empty, not UTF-8, too short)."""
 
 
+class VocabError(CharRNNError):
+    """A vocabulary file that is missing, malformed or unusable."""
+
+
 class DownloadError(CharRNNError):
     """A corpus download that failed or did not match its published size and checksum."""
 
@@ -45,6 +54,6 @@ class CheckpointError(CharRNNError):
 class TrainingStopped(CharRNNError):
     """Training ended early for a reason the user must act on (diverged, interrupted)."""
 
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
+
+class ProcessFailed(CharRNNError):
+    """Raised on every process of a torchrun job when another one failed, so all stop together."""

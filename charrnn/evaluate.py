@@ -11,12 +11,14 @@ way transformer evaluations are reported.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, map_state
 
 CHUNK = 256  # time steps per forward call: bounds the (B, T, V) logits held in memory
@@ -138,37 +140,21 @@ def _score_rows(model: CharRNN, ids: np.ndarray, rows: np.ndarray, length: int,
         model.train(was_training)
 
 
-def score_checkpoint(path, files: list[str], *, window: int | None = None,
-                     streams: int | None = None, device: str = "auto",
-                     say=lambda message: None) -> Score:
-    """Score FILES (or the run's own validation split) with a checkpoint."""
-
-    from charrnn import checkpoint
-    from charrnn.config import config_from_dict
-    from charrnn.corpus import iter_text, resolve_sources
-    from charrnn.data import prepare
-    from charrnn.devices import pick_device
-    from charrnn.errors import CharRNNError
-
-    target = pick_device(device, "--device")
-    model, vocab, payload = checkpoint.load_model(path, target)
-    if files:
-        pieces = [vocab.encode(p) for p in iter_text(resolve_sources(files), vocab.normalization)]
-        ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=vocab.dtype)
-        unknown = int(np.count_nonzero(ids == 0))
-        if unknown > MOSTLY_UNKNOWN * len(ids):
-            raise CharRNNError(f"{unknown:,} of the {len(ids):,} characters to score are not in "
-                               "the model's vocabulary: the text does not match the model; "
-                               "score text like its training data")
-        if unknown:
-            say(f"[yellow]warning:[/] {unknown:,} characters are not in the model's vocabulary "
-                "and are scored as <unk>")
-    else:
-        config = config_from_dict(payload.get("config") or {}, "the checkpoint's config")
-        run_dir = checkpoint.resolve(path).parent
-        ids = prepare(config.data, run_dir, vocab, say=say).val
+def score_text(model: CharRNN, ids: np.ndarray, device: torch.device, *,
+               window: int | None = None, streams: int | None = None) -> Score:
+    """Score `ids`: in one full stateful pass, or with at most `window` characters of context."""
     if len(ids) < 2:
         raise CharRNNError("the text to score has fewer than two characters; give more text")
     if window:
-        return score_windows(model, ids, window, target)
-    return score_stream(model, ids, target, streams=streams)
+        return score_windows(model, ids, window, device)
+    return score_stream(model, ids, device, streams=streams)
+
+
+def check_coverage(chars: int, unknown: int, warn: Callable[[str], None]) -> None:
+    """Refuse text that is mostly unknown to the model; warn about the <unk> in the rest."""
+    if unknown > MOSTLY_UNKNOWN * chars:
+        raise CharRNNError(f"{unknown:,} of the {chars:,} characters to score are not in the "
+                           "model's vocabulary: the text does not match the model; score text "
+                           "like its training data")
+    if unknown:
+        warn(f"{unknown:,} characters are not in the model's vocabulary and are scored as <unk>")

@@ -1,7 +1,12 @@
-"""Metric loggers sharing one small interface: `log(record)` and `close()`.
+"""Where training reports to: metric loggers, and the view of a person watching.
 
-Records are flat dicts such as {"kind": "train", "step": 100, "loss": 1.52, ...}; every number
-carries its unit in its key or in the README's table (loss in nats/char, bpc in bits/char).
+Loggers share one small interface, `log(record)` and `close()`. Records are flat dicts such as
+{"kind": "train", "step": 100, "loss": 1.52, ...}; every number carries its unit in its key or
+in the README's table (loss in nats/char, bpc in bits/char).
+
+A `TrainingView` is what a person sees: progress updates and messages. The library never
+prints; the command line supplies a view that draws (cli/progress.py), a notebook or a server
+its own, and without one training is silent.
 """
 
 from __future__ import annotations
@@ -21,6 +26,41 @@ class MetricsLogger(Protocol):
     def log(self, record: dict) -> None: ...
 
     def close(self) -> None: ...
+
+
+# What a message is, so that a view can style it or leave it out (a quiet view shows results).
+MESSAGE_KINDS = ("info", "note", "warning", "result", "sample")
+
+
+class TrainingView(Protocol):
+    """What a person watching training sees; entered around the training loop."""
+
+    def __enter__(self) -> TrainingView: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def update(self, step: int, fraction: float, fields: dict) -> None:
+        """Progress: `fraction` of the budget used; `fields` the latest train record, with
+        "val_loss"/"val_bpc" of the last evaluation and "device" added."""
+
+    def message(self, text: str, kind: str = "info") -> None:
+        """A line of plain text (never markup) of one of MESSAGE_KINDS."""
+
+
+class SilentView:
+    """The view of nobody: training without a terminal, or on processes other than rank 0."""
+
+    def __enter__(self) -> SilentView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def update(self, step: int, fraction: float, fields: dict) -> None:
+        pass
+
+    def message(self, text: str, kind: str = "info") -> None:
+        pass
 
 
 class JsonlLogger:

@@ -1,8 +1,9 @@
 """The character model: Embedding -> RNN/LSTM/GRU -> Linear.
 
-This module imports only torch. The recurrent state is an opaque value (a tensor for RNN and
-GRU, an `(h, c)` tuple for LSTM) that callers pass back in; `map_state` applies a function to
-whatever it holds, so no caller special-cases LSTM.
+This module imports only torch, and the config's model section for its fields and defaults
+(a plain dataclass: the model knows nothing of files or YAML). The recurrent state is an
+opaque value (a tensor for RNN and GRU, an `(h, c)` tuple for LSTM) that callers pass back
+in; `map_state` applies a function to whatever it holds, so no caller special-cases LSTM.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charrnn.config import ModelConfig
+
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # The same cells as single fused steps: one call per layer per generated character.
 _CELL_STEPS = {"rnn": torch.rnn_tanh_cell, "lstm": torch.lstm_cell, "gru": torch.gru_cell}
@@ -24,14 +27,12 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 MODULE_STEP_BATCH = 48
 
 
-@dataclass(frozen=True)
-class ModelArgs:
+@dataclass(frozen=True, kw_only=True)
+class ModelArgs(ModelConfig):
+    """The config's model section (cell, embedding_dim, hidden_size, num_layers, dropout, with
+    its defaults) plus what the data decides: the vocabulary size."""
+
     vocab_size: int  # ids, <unk> included
-    cell: str = "lstm"  # rnn | lstm | gru
-    embedding_dim: int = 64  # width of each character's vector
-    hidden_size: int = 256  # units per recurrent layer
-    num_layers: int = 2  # stacked recurrent layers
-    dropout: float = 0.0  # on the embedding, between layers and before the output layer
 
     def to_dict(self) -> dict:
         return asdict(self)

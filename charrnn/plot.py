@@ -62,8 +62,8 @@ def plot_runs(run_dirs: list[Path], output: Path, width: int = 1200, height: int
     if image_type not in FigureCanvasAgg.get_supported_filetypes():
         raise UsageError(f"cannot write {output}: unknown image type {output.suffix!r}; "
                          "use .png, .svg or .pdf")
-    runs = [load_curves(run_dir, label) for run_dir, label in zip(run_dirs, _labels(run_dirs),
-                                                                   strict=True)]
+    labels = legend_labels(run_dirs)
+    runs = [load_curves(run_dir, label) for run_dir, label in zip(run_dirs, labels, strict=True)]
     longest = max((t for run in runs for t in run.train_time + run.val_time
                    if not math.isnan(t)), default=0.0)
     unit, seconds_per_unit = _time_unit(longest)
@@ -117,7 +117,7 @@ def _matplotlib():
     return Figure, FigureCanvasAgg, Line2D
 
 
-def _labels(run_dirs: list[Path]) -> list[str]:
+def legend_labels(run_dirs: list[Path]) -> list[str]:
     """Each run's directory name, or the whole path where two names would be the same."""
     names = [Path(d).resolve().name or str(d) for d in run_dirs]
     if len(set(names)) == len(names):

@@ -83,7 +83,7 @@ class Sampler:
         self.device = torch.device(device)
 
     def encode_prime(self, prime: str) -> list[int]:
-        text = self.vocab.prepare(prime)
+        text = self.vocab.normalize(prime)
         unknown = self.vocab.unknown_chars(text)
         if unknown:
             shown = " ".join(repr(c) for c in unknown[:20])
@@ -96,7 +96,7 @@ class Sampler:
 
     def prepare_stop(self, stop: str) -> str:
         """The stop text as the model would write it; one it cannot write is an error."""
-        text = self.vocab.prepare(stop)
+        text = self.vocab.normalize(stop)
         if not text:
             raise UsageError("--stop needs at least one character")
         unknown = self.vocab.unknown_chars(text)
@@ -106,7 +106,7 @@ class Sampler:
                              "it could never end a sample")
         return text
 
-    def _start_ids(self, prime_ids: list[int]) -> list[int]:
+    def start_ids(self, prime_ids: list[int]) -> list[int]:
         if prime_ids:
             return prime_ids
         # No prime: start as if after a line break (or the most common character).
@@ -120,7 +120,7 @@ class Sampler:
                  with_logprobs: bool = False) -> Iterator[Chunk]:
         """Yield the generated text in chunks (the prime itself is not yielded)."""
         settings.validate(self.vocab)
-        ids = self._start_ids(self.encode_prime(prime))
+        ids = self.start_ids(self.encode_prime(prime))
         batch = settings.num_samples
         generator = torch.Generator(device=self.device)
         generator.manual_seed(settings.seed if settings.seed is not None
@@ -186,7 +186,7 @@ class Sampler:
             return
         stop = self.prepare_stop(stop)
         keep = len(stop) - 1  # characters of a possible partial match carried between chunks
-        tails = [self.vocab.prepare(prime)[-keep:] if keep else ""] * settings.num_samples
+        tails = [self.vocab.normalize(prime)[-keep:] if keep else ""] * settings.num_samples
         ended = [False] * settings.num_samples
         for chunk in self.generate(settings, prime, with_logprobs):
             texts, logprobs = [], []

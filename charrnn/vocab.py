@@ -19,7 +19,7 @@ import numpy as np
 
 from charrnn import fileio
 from charrnn.corpus import Normalization
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import UsageError, VocabError
 
 UNK = "<unk>"
 UNK_ID = 0
@@ -27,10 +27,6 @@ FORMAT = "charrnn-vocab"
 VERSION = 1
 _CODE_POINTS = 0x110000  # every Unicode code point
 MIN_CHARS = 2  # a vocabulary of one character has nothing to learn
-
-
-class VocabError(CharRNNError):
-    """A vocabulary file that is missing, malformed or unusable."""
 
 
 def code_points(text: str) -> np.ndarray:
@@ -101,7 +97,7 @@ class Vocab:
         unknown = points[self._lookup[points] == UNK_ID]
         return list(dict.fromkeys(chr(p) for p in unknown.tolist()))
 
-    def prepare(self, text: str) -> str:
+    def normalize(self, text: str) -> str:
         """Apply this vocabulary's normalisation to user text such as a prime string."""
         return self.normalization.apply(text)
 

@@ -65,8 +65,6 @@ def _no_color(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with a briefly trained tiny LSTM (best.pt, last.pt, metrics)."""
-    from rich.console import Console
-
     from charrnn.config import load_config
     from charrnn.train import train
 
@@ -75,7 +73,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus.write_text(POEM * 120, encoding="utf-8")
     run_dir = root / "run"
     config = load_config(None, tiny_overrides(corpus, run_dir))
-    train(config, console=Console(quiet=True), quiet=True)
+    train(config)
     return run_dir
 
 
@@ -94,3 +92,21 @@ def assert_clean_error(result, code: int, *fragments: str, one_line: bool = Fals
     assert len(lines) == 1 or not one_line, result.stderr
     for fragment in fragments:
         assert fragment in result.stderr, (fragment, result.stderr)
+
+
+class StopAfter:
+    """Stands in for interrupts.StopRequest: a signal that arrives during the n-th step."""
+
+    def __init__(self, steps: int, name: str = "SIGINT", exit_code: int = 130):
+        self.left, self.name, self.exit_code = steps, name, exit_code
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    @property
+    def requested(self) -> bool:  # asked once after every step
+        self.left -= 1
+        return self.left <= 0

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from charrnn import __version__
 from charrnn.cli import app
-from conftest import assert_clean_error, tiny_overrides
+from conftest import assert_clean_error, set_args, tiny_overrides
 
 runner = CliRunner()
 
@@ -17,12 +17,62 @@ def invoke(*args):
 
 
 
-def test_help_and_version():
+EVERY_COMMAND = [("data", "get"), ("data", "list"), ("eval",), ("info",), ("plot",),
+                 ("sample",), ("train",), ("vocab", "build"), ("vocab", "show")]
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command the app has, sub-commands spelled out: ('vocab', 'build'), ..."""
+    import typer.main
+
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, (*prefix, name))
+            else:
+                yield (*prefix, name)
+
+    return sorted(walk(typer.main.get_command(app), ()))
+
+
+def test_help_and_version_for_every_command():
+    assert command_paths() == EVERY_COMMAND  # a new command joins the smoke tests below
     assert invoke("--help").exit_code == 0
     result = invoke("--version")
     assert result.exit_code == 0 and __version__ in result.stdout
-    for command in ("train", "sample", "eval", "vocab"):
-        assert invoke(command, "--help").exit_code == 0
+    for group in ("vocab", "data"):
+        assert invoke(group, "--help").exit_code == 0
+    for path in EVERY_COMMAND:
+        helped = invoke(*path, "--help")
+        assert helped.exit_code == 0 and " ".join(path) + " [OPTIONS]" in helped.stdout
+
+
+def test_every_command_runs_once(tmp_path, corpus, tiny_run):
+    """The smoke loop: each command run for real, as the README shows it."""
+    vocab, run, image = tmp_path / "vocab.json", tmp_path / "run", tmp_path / "loss.png"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    runs = {
+        ("vocab", "build"): (["vocab", "build", corpus, "-o", vocab], 0, "wrote"),
+        ("vocab", "show"): (["vocab", "show", vocab], 0, "coverage"),
+        ("train",): (["train", *set_args(corpus, run, **{"train.max_steps": 5,
+                                                          "train.eval_every": 0})], 0, "done"),
+        ("sample",): (["sample", "-k", run, "-n", "20", "--seed", "1"], 0, ""),
+        ("eval",): (["eval", "-k", run], 0, "nats/char"),
+        ("info",): (["info", run], 0, "parameters"),
+        ("plot",): (["plot", tiny_run, "-o", image], 0, "wrote"),
+        ("data", "list"): (["data", "list"], 0, "tiny-shakespeare"),
+        # Offline: a mirror without the file is a clean error naming it.
+        ("data", "get"): (["data", "get", "nietzsche", "--mirror", mirror, "--dest", tmp_path],
+                          1, "nietzsche.txt"),
+    }
+    assert sorted(runs) == EVERY_COMMAND
+    for path, (args, code, expected) in runs.items():
+        result = invoke(*args)
+        assert result.exit_code == code, (path, result.output)
+        assert "Traceback" not in result.output
+        assert expected in result.output, (path, result.output)
+    assert image.is_file() and vocab.is_file()
 
 
 def test_vocab_build_and_show(tmp_path, corpus, chinese_corpus):

@@ -101,8 +101,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_readme_documents_every_config_key():
     from pathlib import Path
 
-    from charrnn.config import describe_fields
+    from charrnn.config import field_reference
 
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    missing = [key for key, *_ in describe_fields() if f"`{key}`" not in readme]
+    missing = [key for key, *_ in field_reference() if f"`{key}`" not in readme]
     assert not missing, f"README.md lacks {missing}"

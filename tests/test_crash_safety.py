@@ -18,8 +18,8 @@ from charrnn import checkpoint, fileio
 from charrnn.cli import app
 from charrnn.config import load_config
 from charrnn.corpus import Normalization, resolve_sources
-from charrnn.data import build_vocab_cached, encode_cached
 from charrnn.errors import CharRNNError
+from charrnn.idcache import build_vocab_cached, encode_cached
 from charrnn.metrics import JsonlLogger, read_metrics
 from charrnn.vocab import Vocab
 from conftest import POEM, assert_clean_error, set_args

@@ -2,11 +2,13 @@
 
 import pytest
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
 from charrnn.cli import app
 from charrnn.config import load_config
+from charrnn.distributed import World
+from charrnn.metrics import SilentView
+from charrnn.rundir import RunDir
 from charrnn.train import Trainer
 from conftest import set_args, tiny_overrides
 
@@ -34,13 +36,14 @@ def test_train_sample_eval_on_cuda(tmp_path, corpus):
 def test_training_steps_never_wait_for_the_gpu(tmp_path, corpus):
     config = load_config(None, tiny_overrides(corpus, tmp_path / "run", **{
         "train.device": "cuda", "data.reset_every": 64}))
-    trainer = Trainer(config, tmp_path / "run", Console(quiet=True), quiet=True)
+    world = World(device=torch.device("cuda"))
+    trainer = Trainer(config, RunDir(tmp_path / "run"), world, SilentView())
     for _ in range(3):
-        trainer._train_step()  # warm-up: allocations, cuDNN plans
+        trainer.train_step()  # warm-up: allocations, cuDNN plans
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation now raises
     try:
         for _ in range(20):
-            trainer._train_step()
+            trainer.train_step()
     finally:
         torch.cuda.set_sync_debug_mode(0)

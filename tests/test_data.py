@@ -2,17 +2,12 @@ import numpy as np
 import pytest
 import torch
 
+from charrnn.batches import RandomBatches, StreamBatches, windows_to_tensors
 from charrnn.config import DataConfig
 from charrnn.corpus import Normalization, resolve_sources
-from charrnn.data import (
-    IDS_FILE,
-    RandomBatches,
-    StreamBatches,
-    encode_cached,
-    prepare,
-    windows_to_tensors,
-)
+from charrnn.data import load_dataset
 from charrnn.errors import ConfigError, CorpusError
+from charrnn.idcache import IDS_FILE, encode_cached
 from charrnn.vocab import Vocab
 
 
@@ -90,7 +85,7 @@ def test_encoding_is_cached_until_the_corpus_changes(tmp_path, corpus):
 
 
 def test_split_is_contiguous_with_validation_last(tmp_path, corpus):
-    data = prepare(DataConfig(path=str(corpus), seq_len=16), tmp_path)
+    data = load_dataset(DataConfig(path=str(corpus), seq_len=16), tmp_path)
     text = corpus.read_text()
     assert len(data.train) + len(data.val) == len(text)
     assert len(data.val) == len(text) - int(len(text) * 0.9)
@@ -100,31 +95,32 @@ def test_split_is_contiguous_with_validation_last(tmp_path, corpus):
 def test_nanogpt_split_of_tiny_shakespeare(tmp_path):
     from conftest import shared_file
 
-    data = prepare(DataConfig(path=str(shared_file("tinyshakespeare.txt"))), tmp_path)
+    data = load_dataset(DataConfig(path=str(shared_file("tinyshakespeare.txt"))), tmp_path)
     assert len(data.val) == 111_540
     assert data.vocab.size == 66
 
 
 def test_validation_split_shorter_than_a_window_is_an_error(tmp_path, corpus):
     with pytest.raises(CorpusError, match="validation split has .* fewer than one window"):
-        prepare(DataConfig(path=str(corpus), seq_len=4000, val_fraction=0.1), tmp_path)
+        load_dataset(DataConfig(path=str(corpus), seq_len=4000, val_fraction=0.1), tmp_path)
 
 
 def test_given_vocabulary_counts_unknown_characters(tmp_path, corpus):
     vocab = Vocab.build(["The quick brown fox"])
     messages = []
-    data = prepare(DataConfig(path=str(corpus), seq_len=16), tmp_path, vocab, messages.append)
+    data = load_dataset(DataConfig(path=str(corpus), seq_len=16), tmp_path, vocab, messages.append)
     assert data.unknown > 0 and "became <unk>" in messages[0]
     with pytest.raises(CorpusError, match="not in the vocabulary"):
-        prepare(DataConfig(path=str(corpus), seq_len=16, unknown="error"), tmp_path / "b", vocab)
+        load_dataset(DataConfig(path=str(corpus), seq_len=16, unknown="error"), tmp_path / "b",
+                     vocab)
 
 
 def test_normalisation_must_agree_with_a_given_vocabulary(tmp_path, corpus):
     vocab = Vocab.build([corpus.read_text().lower()], Normalization(lowercase=True))
-    data = prepare(DataConfig(path=str(corpus), seq_len=16), tmp_path, vocab)
+    data = load_dataset(DataConfig(path=str(corpus), seq_len=16), tmp_path, vocab)
     assert data.unknown == 0  # the vocabulary's lowercasing was applied
     with pytest.raises(ConfigError, match="data.lowercase"):
-        prepare(DataConfig(path=str(corpus), seq_len=16, lowercase=False), tmp_path, vocab)
+        load_dataset(DataConfig(path=str(corpus), seq_len=16, lowercase=False), tmp_path, vocab)
 
 
 def _all_ids(data) -> np.ndarray:
@@ -143,11 +139,11 @@ def test_separator_from_a_yaml_config_goes_between_documents(tmp_path):
     config.write_text(f'data:\n  path: {docs}\n  separator: "\\n=====\\n"\n  seq_len: 4\n'
                       "  val_fraction: 0.2\n", encoding="utf-8")
     cfg = load_config(config).data
-    data = prepare(cfg, tmp_path / "run")
+    data = load_dataset(cfg, tmp_path / "run")
     text = data.vocab.decode(_all_ids(data).tolist())
     assert text == ("first document\n\n=====\nsecond document\n\n=====\nthird document\n")
     # The separator is part of the cache key: changing it re-encodes.
-    plain = prepare(load_config(config, ["data.separator="]).data, tmp_path / "run")
+    plain = load_dataset(load_config(config, ["data.separator="]).data, tmp_path / "run")
     assert plain.vocab.decode(_all_ids(plain).tolist()) == (
         "first document\nsecond document\nthird document\n")
 
@@ -165,7 +161,7 @@ def test_crlf_and_bom_files_encode_like_their_clean_twins(tmp_path):
         (tmp_path / name).write_bytes(raw)
         cfg = load_config(None, [f"data.path={tmp_path / name}", "data.newline=lf",
                                  "data.seq_len=16"]).data
-        data = prepare(cfg, tmp_path / f"run-{name}")
+        data = load_dataset(cfg, tmp_path / f"run-{name}")
         encoded[name] = (data.vocab.chars, _all_ids(data))
     chars, ids = encoded["clean.txt"]
     assert data.vocab.decode(ids.tolist()) == clean

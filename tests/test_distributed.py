@@ -13,11 +13,10 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
 
 from charrnn import checkpoint
+from charrnn.batches import RandomBatches, StreamBatches
 from charrnn.config import load_config
-from charrnn.data import RandomBatches, StreamBatches
 from charrnn.distributed import World
 from charrnn.errors import ConfigError
 from charrnn.evaluate import score_stream
@@ -106,7 +105,7 @@ def test_a_short_corpus_gives_every_process_as_many_streams():
 
 def test_the_shares_of_an_evaluation_add_up_to_the_whole_score():
     torch.manual_seed(0)
-    model = CharRNN(ModelArgs(vocab_size=7, hidden_size=16, embedding_dim=8))
+    model = CharRNN(ModelArgs(vocab_size=7, hidden_size=16, embedding_dim=8, num_layers=2))
     ids = np.random.default_rng(0).integers(0, 7, 5_001).astype(np.uint8)
     cpu = torch.device("cpu")
     whole = score_stream(model, ids, cpu, streams=7, burn_in=64)
@@ -123,7 +122,7 @@ def test_a_process_without_torchrun_is_a_world_of_one_that_changes_nothing():
     assert world.wrap(model) is model and world.mean(tensor) is tensor
     assert world.any(True) and not world.any(False) and world.max(2.5) == 2.5
     assert world.sum([1.0, 2]) == [1.0, 2] and world.gather("x") == ["x"]
-    assert world.from_main(lambda: 7) == 7 and world.in_turns(lambda: 8) == 8
+    assert world.run_on_main(lambda: 7) == 7 and world.in_turns(lambda: 8) == 8
 
 
 # ---- two processes under torchrun -------------------------------------------------------------
@@ -149,8 +148,7 @@ def test_two_processes_with_half_the_batch_each_make_the_same_updates_as_one(
     run, child = two_process_run
     assert child.returncode == 0, child.stderr
     alone = tmp_path / "alone"
-    train(load_config(None, tiny_overrides(corpus, alone, **RUN)), console=Console(quiet=True),
-          quiet=True)
+    train(load_config(None, tiny_overrides(corpus, alone, **RUN)))
     two, one = checkpoint.load(run / "last.pt"), checkpoint.load(alone / "last.pt")
     for key, weights in one["model"].items():
         torch.testing.assert_close(two["model"][key], weights, rtol=1e-4, atol=1e-6, msg=key)
@@ -183,12 +181,12 @@ import os, sys
 from charrnn import train
 from charrnn.cli import main
 from charrnn.errors import CorpusError
-prepare = train.prepare
-def prepare_or_fail(*args, **kwargs):
+load_dataset = train.load_dataset
+def load_or_fail(*args, **kwargs):
     if os.environ["RANK"] == "1":
         raise CorpusError("cannot read the corpus here")
-    return prepare(*args, **kwargs)
-train.prepare = prepare_or_fail
+    return load_dataset(*args, **kwargs)
+train.load_dataset = load_or_fail
 sys.argv = ["charrnn", *sys.argv[1:]]
 main()
 """
@@ -249,8 +247,7 @@ def test_two_gpus_make_the_same_updates_as_one(corpus, tmp_path):
     assert child.returncode == 0, child.stderr
     assert "2 processes (nccl)" in child.stdout
     alone = tmp_path / "alone"
-    train(load_config(None, tiny_overrides(corpus, alone, **settings)),
-          console=Console(quiet=True), quiet=True)
+    train(load_config(None, tiny_overrides(corpus, alone, **settings)))
     two, one = checkpoint.load(run / "last.pt"), checkpoint.load(alone / "last.pt")
     for key, weights in one["model"].items():
         # cuDNN picks kernels by batch size: looser than on the CPU.

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charrnn.cli import app
-from charrnn.corpora import REMOTE_CORPORA, remote_corpus
+from charrnn.corpus import REMOTE_CORPORA, remote_corpus
 from charrnn.download import fetch, file_sha256
 from charrnn.errors import DownloadError, UsageError
 from conftest import SHARED_DATA, assert_clean_error, shared_file

@@ -81,11 +81,11 @@ def test_best_checkpoint_compares_scores_of_the_same_text(tmp_path, corpus):
 
     from charrnn import checkpoint
     from charrnn.config import config_from_dict
-    from charrnn.data import prepare
+    from charrnn.data import load_dataset
     from charrnn.evaluate import score_stream
 
     model, vocab, payload = checkpoint.load_model(out / "last.pt")
-    val = prepare(config_from_dict(payload["config"]).data, out, vocab).val
+    val = load_dataset(config_from_dict(payload["config"]).data, out, vocab).val
     on_the_same_text = score_stream(model, val[:301], torch.device("cpu")).loss
     best = min([r["val_loss"] for r in periodic] + [on_the_same_text])
     assert payload["best_val_loss"] == pytest.approx(best)

@@ -11,7 +11,7 @@ from charrnn.model import CharRNN, ModelArgs
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return CharRNN(ModelArgs(vocab_size=7, hidden_size=16, embedding_dim=8)).eval()
+    return CharRNN(ModelArgs(vocab_size=7, hidden_size=16, embedding_dim=8, num_layers=2)).eval()
 
 
 def single_pass_nats(model, ids):

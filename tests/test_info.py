@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from charrnn import __version__
 from charrnn.checkpoint import load, load_model
 from charrnn.cli import app
-from charrnn.report import checkpoint_table
+from charrnn.cli.tables import checkpoint_table
 
 runner = CliRunner()
 

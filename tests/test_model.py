@@ -38,7 +38,7 @@ def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch):
 
 def test_state_carries_context_between_calls():
     torch.manual_seed(0)
-    model = CharRNN(ModelArgs(vocab_size=5, hidden_size=8, embedding_dim=4)).eval()
+    model = CharRNN(ModelArgs(vocab_size=5, hidden_size=8, embedding_dim=4, num_layers=2)).eval()
     idx = torch.randint(0, 5, (1, 10))
     with torch.no_grad():
         whole, _, _ = model(idx)

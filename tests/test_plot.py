@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from charrnn.cli import app
-from charrnn.plot import _labels
+from charrnn.plot import legend_labels
 from conftest import assert_clean_error
 
 # Errors here are a single line on stderr, nothing else.
@@ -62,9 +62,9 @@ def test_svg_output(tiny_run, tmp_path):
 
 
 def test_legend_labels_are_run_names_unless_they_clash(tmp_path):
-    assert _labels([tmp_path / "x" / "run", tmp_path / "y" / "other"]) == ["run", "other"]
+    assert legend_labels([tmp_path / "x" / "run", tmp_path / "y" / "other"]) == ["run", "other"]
     clash = [tmp_path / "x" / "run", tmp_path / "y" / "run"]
-    assert _labels(clash) == [str(p) for p in clash]
+    assert legend_labels(clash) == [str(p) for p in clash]
 
 
 def test_gaps_and_records_without_times_still_plot(tmp_path):

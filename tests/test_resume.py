@@ -14,16 +14,15 @@ import time
 
 import pytest
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
 from charrnn import checkpoint
-from charrnn import train as train_module
 from charrnn.cli import app
 from charrnn.config import load_config
+from charrnn.errors import TrainingStopped
 from charrnn.metrics import read_metrics
 from charrnn.train import Trainer, train
-from conftest import POEM, assert_clean_error, set_args, tiny_overrides
+from conftest import POEM, StopAfter, assert_clean_error, set_args, tiny_overrides
 
 runner = CliRunner()
 # Dropout on: a resumed run must draw the same dropout masks as the uninterrupted one.
@@ -48,40 +47,18 @@ def reference(corpus, tmp_path_factory):
         key = json.dumps(extra, sort_keys=True)
         if key not in runs:
             runs[key] = tmp_path_factory.mktemp("reference") / "run"
-            train(load_config(None, tiny_overrides(corpus, runs[key], **{**RUN, **extra})),
-                  console=Console(quiet=True), quiet=True)
+            train(load_config(None, tiny_overrides(corpus, runs[key], **{**RUN, **extra})))
         return runs[key]
 
     return run_for
 
 
-class StopAfter:
-    """Stands in for StopRequest: a Ctrl-C that arrives during the n-th step of a call."""
-
-    name, exit_code = "SIGINT", 130
-
-    def __init__(self, steps: int):
-        self.left = steps
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    @property
-    def requested(self) -> bool:  # asked once after every step
-        self.left -= 1
-        return self.left <= 0
-
-
 def train_here(monkeypatch, corpus, run, *, stop_after=None, resume=False, **extra):
     """Train in this process; with stop_after, as if Ctrl-C came during that step."""
-    monkeypatch.setattr(train_module, "StopRequest", lambda: StopAfter(stop_after or 10**9))
     config = load_config(None, tiny_overrides(corpus, run, **{**RUN, **extra}))
     try:
-        return train(config, resume=resume, console=Console(quiet=True), quiet=True)
-    except train_module.TrainingStopped as stopped:
+        return train(config, resume=resume, stop=StopAfter(stop_after or 10**9))
+    except TrainingStopped as stopped:
         assert stop_after is not None and stopped.exit_code == 130
         return None
 
@@ -294,7 +271,7 @@ def test_killed_at_random_moments_and_resumed_ends_with_the_same_weights(tmp_pat
 # ---- the run directory's lock -------------------------------------------------------------------
 HOLD_LOCK = """
 import sys, time
-from charrnn.runlock import RunLock
+from charrnn.rundir import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)
@@ -322,7 +299,7 @@ def test_a_live_runs_directory_is_refused_and_a_dead_ones_lock_taken_over(tmp_pa
 # ---- diverging training -------------------------------------------------------------------------
 def poison_weights_after_step(monkeypatch, step):
     """Make the update of `step` leave an infinite weight, as a far too high lr would."""
-    real = Trainer._train_step
+    real = Trainer.train_step
 
     def train_step(self):
         result = real(self)
@@ -331,7 +308,7 @@ def poison_weights_after_step(monkeypatch, step):
                 self.model.head.bias[1] = float("inf")
         return result
 
-    monkeypatch.setattr(Trainer, "_train_step", train_step)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
 @pytest.mark.parametrize(("poisoned", "named", "what"), [

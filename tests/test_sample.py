@@ -34,11 +34,12 @@ def test_all_characters_come_from_the_vocabulary(sampler):
 def test_temperature_zero_is_argmax():
     torch.manual_seed(0)
     vocab = Vocab.build(["abcdefgh"])
-    model = CharRNN(ModelArgs(vocab_size=vocab.size, hidden_size=8, embedding_dim=4)).eval()
+    model = CharRNN(ModelArgs(vocab_size=vocab.size, hidden_size=8, embedding_dim=4,
+                              num_layers=2)).eval()
     sampler = Sampler(model, vocab)
     text = sampler.sample_text(SampleSettings(length=10, temperature=0))[0]
     # Greedy decoding by hand: feed the same start character, always take the argmax.
-    ids = [vocab.stoi[c] for c in sampler.vocab.decode(sampler._start_ids([]))]
+    ids = [vocab.stoi[c] for c in sampler.vocab.decode(sampler.start_ids([]))]
     with torch.no_grad():
         logits, _, state = model(torch.tensor([ids]))
         logits, expected = logits[:, -1], []

@@ -95,4 +95,4 @@ def test_empty_and_single_character_corpora_are_refused():
 
 def test_prime_text_gets_the_vocabularys_normalisation():
     vocab = Vocab.build(["hello\n"], Normalization(lowercase=True, newline="lf"))
-    assert vocab.prepare("HeLLo\r\n") == "hello\n"
+    assert vocab.normalize("HeLLo\r\n") == "hello\n"

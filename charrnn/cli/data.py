@@ -1,8 +1,7 @@
-"""`charrnn data`: list the named corpora and download one, verified by size and SHA-256.
+"""`charrnn data list` and `charrnn data get`: the named corpora, downloaded and verified.
 
 Nothing here imports torch, so both commands start at once. The download itself lives in
 download.py; this module only parses, shows a progress bar on stderr and prints the result.
-cli.py attaches `data_app` to the main app.
 """
 
 from __future__ import annotations
@@ -22,22 +21,22 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from charrnn.cli_common import CommandGroup, err, handles_errors, out
+from charrnn.cli.common import CommandGroup, err, handles_errors, out
 
-data_app = typer.Typer(cls=CommandGroup, no_args_is_help=True,
-                       help="List the named corpora and download them, verified.")
+app = typer.Typer(cls=CommandGroup, no_args_is_help=True,
+                  help="List the named corpora and download them, verified.")
 
 
-@data_app.command("list")
+@app.command("list")
 @handles_errors
-def data_list() -> None:
+def list_corpora() -> None:
     """Corpora that `data get` downloads, and the built-in ones (use as builtin:NAME)."""
     out.print(corpora_table())
 
 
-@data_app.command("get")
+@app.command("get")
 @handles_errors
-def data_get(
+def get(
     name: Annotated[str, typer.Argument(metavar="NAME", show_default=False,
                                         help="A corpus from `charrnn data list`.")],
     dest: Annotated[Path, typer.Option(help="Directory to save the file in.")] = Path("data"),
@@ -46,7 +45,7 @@ def data_get(
         help="Fetch from this base URL or local directory (same file names) instead.")] = None,
 ) -> None:
     """Download a named corpus, check its size and SHA-256, and save it atomically."""
-    from charrnn.corpora import remote_corpus
+    from charrnn.corpus import remote_corpus
     from charrnn.download import fetch
 
     corpus = remote_corpus(name)
@@ -63,8 +62,7 @@ def data_get(
 
 
 def corpora_table() -> Table:
-    from charrnn.corpora import BUILTIN_CORPORA, REMOTE_CORPORA, builtin_sources
-    from charrnn.corpus import total_bytes
+    from charrnn.corpus import BUILTIN_CORPORA, REMOTE_CORPORA, builtin_sources, total_bytes
     from charrnn.errors import CorpusError
 
     table = Table(title="corpora", caption="download one with `charrnn data get NAME`; "

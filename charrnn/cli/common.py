@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by every command group: consoles, error reporting, parsing.
+"""What every command shares: the consoles, option types, and turning errors into one line.
 
 Every `CharRNNError` becomes one red `error: ...` line on stderr and its exit code (1 runtime,
 2 usage), never a traceback; usage errors from option parsing look the same.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,6 +26,12 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Options several commands take, declared once.
+CheckpointOption = Annotated[Path, typer.Option(
+    "--checkpoint", "-k", help="A run directory (its best.pt) or a .pt file.",
+    show_default=False)]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 
 
 def _optional_resume_value(args: list[str]) -> list[str]:
@@ -76,6 +84,11 @@ def report(exc: CharRNNError) -> None:
             err.print(f"  - {escape(problem)}")
     else:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
+
+
+def warn(text: str) -> None:
+    """A warning on stderr, for messages the library passes up."""
+    err.print(f"[yellow]warning:[/] {escape(text)}")
 
 
 def handles_errors(command):

@@ -1,5 +1,6 @@
-"""How `charrnn sample` delivers its text: streamed to the terminal, to a file, as JSON, or in
-an interactive loop. The sampling itself is sample.py's; this module only writes results.
+"""`charrnn sample`: generate text from a trained model, streamed to the terminal, to a file,
+as JSON, or in an interactive loop. The sampling itself is the library's (sample.py); this
+module parses the options and writes the results.
 """
 
 from __future__ import annotations
@@ -8,10 +9,62 @@ import contextlib
 import itertools
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
-from charrnn.cli_common import out, report
-from charrnn.errors import CharRNNError
+import typer
+
+from charrnn.cli.common import CheckpointOption, DeviceOption, handles_errors, out, report
+from charrnn.errors import CharRNNError, UsageError
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@handles_errors
+def sample(
+    checkpoint: CheckpointOption,
+    temperature: Annotated[str, typer.Option(
+        "--temperature", "-t", help="Randomness: >0 scales logits, 0 is greedy. Several, "
+        "comma-separated (0.2,0.5,1.0), give one labelled sample each.")] = "1.0",
+    length: Annotated[int, typer.Option("--length", "-n",
+                                        help="Characters to generate (prime not counted).")]
+        = 500,
+    prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from.")] = "",
+    seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely.")] = None,
+    top_p: Annotated[float | None, typer.Option(
+        help="Sample among the most likely characters whose probabilities add up to p "
+             "(0 < p <= 1).")] = None,
+    stop: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="End each sample at the first TEXT after the prime (TEXT kept); "
+        "\\n and \\t are understood, so '\\n\\n' stops at a blank line.")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N",
+                                             help="Samples, drawn as one batch.")] = 1,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE", dir_okay=False, show_default=False,
+        help="Write the samples to FILE (whole, once all are done) instead of printing them.")]
+        = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="text, or json: a list of {temperature, prime, text, logprobs}, "
+        "logprobs being each generated character's natural-log probability (nats).")]
+        = OutputFormat.text,
+    interactive: Annotated[bool, typer.Option(
+        "--interactive", "-i", help="Continue each line typed (or piped) in; an empty line "
+        "starts from scratch; Ctrl-D or end of input quits.")] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Generate text from a trained model."""
+    if interactive and (prime or output is not None):
+        raise UsageError("--interactive takes each prime from the prompt and prints the "
+                         "replies; leave out --prime and --output")
+    run_sample(SampleRequest(
+        checkpoint=checkpoint, temperatures=temperature, length=length, prime=prime, seed=seed,
+        top_k=top_k, top_p=top_p, stop=stop, num_samples=num_samples, output=output,
+        as_json=output_format is OutputFormat.json, interactive=interactive, device=device))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Human-readable views of charrnn objects (rich tables), kept out of the library modules."""
+"""Rich tables of charrnn objects, for `charrnn info` and `charrnn vocab show`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from charrnn.errors import CheckpointError
-from charrnn.progress import format_duration
-from charrnn.vocab import Vocab, VocabError
+from charrnn.cli.progress import format_duration
+from charrnn.errors import CheckpointError, VocabError
+from charrnn.vocab import Vocab
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", " ": "␠ (space)",
           "\u3000": "\\u3000 (ideographic space)", "\ufeff": "\\ufeff (BOM)"}

@@ -1,0 +1,47 @@
+"""The `charrnn` application: every command group attached to one Typer app.
+
+Where each command lives: `charrnn vocab` in vocab.py, `train` in train.py, `sample` (and its
+interactive loop) in sample.py, `eval` in eval.py, `info` in info.py, `plot` in plot.py,
+`charrnn data` in data.py. To add a command, write it in a module of its own and attach it
+here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from charrnn import __version__
+from charrnn.cli import data, eval, info, plot, sample, train, vocab
+from charrnn.cli.common import CommandGroup, out
+
+app = typer.Typer(cls=CommandGroup, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_enable=False, context_settings={"help_option_names":
+                                                                    ["-h", "--help"]},
+                  help="Character-level RNN/LSTM/GRU language models: build a vocabulary, "
+                       "train from a YAML config, sample text.")
+app.add_typer(vocab.app, name="vocab")
+app.add_typer(data.app, name="data")
+app.command()(train.train)
+app.command()(sample.sample)
+app.command("eval")(eval.evaluate)
+app.command()(info.info)
+app.command()(plot.plot)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"charrnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")]
+        = False) -> None:
+    """Character-level RNN/LSTM/GRU language models."""
+
+
+def main() -> None:
+    app(prog_name="charrnn")

@@ -1,0 +1,29 @@
+"""`charrnn plot`: training curves of one or more runs, drawn into an image file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from charrnn.cli.common import handles_errors, out
+
+
+@handles_errors
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        metavar="RUN_DIR", help="Run directories (their metrics.jsonl); several are "
+        "compared in one figure.", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", dir_okay=False, help="Image to write; .png, .svg or .pdf.")]
+        = Path("loss.png"),
+    width: Annotated[int, typer.Option(min=300, help="Image width in pixels.")] = 1200,
+    height: Annotated[int, typer.Option(min=200, help="Image height in pixels.")] = 800,
+) -> None:
+    """Loss (nats and bits per char) and learning rate against step and wall time."""
+    from charrnn.plot import plot_runs
+
+    plot_runs(run_dirs, output, width=width, height=height)
+    out.print(f"wrote {escape(str(output))}")

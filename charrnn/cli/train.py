@@ -1,0 +1,55 @@
+"""`charrnn train`: train from a YAML config, or resume a run; progress on the terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from charrnn.cli.common import handles_errors, out, speaks_for_the_run
+
+
+@handles_errors
+def train(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML config (see configs/).", show_default=False)] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="SECTION.KEY=VALUE",
+        help="Override a config key, value parsed as YAML; repeatable.")] = None,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", metavar="[RUN_DIR]", show_default=False,
+        help="Continue from last.pt of RUN_DIR (alone: the config's train.out_dir).")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        help="Start over in a run directory that already holds a run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final result.")]
+        = False,
+) -> None:
+    """Train a model as a YAML config says; checkpoints and metrics go to train.out_dir.
+
+    On several GPUs or machines, start it with torchrun: `torchrun --nproc_per_node=N -m
+    charrnn train ...`; data.batch_size is then the total over all processes.
+    """
+    from charrnn.cli.progress import make_view
+    from charrnn.config import load_config
+    from charrnn.rundir import saved_config
+    from charrnn.train import train as run_training
+
+    resume_target: bool | str = False
+    if resume is not None:
+        resume_target = resume or True
+    if config is None and isinstance(resume_target, str):
+        cfg = saved_config(resume_target)
+        if overrides:
+            cfg = load_config(Path(resume_target) / "config.yaml", overrides)
+    else:
+        cfg = load_config(config, overrides)
+    view = make_view(out, quiet) if speaks_for_the_run() else None
+    result = run_training(cfg, resume=resume_target, overwrite=overwrite, view=view)
+    if not speaks_for_the_run():
+        return
+    final = f"; val {result.final.line()}" if result.final is not None else ""
+    run_dir = escape(str(result.run_dir))
+    out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s{final}; "
+              f"checkpoints in {run_dir}. Sample with: charrnn sample --checkpoint {run_dir}")

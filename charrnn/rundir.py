@@ -1,0 +1,238 @@
+"""A run directory's life cycle: one trainer at a time, what it keeps, and resuming from it.
+
+A run directory holds `last.pt` (weights and the training state below), `best.pt` (the best
+weights so far), optional `step-*.pt` (train.keep_last), `config.yaml` (the resolved config),
+`metrics.jsonl`, the encoded corpus (idcache.py) and `.lock`. `RunDir.open` locks it, tidies
+what a killed run left, and either finds the checkpoint to resume from or makes sure a new run
+clobbers nothing unless --overwrite was given. `TrainState` is what `last.pt` holds besides
+the weights, so that a resumed run continues exactly where the stopped one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charrnn import checkpoint, fileio
+from charrnn.config import Config, config_from_dict
+from charrnn.errors import CharRNNError, CheckpointError
+from charrnn.metrics import METRICS_FILE, read_metrics
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second run is not detected there
+    fcntl = None
+
+CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
+
+
+@dataclass
+class TrainState:
+    """What resuming needs besides the weights: last.pt's "train_state"."""
+
+    optimizer: dict  # the optimizer's state_dict (AdamW moments)
+    batches: dict  # the batcher's position and its random generator
+    hidden: Any  # every stream's hidden state in stream order (a State), or None
+    rng: dict  # rank 0's random-number state (torch, python, cuda)
+    data_key: dict | None = None  # which encoding of which corpus the position belongs to
+    batch_layout: dict | None = None  # batching, batch_size and seq_len it is valid for
+    best_step: int | None = None  # the step whose weights best.pt holds
+    evaluations: int = 0  # evaluations so far (train.sample_every counts them)
+    rng_per_rank: list[dict] | None = None  # under torchrun: every process's own RNG state
+
+    def to_dict(self) -> dict:
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        if state["rng_per_rank"] is None:
+            del state["rng_per_rank"]
+        return state
+
+    @classmethod
+    def from_dict(cls, state: dict) -> TrainState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in known})
+
+    def rng_for(self, rank: int, size: int) -> dict | None:
+        """Process `rank`'s RNG state: its own, if as many processes wrote the checkpoint;
+        otherwise rank 0 takes the saved one and the others keep their own seeds."""
+        if self.rng_per_rank and len(self.rng_per_rank) == size:
+            return self.rng_per_rank[rank]
+        return self.rng if rank == 0 else None
+
+
+def capture_rng() -> dict:
+    """This process's random-number state: torch's, Python's and (if present) CUDA's."""
+    version, internal, gauss = random.getstate()
+    rng = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class RunDir:
+    """The directory one run writes: its checkpoints, config, metrics and caches."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def open(self, locks: contextlib.ExitStack, resume: bool, overwrite: bool) -> dict | None:
+        """Lock the directory and tidy it; the checkpoint payload to resume from, if any.
+
+        The lock is held until `locks` closes. A new run (nothing to resume) is refused where
+        a run already is, unless `overwrite`.
+        """
+        fileio.ensure_dir(self.path)
+        locks.enter_context(RunLock(self.path))
+        # What a killed process was writing; holding the lock, no one else writes these now.
+        fileio.remove_temporaries(self.path, ("*.pt", METRICS_FILE, CONFIG_FILE))
+        payload = self._resume_payload() if resume else None
+        if payload is None:
+            self._refuse_to_clobber(overwrite)
+        return payload
+
+    def _resume_payload(self) -> dict | None:
+        """last.pt's payload; None where the run has no checkpoint yet (killed early, or new)."""
+        path = self.path / checkpoint.LAST
+        if not path.is_file():
+            if (self.path / checkpoint.BEST).is_file():
+                raise CharRNNError(f"cannot resume {self.path}: it has {checkpoint.BEST} but no "
+                                   f"{checkpoint.LAST} (the training state); start over with "
+                                   f"--overwrite, or fine-tune with train.init_from: "
+                                   f"{self.path / checkpoint.BEST}")
+            return None
+        payload = checkpoint.load(path)
+        if "train_state" not in payload:
+            raise CharRNNError(f"{path} holds weights but no training state; start a new run "
+                               f"with train.init_from: {path}")
+        return payload
+
+    def _refuse_to_clobber(self, overwrite: bool) -> None:
+        existing = [name for name in (checkpoint.LAST, checkpoint.BEST)
+                    if (self.path / name).exists()]
+        if existing and not overwrite:
+            raise CharRNNError(f"{self.path} already holds a run ({', '.join(existing)}); "
+                               "continue it with --resume, start over with --overwrite, or "
+                               "choose another train.out_dir")
+
+    def clear_previous(self) -> None:
+        """Remove what an overwritten run left; called only once the new run's inputs check out."""
+        # Old step checkpoints too: keep_last would otherwise count them as the new run's.
+        for path in (self.path / checkpoint.LAST, self.path / checkpoint.BEST,
+                     *self.path.glob("step-*.pt")):
+            path.unlink(missing_ok=True)
+        # The records of the run overwritten, or of one killed before its first checkpoint.
+        (self.path / METRICS_FILE).unlink(missing_ok=True)
+
+    def write_config(self, config: Config) -> None:
+        """config.yaml: what a later `--resume RUN_DIR` continues with."""
+        fileio.write_text(self.path / CONFIG_FILE, config.to_yaml())
+
+    def save(self, last: dict, best: dict | None, step: int, keep_last: int) -> None:
+        """Write last.pt, then best.pt (when given), then the step checkpoint keep_last asks for.
+
+        last.pt goes first, so a run can be resumed from its first checkpoint on; should a
+        kill fall before best.pt is written too, resuming writes it (`repair_best`).
+        """
+        checkpoint.save(last, self.path / checkpoint.LAST)
+        if best is not None:
+            checkpoint.save(best, self.path / checkpoint.BEST)
+        if keep_last:
+            weights_only = {k: v for k, v in last.items() if k != "train_state"}
+            checkpoint.save(weights_only, self.path / f"step-{step:08d}.pt")
+            for old in sorted(self.path.glob("step-*.pt"))[:-keep_last]:
+                old.unlink(missing_ok=True)
+
+    def repair_best(self, last: dict) -> None:
+        """Write best.pt from last.pt if a kill fell between the two writes of one step."""
+        path = self.path / checkpoint.BEST
+        with contextlib.suppress(CheckpointError):  # missing: the kill came before it
+            if checkpoint.load(path)["step"] == last["step"]:
+                return
+        checkpoint.save({k: v for k, v in last.items() if k != "train_state"}, path)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop records logged after the checkpoint being resumed: they will be logged again."""
+        path = self.path / METRICS_FILE
+        if not path.is_file():
+            return
+        # A final evaluation is logged again when the resumed run ends.
+        keep = [r for r in read_metrics(self.path)
+                if r.get("step", 0) <= step and not r.get("final")]
+        fileio.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def saved_config(run_dir: str | Path) -> Config:
+    """The resolved config a run saved, to resume it without naming the original file."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CharRNNError(f"{run_dir} has no {CONFIG_FILE}; pass --config as well")
+    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
+
+
+class RunLock:
+    """An exclusive `flock` on run_dir/.lock: one training process per run directory.
+
+    The operating system drops it when the holder dies, however it dies, so a stale lock from
+    a killed run is simply taken over.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CharRNNError(f"cannot create {self.path}: {exc.strerror}; choose a writable "
+                               "train.out_dir") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f"process {holder}" if holder else "another process"
+                raise CharRNNError(f"{self.path.parent} is in use by {who} (still training); "
+                                   "wait for it, stop it, or choose another train.out_dir") \
+                    from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 32).decode().strip()
+    return ""
