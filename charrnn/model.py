@@ -22,9 +22,6 @@ CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.
 _CELL_STEPS = {"rnn": torch.rnn_tanh_cell, "lstm": torch.lstm_cell, "gru": torch.gru_cell}
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-# From this many streams on, step() runs the nn.LSTM/GRU/RNN module for one character instead
-# of fused cell calls: 2x256 LSTM on CPU, 64 streams: ~100k vs ~67k chars/s; 16: ~17k vs ~48k.
-MODULE_STEP_BATCH = 48
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,33 +124,73 @@ class CharRNN(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return logits, loss, state
 
-    @torch.no_grad()
-    def step(self, idx: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        """One character per stream: idx (B,) -> logits (B, V) and the next state.
+    def stepper(self) -> Stepper:
+        """A one-character-per-stream step with weights prepared for generation (eval mode).
 
-        Runs each layer as one fused cell call instead of an `nn.LSTM` call per character,
-        which is dominated by per-call set-up (about 10x slower for one stream).
+        Rebuild it after the weights change: it holds tables computed from them.
         """
-        if idx.shape[0] >= MODULE_STEP_BATCH:
-            # Many streams: the recurrent module's own kernels beat separate cell calls.
-            logits, _, state = self(idx[:, None], state=state)  # (B, 1, V)
-            return logits[:, 0], state
+        return Stepper(self)
+
+
+class Stepper:
+    """The model run one character per stream: idx (B,) and a state -> logits (B, V), state.
+
+    Generation steps one character at a time, where per-call overhead and reading the weights
+    dominate (not arithmetic). So the first layer's input projection of every character is
+    precomputed into a table (an embedding followed by a matrix is a lookup), and each layer is
+    one fused cell call; for a single stream even the lookup rides in the cell's input bias.
+    """
+
+    # Beyond this size (V x gates x H floats) the table costs more memory than it saves time.
+    MAX_TABLE_BYTES = 64 << 20
+
+    @torch.no_grad()
+    def __init__(self, model: CharRNN):
+        args, rnn = model.args, model.rnn
+        self.args = args
+        self.cell = _CELL_STEPS[args.cell]
+        self.lstm = args.cell == "lstm"
+        self.layers = [tuple(getattr(rnn, f"{name}_l{layer}").detach()
+                             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                       for layer in range(args.num_layers)]
+        self.embedding = model.embedding.weight.detach()
+        self.head = (model.head.weight.detach(), model.head.bias.detach())
+        w_ih, _, b_ih, _ = self.layers[0]
+        gates = w_ih.shape[0]
+        self.table = None
+        if self.embedding.shape[0] * gates * self.embedding.element_size() \
+                <= self.MAX_TABLE_BYTES:
+            self.table = F.linear(self.embedding, w_ih, b_ih)  # (V, gates*H)
+            # A cell whose input is empty computes input @ W_ih + b_ih as just b_ih.
+            self.no_input = self.embedding.new_empty(1, 0)
+            self.no_weight = w_ih.new_empty(gates, 0)
+
+    def initial_state(self, batch_size: int, device: torch.device | str) -> State:
+        shape = (self.args.num_layers, batch_size, self.args.hidden_size)
+        zeros = torch.zeros(shape, device=device)
+        return (zeros, zeros.clone()) if self.lstm else zeros
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         if state is None:
-            state = self.initial_state(idx.shape[0])
-        x = self.embedding(idx)  # (B, E)
-        cell_step = _CELL_STEPS[self.args.cell]
-        lstm = self.args.cell == "lstm"
+            state = self.initial_state(idx.shape[0], idx.device)
         new_h, new_c = [], []
-        for layer in range(self.args.num_layers):
-            weights = [getattr(self.rnn, f"{name}_l{layer}")
-                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            if lstm:
-                h, c = cell_step(x, (state[0][layer], state[1][layer]), *weights)
+        x = None
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
+            hx = (state[0][layer], state[1][layer]) if self.lstm else state[layer]
+            if layer > 0:
+                out = self.cell(x, hx, w_ih, w_hh, b_ih, b_hh)
+            elif self.table is not None and idx.shape[0] == 1:
+                projected = self.table[idx[0]]  # (gates*H,): this character's W_ih x + b_ih
+                out = self.cell(self.no_input, hx, self.no_weight, w_hh, projected, b_hh)
+            else:
+                out = self.cell(F.embedding(idx, self.embedding), hx, w_ih, w_hh, b_ih, b_hh)
+            if self.lstm:
+                x, c = out
                 new_c.append(c)
             else:
-                h = cell_step(x, state[layer], *weights)
-            new_h.append(h)
-            x = h  # (B, H); no dropout: step() is for generation in eval mode
-        logits = self.head(x)  # (B, V)
-        next_state = (torch.stack(new_h), torch.stack(new_c)) if lstm else torch.stack(new_h)
+                x = out
+            new_h.append(x)  # (B, H); no dropout: generation runs in eval mode
+        logits = F.linear(x, *self.head)  # (B, V)
+        next_state = (torch.stack(new_h), torch.stack(new_c)) if self.lstm else torch.stack(new_h)
         return logits, next_state

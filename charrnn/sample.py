@@ -2,6 +2,18 @@
 
 The recurrent state is carried between steps, so each new character costs one step of the
 network (never a re-read of the text so far). Several samples are drawn as one batch.
+
+Rows of a batch are independent: each row draws by its own rules (temperature, top-k,
+top-p), and a request (one prime, `num_samples` rows) draws its random numbers from its own
+generator: at every step, `num_samples` uniforms, row i taking the i-th. So the text of a
+request depends only on its seed and options, never on what else shares the batch; a server
+that batches many users' requests together (continuous batching) returns what
+`charrnn sample` prints. Each row turns its uniform into a character by the inverse of the
+cumulative distribution: one cumulative sum and one search, cheaper than a general
+multinomial draw.
+
+`beam_search` instead returns the most probable continuations under the model's own
+distribution: deterministic, no random numbers.
 """
 
 from __future__ import annotations
@@ -10,17 +22,22 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from charrnn.errors import UsageError
-from charrnn.model import CharRNN
+from charrnn.errors import CheckpointError, UsageError
+from charrnn.model import CharRNN, State, Stepper, join_streams, map_state
 from charrnn.vocab import UNK_ID, Vocab
 
 FLUSH_EVERY = 32  # generated steps between hand-offs to the caller (bounds device syncs)
 GREEDY_BELOW = torch.finfo(torch.float32).tiny  # temperatures this small act as 0 (argmax)
+# Past this, every character is as likely as any other to float32's precision: higher
+# temperatures are drawn as this one (a larger divisor would overflow float32).
+FLATTEST = 1e6
+MAX_PRIME_BYTES = 1 << 20  # a prime file larger than this is a mistake, not a prompt
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,7 @@ class SampleSettings:
     top_p: float | None = None  # keep the smallest set whose probability reaches p
     num_samples: int = 1  # drawn together as one batch
     seed: int | None = None  # same seed, same device, same text
+    beam: int | None = None  # beam search with this many beams instead of drawing
 
     def validate(self, vocab: Vocab) -> None:
         check_temperature(self.temperature)
@@ -44,6 +62,15 @@ class SampleSettings:
                              f"characters, not {self.top_k}")
         if self.top_p is not None and not (0.0 < self.top_p <= 1.0):
             raise UsageError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.beam is not None:
+            if self.beam < 1:
+                raise UsageError(f"--beam must be at least 1, not {self.beam}")
+            if self.num_samples > self.beam:
+                raise UsageError(f"--num-samples {self.num_samples} asks for more "
+                                 f"continuations than --beam {self.beam} keeps; raise --beam")
+            if self.temperature != 1.0 or self.top_k is not None or self.top_p is not None:
+                raise UsageError("--beam finds the most probable text under the model's own "
+                                 "probabilities; leave out --temperature, --top-k and --top-p")
 
 
 def check_temperature(value: float) -> None:
@@ -76,6 +103,140 @@ class Sample:
                 "logprobs": [round(lp, 6) for lp in self.logprobs]}
 
 
+# ---- drawing the next character ---------------------------------------------------------------
+@dataclass
+class DrawRules:
+    """How each row of a batch draws its next character: one entry per row."""
+
+    temperature: torch.Tensor  # (B,) float32; below GREEDY_BELOW: greedy (argmax)
+    top_k: torch.Tensor | None = None  # (B,) int64, V for rows without a limit; None: no row
+    top_p: torch.Tensor | None = None  # (B,) float32, 2.0 for rows without; None: no row
+
+    @classmethod
+    def of(cls, settings: SampleSettings, rows: int, vocab_size: int,
+           device: torch.device) -> DrawRules:
+        temperature = torch.full((rows,), min(settings.temperature, FLATTEST), device=device)
+        top_k = top_p = None
+        if settings.top_k is not None:
+            top_k = torch.full((rows,), settings.top_k, dtype=torch.long, device=device)
+        if settings.top_p is not None:
+            top_p = torch.full((rows,), settings.top_p, device=device)
+        return cls(temperature, top_k, top_p)
+
+    @property
+    def rows(self) -> int:
+        return self.temperature.shape[0]
+
+    def select(self, rows: torch.Tensor) -> DrawRules:
+        """The rules of some rows (a (R,) index), in that order."""
+        return DrawRules(self.temperature[rows],
+                         None if self.top_k is None else self.top_k[rows],
+                         None if self.top_p is None else self.top_p[rows])
+
+    @staticmethod
+    def join(parts: Sequence[DrawRules], vocab_size: int) -> DrawRules:
+        """The rules of several batches' rows, one after another."""
+        def joined(name: str, missing: float) -> torch.Tensor | None:
+            if all(getattr(p, name) is None for p in parts):
+                return None
+            return torch.cat([getattr(p, name) if getattr(p, name) is not None
+                              else torch.full_like(p.temperature, missing,
+                                                   dtype=torch.long if name == "top_k"
+                                                   else torch.float32) for p in parts])
+
+        return DrawRules(torch.cat([p.temperature for p in parts]),
+                         joined("top_k", vocab_size), joined("top_p", 2.0))
+
+
+def draw(logits: torch.Tensor, rules: DrawRules, uniforms: torch.Tensor,
+         with_logprobs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The next character of every row, (B,), and its log-probability (B,) if asked.
+
+    logits (B, V); uniforms (B,) in [0, 1), one per row. The log-probability is under the
+    distribution the row drew from; a greedy row's is under the model's own (temperature 1).
+    """
+    logits = logits.float()
+    logits[:, UNK_ID] = -math.inf  # <unk> stands for "some character": never emit it
+    # Shifted to a maximum of 0 first, so that a tiny temperature cannot overflow to inf/inf.
+    shifted = logits - logits.amax(dim=-1, keepdim=True)  # (B, V)
+    greedy = rules.temperature < GREEDY_BELOW  # (B,)
+    scaled = shifted / rules.temperature.clamp(min=GREEDY_BELOW)[:, None]  # sharper or flatter
+    if rules.top_k is not None or rules.top_p is not None:
+        scaled = _keep_most_likely(scaled, rules)
+    probs = torch.softmax(scaled, dim=-1)  # (B, V)
+    cdf = probs.cumsum(dim=-1)
+    # 1 - u lies in (0, 1]: never 0, so a character of probability 0 is never chosen.
+    target = (1.0 - uniforms)[:, None] * cdf[:, -1:]  # (B, 1)
+    nxt = torch.searchsorted(cdf, target).squeeze(1).clamp_(max=logits.shape[1] - 1)
+    nxt = torch.where(greedy, shifted.argmax(dim=-1), nxt)
+    if not with_logprobs:
+        return nxt, None
+    under = torch.where(greedy[:, None], shifted, scaled)
+    return nxt, torch.log_softmax(under, dim=-1).gather(1, nxt[:, None]).squeeze(1)
+
+
+def _keep_most_likely(scaled: torch.Tensor, rules: DrawRules) -> torch.Tensor:
+    """Each row's top-k characters, then the fewest of those whose probability reaches top-p."""
+    ordered = torch.sort(scaled, dim=-1, descending=True).values  # (B, V)
+    if rules.top_k is not None:
+        kth = ordered.gather(1, (rules.top_k - 1)[:, None])  # (B, 1)
+        ordered = ordered.masked_fill(ordered < kth, -math.inf)
+        scaled = scaled.masked_fill(scaled < kth, -math.inf)
+    if rules.top_p is not None:
+        probs = torch.softmax(ordered, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # probability mass of the more likely ones
+        keep = (before < rules.top_p[:, None]).sum(dim=-1).clamp_(min=1)  # always the likeliest
+        last = ordered.gather(1, (keep - 1)[:, None])  # (B, 1): the least likely one kept
+        scaled = scaled.masked_fill(scaled < last, -math.inf)
+    return scaled
+
+
+@dataclass
+class Streams:
+    """Rows generating together: their recurrent state, next-character scores and rules."""
+
+    state: State
+    logits: torch.Tensor  # (B, V): scores for each row's next character
+    rules: DrawRules
+
+    @property
+    def rows(self) -> int:
+        return self.logits.shape[0]
+
+    def advance(self, stepper: Stepper, uniforms: torch.Tensor, with_logprobs: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draw every row's next character and step the model on it: (ids, logprobs)."""
+        nxt, logprobs = draw(self.logits, self.rules, uniforms, with_logprobs)
+        self.logits, self.state = stepper(nxt, self.state)
+        return nxt, logprobs
+
+    def select(self, rows: torch.Tensor) -> Streams:
+        """Only some rows, in that order (finished ones leave)."""
+        return Streams(map_state(lambda s: s[:, rows], self.state), self.logits[rows],
+                       self.rules.select(rows))
+
+    @staticmethod
+    def join(parts: Sequence[Streams]) -> Streams:
+        """Several batches' rows as one batch, in order (new requests join)."""
+        vocab_size = parts[0].logits.shape[1]
+        return Streams(join_streams([p.state for p in parts]),
+                       torch.cat([p.logits for p in parts]),
+                       DrawRules.join([p.rules for p in parts], vocab_size))
+
+    def finite(self) -> torch.Tensor:
+        """A 0-d bool tensor: whether every score is a number (NaN weights give NaN scores)."""
+        return torch.isfinite(self.logits[:, 1:]).all()
+
+
+def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A request's own random numbers: seeded, or from the operating system's entropy."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None
+                          else int.from_bytes(os.urandom(8), "little") >> 1)
+    return generator
+
+
+# ---- the sampler ------------------------------------------------------------------------------
 class Sampler:
     def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu"):
         self.model = model.eval()
@@ -115,64 +276,53 @@ class Sampler:
         counts = self.vocab.counts
         return [1 + max(range(len(counts)), key=counts.__getitem__)]
 
+    def stepper(self) -> Stepper:
+        """The model's one-character step, prepared from its current weights."""
+        return self.model.stepper()
+
+    @torch.inference_mode()
+    def start(self, settings: SampleSettings, prime: str = "") -> Streams:
+        """`num_samples` rows that have read the prime (in one call) and await their first draw."""
+        settings.validate(self.vocab)
+        ids = self.start_ids(self.encode_prime(prime))
+        rows = settings.num_samples
+        prime_t = torch.tensor(ids, device=self.device).unsqueeze(0).expand(rows, -1)
+        logits, _, state = self.model(prime_t)  # (B, P, V): the whole prime in one call
+        return Streams(state, logits[:, -1].float(),
+                       DrawRules.of(settings, rows, self.vocab.size, self.device))
+
     @torch.inference_mode()
     def generate(self, settings: SampleSettings, prime: str = "",
                  with_logprobs: bool = False) -> Iterator[Chunk]:
         """Yield the generated text in chunks (the prime itself is not yielded)."""
-        settings.validate(self.vocab)
-        ids = self.start_ids(self.encode_prime(prime))
-        batch = settings.num_samples
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(settings.seed if settings.seed is not None
-                              else int.from_bytes(os.urandom(8), "little") >> 1)
-        prime_t = torch.tensor(ids, device=self.device).unsqueeze(0).expand(batch, -1)
-        logits, _, state = self.model(prime_t)  # (B, P, V): the whole prime in one call
-        logits = logits[:, -1].float()  # (B, V)
-        out = torch.empty(batch, FLUSH_EVERY, dtype=torch.long, device=self.device)
-        logp = torch.empty(batch, FLUSH_EVERY, device=self.device) if with_logprobs else None
+        streams = self.start(settings, prime)
+        stepper = self.stepper()
+        generator = new_generator(settings.seed, self.device)
+        rows = settings.num_samples
+        out = torch.empty(rows, FLUSH_EVERY, dtype=torch.long, device=self.device)
+        logp = torch.empty(rows, FLUSH_EVERY, device=self.device) if with_logprobs else None
         done = 0
         while done < settings.length:
             n = min(FLUSH_EVERY, settings.length - done)
+            finite = streams.finite()
             for i in range(n):
-                nxt, lp = self._choose(logits, settings, generator, with_logprobs)
-                out[:, i] = nxt
+                uniforms = torch.rand(rows, generator=generator, device=self.device)
+                out[:, i], lp = streams.advance(stepper, uniforms, with_logprobs)
                 if lp is not None:
                     logp[:, i] = lp
-                logits, state = self.model.step(nxt, state)
-                logits = logits.float()
             done += n
-            rows = out[:, :n].tolist()  # one device sync per chunk
-            yield Chunk([self.vocab.decode(r) for r in rows],
+            # Checked once per chunk: a per-step check would wait on the device every step.
+            if not bool(finite & streams.finite()):
+                raise CheckpointError("the model's scores are not numbers (NaN or inf): its "
+                                      "weights are damaged or its training diverged; use "
+                                      "another checkpoint")
+            ids = out[:, :n].tolist()  # one device sync per chunk
+            yield Chunk([self.vocab.decode(r) for r in ids],
                         logp[:, :n].tolist() if logp is not None else [])
-
-    def _choose(self, logits: torch.Tensor, settings: SampleSettings,
-                generator: torch.Generator, with_logprobs: bool
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = logits.clone()
-        logits[:, UNK_ID] = -math.inf  # <unk> stands for "some character": never emit it
-        # Below float32's smallest normal number a temperature is greedy in all but name (and
-        # would divide by zero once cast).
-        if settings.temperature < GREEDY_BELOW:
-            nxt = logits.argmax(dim=-1)  # (B,)
-            return nxt, _logprob_of(logits, nxt) if with_logprobs else None
-        # Shifted to a maximum of 0 first, so that a tiny temperature cannot overflow to inf/inf.
-        logits = logits - logits.amax(dim=-1, keepdim=True)
-        logits = logits / settings.temperature  # sharper (<1) or flatter (>1)
-        if settings.top_k is not None:
-            kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, -math.inf)
-        if settings.top_p is not None:
-            logits = _nucleus(logits, settings.top_p)
-        probs = torch.softmax(logits, dim=-1)  # (B, V)
-        nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
-        return nxt, _logprob_of(logits, nxt) if with_logprobs else None
 
     def sample_text(self, settings: SampleSettings, prime: str = "") -> list[str]:
         """Whole samples as strings (prime not included)."""
-        texts = [""] * settings.num_samples
-        for chunk in self.generate(settings, prime):
-            texts = [t + c for t, c in zip(texts, chunk.texts, strict=True)]
-        return texts
+        return [s.text for s in self.samples(settings, prime)]
 
     def stream(self, settings: SampleSettings, prime: str = "", stop: str | None = None,
                with_logprobs: bool = False) -> Iterator[Chunk]:
@@ -181,36 +331,34 @@ class Sampler:
         The stop text is kept. An occurrence may begin in the prime but must end in generated
         text. Generation ends once every sample has stopped, within one chunk of steps.
         """
+        if settings.beam is not None:  # the best beam is known only at the end
+            found = self.samples(settings, prime, stop, with_logprobs)
+            yield Chunk([s.text for s in found], [s.logprobs for s in found]
+                        if with_logprobs else [])
+            return
         if stop is None:
             yield from self.generate(settings, prime, with_logprobs)
             return
         stop = self.prepare_stop(stop)
-        keep = len(stop) - 1  # characters of a possible partial match carried between chunks
-        tails = [self.vocab.normalize(prime)[-keep:] if keep else ""] * settings.num_samples
-        ended = [False] * settings.num_samples
+        watch = [StopWatch(stop, self.vocab.normalize(prime))
+                 for _ in range(settings.num_samples)]
         for chunk in self.generate(settings, prime, with_logprobs):
             texts, logprobs = [], []
             for i, piece in enumerate(chunk.texts):
-                probs = chunk.logprobs[i] if chunk.logprobs else []
-                if ended[i]:
-                    piece, probs = "", []
-                else:
-                    window = tails[i] + piece
-                    found = window.find(stop)
-                    if found >= 0:
-                        cut = found + len(stop) - len(tails[i])
-                        piece, probs, ended[i] = piece[:cut], probs[:cut], True
-                    elif keep:
-                        tails[i] = window[-keep:]
-                texts.append(piece)
-                logprobs.append(probs)
+                cut = watch[i].cut(piece)
+                texts.append(piece[:cut])
+                logprobs.append(chunk.logprobs[i][:cut] if chunk.logprobs else [])
             yield Chunk(texts, logprobs if with_logprobs else [])
-            if all(ended):
+            if all(w.ended for w in watch):
                 return  # closing `generate` stops the model early
 
     def samples(self, settings: SampleSettings, prime: str = "", stop: str | None = None,
                 with_logprobs: bool = False) -> list[Sample]:
         """Whole samples with what produced them, each ended at `stop` when given."""
+        if settings.beam is not None:
+            settings.validate(self.vocab)
+            stop = self.prepare_stop(stop) if stop is not None else None
+            return beam_search(self, settings, prime, stop)
         texts: list[list[str]] = [[] for _ in range(settings.num_samples)]
         logprobs: list[list[float]] = [[] for _ in range(settings.num_samples)]
         for chunk in self.stream(settings, prime, stop, with_logprobs):
@@ -222,19 +370,102 @@ class Sampler:
                 for t, lp in zip(texts, logprobs, strict=True)]
 
 
-def _logprob_of(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None]).squeeze(1)
+class StopWatch:
+    """Finds where one sample's text first completes the stop text, across chunks."""
+
+    def __init__(self, stop: str, prime: str):
+        self.stop = stop
+        self.keep = len(stop) - 1  # characters of a possible partial match carried over
+        self.tail = prime[-self.keep:] if self.keep else ""
+        self.ended = False
+
+    def cut(self, piece: str) -> int:
+        """How many characters of `piece` belong to the sample (all, until the stop ends it)."""
+        if self.ended:
+            return 0
+        window = self.tail + piece
+        found = window.find(self.stop)
+        if found >= 0:
+            self.ended = True
+            return found + len(self.stop) - len(self.tail)
+        if self.keep:
+            self.tail = window[-self.keep:]
+        return len(piece)
 
 
-def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the most likely characters whose probabilities first sum to at least top_p."""
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this char
-    sorted_logits = sorted_logits.masked_fill(drop, -math.inf)
-    return torch.full_like(logits, -math.inf).scatter(1, order, sorted_logits)
+# ---- beam search ------------------------------------------------------------------------------
+@torch.inference_mode()
+def beam_search(sampler: Sampler, settings: SampleSettings, prime: str = "",
+                stop: str | None = None) -> list[Sample]:
+    """The `num_samples` most probable continuations of `prime` (by total log-probability
+    under the model), found by keeping the `beam` best partial texts at every step.
+
+    A text that completes `stop` is finished and kept; the search ends when no unfinished
+    text can still be among the best finished ones (log-probabilities only fall), or after
+    `length` steps. Ties go to the earlier candidate, so the result is deterministic.
+    """
+    width, wanted = settings.beam, settings.num_samples
+    stepper, device, vocab = sampler.stepper(), sampler.device, sampler.vocab
+    ids = sampler.start_ids(sampler.encode_prime(prime))
+    logits, _, state = sampler.model(torch.tensor([ids], device=device))
+    logits = logits[:, -1].float()  # (1, V): a single beam to start from
+    beams = [_Beam(0.0, [], [], StopWatch(stop, vocab.normalize(prime)) if stop else None)]
+    finished: list[_Beam] = []
+    for _ in range(settings.length):
+        logits[:, UNK_ID] = -math.inf  # never <unk>: probabilities over the real characters
+        logp = torch.log_softmax(logits, dim=-1)  # (beams, V)
+        scores = torch.tensor([b.score for b in beams], dtype=torch.float64, device=device)
+        total = (scores[:, None] + logp.double()).flatten()  # (beams * V,)
+        order = torch.sort(total, descending=True, stable=True).indices[:width]
+        order = order[torch.isfinite(total[order])]  # fewer candidates than beams at first
+        parents, chars = order // logp.shape[1], order % logp.shape[1]
+        beams = [beams[p].extended(c, float(t), float(lp), vocab.itos[c])
+                 for p, c, t, lp in zip(parents.tolist(), chars.tolist(), total[order].tolist(),
+                                        logp[parents, chars].tolist(), strict=True)]
+        finished = sorted(finished + [b for b in beams if b.ended], key=_Beam.rank)
+        alive = [i for i, b in enumerate(beams) if not b.ended]
+        beams = [beams[i] for i in alive]
+        # Once the wanted-th best finished text beats the best unfinished one, stop.
+        if not beams or (len(finished) >= wanted and finished[wanted - 1].score >= beams[0].score):
+            break
+        keep = torch.tensor(alive, dtype=torch.long, device=device)
+        state = map_state(lambda s, rows=parents[keep]: s[:, rows], state)  # (L, beams, H)
+        logits, state = stepper(chars[keep], state)
+    best = sorted(finished + beams, key=_Beam.rank)[:wanted]
+    return [Sample(settings.temperature, prime, vocab.decode(b.ids), b.logprobs) for b in best]
 
 
+@dataclass
+class _Beam:
+    """One partial text of a beam search: its total log-probability and characters."""
+
+    score: float
+    ids: list[int]
+    logprobs: list[float]
+    watch: StopWatch | None  # finds the stop text, if one was given
+
+    @property
+    def ended(self) -> bool:
+        return self.watch is not None and self.watch.ended
+
+    def rank(self) -> float:
+        return -self.score
+
+    def extended(self, char: int, score: float, logprob: float, text: str) -> _Beam:
+        watch = None
+        if self.watch is not None:
+            watch = _copied(self.watch)
+            watch.cut(text)
+        return _Beam(score, [*self.ids, char], [*self.logprobs, logprob], watch)
+
+
+def _copied(watch: StopWatch) -> StopWatch:
+    twin = StopWatch.__new__(StopWatch)
+    twin.__dict__.update(watch.__dict__)
+    return twin
+
+
+# ---- parsing what users type ------------------------------------------------------------------
 def parse_temperatures(text: str) -> list[float]:
     """'0.8' or '0.2,0.5,1.0' -> floats, each checked; anything else is a clean usage error."""
     values = []
@@ -255,6 +486,23 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 def parse_stop(text: str) -> str:
     r"""The --stop value with \n, \t, \r and \\ read as escapes, so '\n\n' means a blank line."""
     return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def read_prime_file(path: str | Path) -> str:
+    """A prime written in a file (UTF-8, any number of lines), for --prime-file."""
+    path = Path(path).expanduser()
+    try:
+        if not path.is_file():
+            raise UsageError(f"--prime-file {path}: no such file; give a UTF-8 text file")
+        if path.stat().st_size > MAX_PRIME_BYTES:
+            raise UsageError(f"--prime-file {path} is larger than {MAX_PRIME_BYTES:,} bytes; "
+                             "a prime is the start of a text: use its last part")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--prime-file {path} is not UTF-8 text (byte {exc.start}); "
+                         "convert it to UTF-8") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --prime-file {path}: {exc.strerror or exc}") from None
 
 
 def samples_json(samples: list[Sample], one_line: bool = False) -> str:

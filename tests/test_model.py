@@ -17,7 +17,7 @@ def test_output_shapes_and_loss_for_every_cell(cell):
     assert isinstance(state, tuple) == (cell == "lstm")
 
 
-@pytest.mark.parametrize("batch", [2, 64])  # fused cell calls, then the module itself
+@pytest.mark.parametrize("batch", [1, 2, 64])  # one stream looks its input up in a table
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch):
     torch.manual_seed(0)
@@ -26,9 +26,9 @@ def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch):
     idx = torch.randint(0, 9, (batch, 12))
     with torch.no_grad():
         full, _, full_state = model(idx)
-        state, steps = None, []
+        state, steps, stepper = None, [], model.stepper()
         for t in range(12):
-            logits, state = model.step(idx[:, t], state)
+            logits, state = stepper(idx[:, t], state)
             steps.append(logits)
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
     for a, b in zip(map_state(lambda s: s, state), map_state(lambda s: s, full_state),
@@ -68,3 +68,21 @@ def test_byte_dropout_drops_the_right_share_and_keeps_the_mean():
     assert abs(dropped - 26 / 256) < 0.005  # p rounded to 26/256
     assert abs(out.mean().item() - 1.0) < 0.01
     assert byte_dropout(x, 0.001) is x  # rounds to no dropout at all
+
+
+def test_a_vocabulary_too_large_for_a_table_steps_without_one(monkeypatch):
+    from charrnn.model import Stepper
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelArgs(vocab_size=9, embedding_dim=8, hidden_size=16)).eval()
+    monkeypatch.setattr(Stepper, "MAX_TABLE_BYTES", 0)
+    stepper = model.stepper()
+    assert stepper.table is None
+    idx = torch.randint(0, 9, (1, 5))
+    with torch.no_grad():
+        full, _, _ = model(idx)
+        state, steps = None, []
+        for t in range(5):
+            logits, state = stepper(idx[:, t], state)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)

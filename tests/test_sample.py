@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -47,7 +49,8 @@ def test_temperature_zero_is_argmax():
             logits[:, UNK_ID] = -float("inf")
             nxt = logits.argmax(-1)
             expected.append(vocab.itos[nxt.item()])
-            logits, state = model.step(nxt, state)
+            logits, _, state = model(nxt[:, None], state=state)  # the whole model, one char
+            logits = logits[:, -1]
     assert text == "".join(expected)
 
 
@@ -93,3 +96,146 @@ def test_temperature_list_parsing():
         parse_temperatures("hot")
     with pytest.raises(UsageError, match="finite number"):
         parse_temperatures("nan")
+
+
+# ---- drawing: per-row rules, the inverse-CDF draw, extreme values -----------------------------
+def test_each_row_draws_by_its_own_rules():
+    from charrnn.sample import DrawRules, draw
+
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, 0.5]]).repeat(4, 1)  # id 0 is <unk>
+    rules = DrawRules(temperature=torch.tensor([0.0, 1.0, 1.0, 1.0]),
+                      top_k=torch.tensor([5, 1, 5, 5]),
+                      top_p=torch.tensor([2.0, 2.0, 1e-300, 2.0]))
+    uniforms = torch.tensor([0.001, 0.001, 0.001, 0.001])
+    nxt, logprobs = draw(logits, rules, uniforms, with_logprobs=True)
+    assert nxt[:3].tolist() == [1, 1, 1]  # greedy; top-k 1; a vanishing top-p keeps the top one
+    assert nxt[3].item() == 4  # a uniform near 0 reaches the end of the cumulative sum
+    assert logprobs[1].item() == pytest.approx(0.0) and logprobs[2].item() == pytest.approx(0.0)
+    assert logprobs[0].item() == pytest.approx(torch.log_softmax(logits[0, 1:], 0)[0].item())
+
+
+def test_the_draw_follows_the_distribution():
+    from charrnn.sample import DrawRules, draw
+
+    logits = torch.tensor([[5.0, 1.0, 0.0, -1.0, 2.0]])
+    rows = 40_000
+    generator = torch.Generator().manual_seed(0)
+    nxt, _ = draw(logits.repeat(rows, 1), DrawRules(torch.ones(rows)),
+                  torch.rand(rows, generator=generator))
+    counts = torch.bincount(nxt, minlength=5).float() / rows
+    expected = torch.softmax(torch.tensor([-math.inf, 1.0, 0.0, -1.0, 2.0]), 0)
+    assert counts[0] == 0  # <unk> never, however likely the model finds it
+    torch.testing.assert_close(counts, expected, atol=0.01, rtol=0)
+
+
+def test_temperature_and_top_p_beyond_float32_are_handled(sampler):
+    hot = sampler.samples(SampleSettings(length=400, temperature=1e39, seed=1),
+                          with_logprobs=True)[0]
+    assert len(hot.text) == 400 and set(hot.text) <= set(sampler.vocab.chars)
+    uniform = -math.log(sampler.vocab.size - 1)
+    assert all(lp == pytest.approx(uniform, abs=1e-3) for lp in hot.logprobs)
+    greedy = sampler.sample_text(SampleSettings(length=40, temperature=0), "The")
+    narrow = sampler.sample_text(SampleSettings(length=40, top_p=1e-300, seed=2), "The")
+    assert narrow == greedy
+
+
+def test_nan_weights_are_a_clean_error():
+    from charrnn.errors import CheckpointError
+
+    vocab = Vocab.build(["abcdefgh"])
+    model = CharRNN(ModelArgs(vocab_size=vocab.size, hidden_size=8, embedding_dim=4)).eval()
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="not numbers"):
+        Sampler(model, vocab).sample_text(SampleSettings(length=10, seed=0))
+
+
+def test_a_requests_text_does_not_depend_on_its_neighbours(sampler):
+    """What a server does: several requests' rows stepped as one batch, each request drawing
+    its own uniforms; every request gets the text it gets alone."""
+    from charrnn.sample import Streams, new_generator
+
+    requests = [(SampleSettings(length=64, temperature=0.8, seed=1), "The "),
+                (SampleSettings(length=64, temperature=1.3, top_k=5, num_samples=3, seed=2),
+                 "How"),
+                (SampleSettings(length=64, temperature=0, seed=3), ""),
+                (SampleSettings(length=64, top_p=0.9, num_samples=2, seed=4), "Sphinx")]
+    alone = [sampler.sample_text(settings, prime) for settings, prime in requests]
+    with torch.inference_mode():
+        batch = Streams.join([sampler.start(settings, prime) for settings, prime in requests])
+        generators = [new_generator(settings.seed, sampler.device) for settings, _ in requests]
+        stepper, drawn = sampler.stepper(), []
+        for _ in range(64):
+            uniforms = torch.cat([torch.rand(settings.num_samples, generator=g)
+                                  for (settings, _), g in zip(requests, generators, strict=True)])
+            drawn.append(batch.advance(stepper, uniforms)[0])
+    rows = torch.stack(drawn, 1).tolist()
+    together, first = [], 0
+    for settings, _ in requests:
+        together.append([sampler.vocab.decode(r) for r in rows[first:first + settings.num_samples]])
+        first += settings.num_samples
+    assert together == alone
+
+
+# ---- beam search ------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_model():
+    torch.manual_seed(3)
+    vocab = Vocab.build(["abcd"])
+    model = CharRNN(ModelArgs(vocab_size=vocab.size, hidden_size=8, embedding_dim=4)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(8.0)  # peaked enough for greedy and beam search to differ
+    return Sampler(model, vocab)
+
+
+def exhaustive_best(sampler, length, prime="a"):
+    """Every continuation of `length` characters scored by the model, best first."""
+    import itertools
+
+    vocab, scored = sampler.vocab, []
+    start = [vocab.stoi[c] for c in prime]
+    for chars in itertools.product(vocab.chars, repeat=length):
+        ids = torch.tensor([start + [vocab.stoi[c] for c in chars]])
+        with torch.no_grad():
+            logits, _, _ = sampler.model(ids[:, :-1])
+        logp = torch.log_softmax(logits[0, len(start) - 1:].masked_fill(
+            torch.arange(vocab.size) == UNK_ID, -math.inf), -1)
+        total = logp.gather(1, ids[0, len(start):, None]).sum().item()
+        scored.append((total, "".join(chars)))
+    return sorted(scored, reverse=True)
+
+
+def test_a_wide_enough_beam_finds_what_an_exhaustive_search_finds(tiny_model):
+    best = exhaustive_best(tiny_model, 4)
+    found = tiny_model.samples(SampleSettings(length=4, beam=64, num_samples=3), "a",
+                               with_logprobs=True)
+    assert [s.text for s in found] == [text for _, text in best[:3]]
+    assert sum(found[0].logprobs) == pytest.approx(best[0][0], abs=1e-4)
+
+
+def test_one_beam_is_greedy_and_beams_are_deterministic(tiny_model):
+    greedy = tiny_model.sample_text(SampleSettings(length=12, temperature=0), "a")
+    assert tiny_model.sample_text(SampleSettings(length=12, beam=1), "a") == greedy
+    wide = SampleSettings(length=12, beam=5, num_samples=5)
+    assert tiny_model.sample_text(wide, "a") == tiny_model.sample_text(wide, "a")
+    scores = [sum(s.logprobs) for s in tiny_model.samples(wide, "a", with_logprobs=True)]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_beam_search_ends_at_the_stop_text(tiny_model):
+    found = tiny_model.samples(SampleSettings(length=40, beam=4, num_samples=2), "a", stop="d")
+    assert [s.text for s in found] == ["d", "cd"]  # finished texts, most probable first
+    # A continuation that never reaches the stop text competes at its full length.
+    rare = tiny_model.samples(SampleSettings(length=40, beam=4, num_samples=2), "a", stop="b")
+    assert rare[0].text == "b" and len(rare[1].text) == 40 and "b" not in rare[1].text
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    (SampleSettings(beam=0), "--beam"),
+    (SampleSettings(beam=2, num_samples=3), "--num-samples"),
+    (SampleSettings(beam=2, temperature=0.5), "--temperature"),
+    (SampleSettings(beam=2, top_k=2), "--top-k"),
+])
+def test_beam_options_are_checked(tiny_model, settings, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        tiny_model.samples(settings, "a")

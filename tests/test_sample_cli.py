@@ -106,14 +106,14 @@ def test_stop_matches_across_chunks_and_from_the_prime(sampler):
 
 def test_generation_stops_once_every_sample_has_stopped(sampler):
     steps = 0
-    step = sampler.model.step
+    step = sampler.stepper()
 
     def counting_step(*args):
         nonlocal steps
         steps += 1
         return step(*args)
 
-    sampler.model.step = counting_step
+    sampler.stepper = lambda: counting_step
     settings = SampleSettings(length=10_000, temperature=1.0, seed=0, num_samples=2)
     drawn = sampler.samples(settings, "The", stop=" ")
     assert all(s.text.endswith(" ") for s in drawn)
@@ -237,3 +237,41 @@ def test_interactive_through_a_terminal(tiny_run):
             process.wait()
         os.close(master)
     assert b"Ctrl-D quits" in seen and b"Traceback" not in seen
+
+
+# ---- a prime from a file, beam search ------------------------------------------------------------
+def test_prime_file_is_the_same_as_the_prime_it_holds(tiny_run, tmp_path):
+    prime = "The quick\nbrown fox\n"
+    path = tmp_path / "prime.txt"
+    path.write_text(prime, encoding="utf-8")
+    from_file = sample(tiny_run, "--prime-file", path, "-n", 40)
+    assert from_file == sample(tiny_run, "--prime", prime, "-n", 40)
+    assert from_file.startswith(prime)
+
+
+def test_prime_file_errors(tiny_run, tmp_path):
+    assert_clean_error(invoke("sample", "-k", tiny_run, "--prime-file", tmp_path / "none.txt"),
+                       2, "--prime-file", "no such file")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    assert_clean_error(invoke("sample", "-k", tiny_run, "--prime-file", latin), 2, "not UTF-8")
+    both = tmp_path / "p.txt"
+    both.write_text("The", encoding="utf-8")
+    assert_clean_error(invoke("sample", "-k", tiny_run, "--prime-file", both, "-p", "x"), 2,
+                       "--prime TEXT or --prime-file FILE")
+    assert_clean_error(invoke("sample", "-k", tiny_run, "-i", "--prime-file", both), 2,
+                       "--interactive")
+
+
+def test_beam_from_the_command_line(tiny_run):
+    best = sample(tiny_run, "--beam", 4, "-n", 30, "-p", "The ")
+    assert best == sample(tiny_run, "--beam", 4, "-n", 30, "-p", "The ", "--seed", 9)
+    data = json.loads(sample(tiny_run, "--beam", 4, "-N", 3, "-n", 30, "-p", "The ",
+                             "--format", "json"))
+    totals = [sum(item["logprobs"]) for item in data]
+    assert len(data) == 3 and totals == sorted(totals, reverse=True)
+    assert "The " + data[0]["text"] + "\n" == best
+    assert_clean_error(invoke("sample", "-k", tiny_run, "--beam", 2, "-t", "0.5"), 2,
+                       "--beam", "--temperature")
+    replies = sample(tiny_run, "-i", "--beam", 3, "-n", 20, input="The \n")
+    assert replies == sample(tiny_run, "--beam", 3, "-n", 20, "-p", "The ")

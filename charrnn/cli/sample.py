@@ -34,6 +34,10 @@ def sample(
                                         help="Characters to generate (prime not counted).")]
         = 500,
     prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from.")] = "",
+    prime_file: Annotated[Path | None, typer.Option(
+        "--prime-file", metavar="FILE", show_default=False,
+        help="Start from the text in FILE (UTF-8, any number of lines) instead of --prime.")]
+        = None,
     seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
     top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely.")] = None,
     top_p: Annotated[float | None, typer.Option(
@@ -44,6 +48,11 @@ def sample(
         "\\n and \\t are understood, so '\\n\\n' stops at a blank line.")] = None,
     num_samples: Annotated[int, typer.Option("--num-samples", "-N",
                                              help="Samples, drawn as one batch.")] = 1,
+    beam: Annotated[int | None, typer.Option(
+        metavar="N", show_default=False,
+        help="Beam search with N beams: the most probable continuation under the model "
+             "(with -N K: the K best), deterministic; no temperature, top-k or top-p.")]
+        = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE", dir_okay=False, show_default=False,
         help="Write the samples to FILE (whole, once all are done) instead of printing them.")]
@@ -58,12 +67,18 @@ def sample(
     device: DeviceOption = "auto",
 ) -> None:
     """Generate text from a trained model."""
-    if interactive and (prime or output is not None):
+    from charrnn.sample import read_prime_file
+
+    if interactive and (prime or prime_file or output is not None):
         raise UsageError("--interactive takes each prime from the prompt and prints the "
-                         "replies; leave out --prime and --output")
+                         "replies; leave out --prime, --prime-file and --output")
+    if prime_file is not None:
+        if prime:
+            raise UsageError("give the prime once: --prime TEXT or --prime-file FILE")
+        prime = read_prime_file(prime_file)
     run_sample(SampleRequest(
         checkpoint=checkpoint, temperatures=temperature, length=length, prime=prime, seed=seed,
-        top_k=top_k, top_p=top_p, stop=stop, num_samples=num_samples, output=output,
+        top_k=top_k, top_p=top_p, stop=stop, num_samples=num_samples, beam=beam, output=output,
         as_json=output_format is OutputFormat.json, interactive=interactive, device=device))
 
 
@@ -80,6 +95,7 @@ class SampleRequest:
     top_p: float | None
     stop: str | None
     num_samples: int
+    beam: int | None
     output: Path | None
     as_json: bool
     interactive: bool
@@ -98,7 +114,7 @@ def run_sample(request: SampleRequest) -> None:
     sampler = Sampler(model, vocab, target)
     runs = [SampleSettings(length=request.length, temperature=temp, top_k=request.top_k,
                            top_p=request.top_p, num_samples=request.num_samples,
-                           seed=request.seed) for temp in temperatures]
+                           seed=request.seed, beam=request.beam) for temp in temperatures]
     for settings in runs:
         settings.validate(vocab)
     stop = sampler.prepare_stop(parse_stop(request.stop)) if request.stop is not None else None
