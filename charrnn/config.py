@@ -60,13 +60,27 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelShape:
+    """The network's own settings; model.ModelArgs adds the vocabulary size to these."""
+
     cell: str = _opt("lstm", "recurrent cell", choices=("rnn", "lstm", "gru"))
     embedding_dim: int = _opt(64, "size of each character's learned vector", min=1)
     hidden_size: int = _opt(512, "units per recurrent layer", min=1)
     num_layers: int = _opt(1, "stacked recurrent layers", min=1)
     dropout: float = _opt(0.1, "dropout on the embedding, between layers and before the output",
                           min=0.0, max=1.0, max_exclusive=True)
+
+
+@dataclass(frozen=True)
+class ModelConfig(ModelShape):
+    size: str = _opt("fixed", "fixed: as the keys above say | auto: fit the model and its "
+                     "training (width, depth, batch, window, lr, dropout, weight decay) to "
+                     "train.max_time on this machine; keys you set are kept",
+                     choices=("fixed", "auto"))
+
+    def shape(self) -> dict:
+        """The network's own settings, as model.ModelArgs takes them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelShape)}
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,8 @@ class TrainConfig:
     seed: int = _opt(1337, "random seed for weights, data order and dropout")
     device: str = _opt("auto", "auto picks cuda, then mps, then cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
-    precision: str = _opt("auto", "auto: bf16 autocast where the hardware is fast at it, "
+    precision: str = _opt("auto", "auto: measured at the start, bf16 autocast where it trains "
+                          "clearly faster here (the choice goes into the run's config.yaml), "
                           "else fp32", choices=("auto", "fp32", "bf16"))
     threads: int | None = _opt(None, "CPU threads for torch (null: all cores)", min=1)
     init_from: str | None = _opt(None, "start from this checkpoint's weights (fine-tuning)")
@@ -115,9 +130,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The keys the user set ("model.hidden_size", ...): what automatic choices must keep.
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTION_CLASSES}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
@@ -216,7 +233,9 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
         problems.extend(_cross_checks(sections))
     if problems:
         raise ConfigError(problems, source)
-    return Config(**sections)
+    given = frozenset(f"{name}.{key}" for name in _SECTION_CLASSES
+                      for key in (raw.get(name) or {}))
+    return Config(**sections, given=given)
 
 
 def _build_section(name: str, cls: type, values: dict, problems: list[str]) -> Any:
@@ -287,6 +306,9 @@ def _cross_checks(s: dict) -> list[str]:
     if train.max_steps is None and train.max_time is None:
         problems.append("'train.max_steps' and 'train.max_time' are both null; set at least one "
                         "so training ends")
+    if s["model"].size == "auto" and train.max_time is None:
+        problems.append("'model.size' is auto, which fits the model to a time budget: set "
+                        "'train.max_time' (seconds)")
     return problems
 
 

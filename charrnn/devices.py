@@ -72,24 +72,12 @@ def describe(device: torch.device) -> str:
     return device.type
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True where bf16 matrix maths runs in hardware (AVX512-BF16 or AMX), about 2-4x fp32."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
-
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype to train in, or None for plain fp32."""
-    if name == "fp32":
-        return None
-    if name == "bf16":
-        return torch.bfloat16
+def bf16_runs(device: torch.device) -> bool:
+    """Whether training in bf16 autocast works on this device at all (fast or not: speed.py
+    measures that). MPS's bf16 recurrent kernels are not reliable enough to try."""
     if device.type == "cuda":
-        return torch.bfloat16 if _cuda_rnn_runs_in_bf16(device) else None
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    return None  # MPS: bf16 RNN kernels are not reliably faster
+        return _cuda_rnn_runs_in_bf16(device)
+    return device.type == "cpu"
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 """The character model: Embedding -> RNN/LSTM/GRU -> Linear.
 
-This module imports only torch, and the config's model section for its fields and defaults
+This module imports only torch, and the config's model shape for its fields and defaults
 (a plain dataclass: the model knows nothing of files or YAML). The recurrent state is an
 opaque value (a tensor for RNN and GRU, an `(h, c)` tuple for LSTM) that callers pass back
 in; `map_state` applies a function to whatever it holds, so no caller special-cases LSTM.
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from charrnn.config import ModelConfig
+from charrnn.config import ModelShape
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # The same cells as single fused steps: one call per layer per generated character.
@@ -25,9 +25,9 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelArgs(ModelConfig):
-    """The config's model section (cell, embedding_dim, hidden_size, num_layers, dropout, with
-    its defaults) plus what the data decides: the vocabulary size."""
+class ModelArgs(ModelShape):
+    """The config's model shape (cell, embedding_dim, hidden_size, num_layers, dropout, with
+    their defaults) plus what the data decides: the vocabulary size."""
 
     vocab_size: int  # ids, <unk> included
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn import checkpoint, devices, fileio
+from charrnn import autosize, checkpoint, devices, fileio, speed
 from charrnn.batches import make_batches
 from charrnn.config import Config
 from charrnn.data import Dataset, check_named_vocab, load_dataset
@@ -78,19 +78,41 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
         if resume and resume_from is None:
             view.message(f"nothing to resume in {run_dir.path} yet (no {checkpoint.LAST}): "
                          "starting a new run")
+        # Rank 0 measures what `auto` leaves open, and every process trains as it decided.
+        plan = world.run_on_main(lambda: _plan(config, run_dir, resume_from, world))
+        if plan.measured:
+            view.message(plan.describe())
         # Rank 0 first: the others then find the corpus already encoded.
-        trainer = world.in_turns(lambda: Trainer(config, run_dir, world, view, resume_from))
+        trainer = world.in_turns(lambda: Trainer(plan.config, run_dir, world, view,
+                                                 resume_from, spent=plan.seconds))
         return trainer.run(stop)
+
+
+def _plan(config: Config, run_dir: RunDir, resume_from: dict | None,
+          world: World) -> autosize.Plan:
+    """`model.size: auto` and `train.precision: auto` made concrete for this machine; a
+    resumed run keeps what its checkpoint's run chose."""
+    if resume_from is not None:
+        return autosize.Plan(autosize.adopt(config, resume_from.get("config") or {}), None)
+    if config.model.size != "auto" and config.train.precision != "auto":
+        return autosize.Plan(config, None)
+    if config.model.size == "auto" and config.train.init_from:
+        raise ConfigError(["'model.size' is auto but 'train.init_from' is set: fine-tuning keeps "
+                           "the checkpoint's model; set model.size: fixed"])
+    vocab = None
+    if config.train.init_from:
+        vocab = Vocab.from_dict(checkpoint.load(config.train.init_from)["vocab"])
+    data = load_dataset(config.data, run_dir.path, vocab, warn=lambda text: None)
+    return autosize.plan(config, data.vocab.size, len(data.train), world.device, world.size)
 
 
 class Trainer:
     def __init__(self, config: Config, run_dir: RunDir, world: World, view: TrainingView,
-                 resume_from: dict | None = None):
+                 resume_from: dict | None = None, spent: float = 0.0):
         self.config, self.run_dir, self.world, self.view = config, run_dir, world, view
         t = config.train
         devices.set_threads(t.threads)
         self.device = world.device
-        self.amp = devices.pick_precision(t.precision, self.device)
         # Each process draws its own dropout masks; rank 0 keeps the single-process seed, and
         # DDP gives every process rank 0's initial weights.
         torch.manual_seed(t.seed + world.rank)
@@ -104,12 +126,13 @@ class Trainer:
                                           warn=lambda text: view.message(text, "warning"))
         self.vocab = self.data.vocab
         self.model = self._build_model(inherited, resumed=resume_from is not None)
+        self.amp = speed.PRECISIONS[self._precision()]
         self.optimizer = self._make_optimizer()
         # The same seed everywhere: every process lays out the same streams, then takes its own.
         self.batches = make_batches(config.data, self.data.train, t.seed, world.part)
         self.state = None  # the hidden state carried from one window of each stream to the next
         self.losses = RecentLosses()
-        self.step, self.elapsed = 0, 0.0
+        self.step, self.elapsed = 0, spent  # a new run's budget counts the planning too
         self.best_val_loss: float | None = None
         self.best_val_chars: int | None = None  # how many characters best_val_loss is over
         self.best_step: int | None = None  # the step whose weights best.pt holds
@@ -258,7 +281,7 @@ class Trainer:
     def _build_model(self, inherited: dict | None, resumed: bool) -> CharRNN:
         wanted = self.config.model
         if inherited is None:
-            model = CharRNN(ModelArgs(vocab_size=self.vocab.size, **wanted.__dict__))
+            model = CharRNN(ModelArgs(vocab_size=self.vocab.size, **wanted.shape()))
             return model.to(self.device)
         stored = inherited["model_args"]
         differ = [f"'model.{k}' is {getattr(wanted, k)!r} here but {stored[k]!r} in the checkpoint"
@@ -272,6 +295,17 @@ class Trainer:
         args = ModelArgs(**{**stored, "dropout": wanted.dropout})
         model, _ = checkpoint.model_from({**inherited, "model_args": args.to_dict()})
         return model.to(self.device)
+
+    def _precision(self) -> str:
+        """train.precision, measured here if nothing decided it before (a Trainer made
+        directly, or resuming a run saved before precision was measured)."""
+        precision = self.config.train.precision
+        if precision == "auto":
+            d = self.config.data
+            precision, _ = speed.fastest_precision(self.model.args, d.batch_size, d.seq_len,
+                                                   self.device)
+            self.config = self.config.replace(train={"precision": precision})
+        return precision
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.config.optim

@@ -1,0 +1,122 @@
+"""Budget-sized training: `model.size: auto` measures this machine and picks the model and its
+training for `train.max_time`; keys the user set are kept; the choice is written down."""
+
+import math
+
+import pytest
+import torch
+
+from charrnn import autosize, speed
+from charrnn.config import load_config
+from charrnn.errors import ConfigError
+from charrnn.model import ModelArgs
+from charrnn.rundir import saved_config
+from charrnn.train import train
+from conftest import tiny_overrides
+
+
+class Messages:
+    def __init__(self):
+        self.lines = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def update(self, *args):
+        pass
+
+    def message(self, text, kind="info"):
+        self.lines.append(text)
+
+
+def auto_overrides(corpus, run, **extra):
+    values = {"data.path": str(corpus), "train.out_dir": str(run), "model.size": "auto",
+              "train.max_time": 4, "train.device": "cpu", "train.log_every": 1000,
+              "model.embedding_dim": 16, **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_more_parameters_and_more_characters_predict_a_lower_loss():
+    small, large = autosize.predicted_loss(1e5, 1e7, 10**6), autosize.predicted_loss(1e6, 1e7,
+                                                                                      10**6)
+    assert large < small
+    assert autosize.predicted_loss(1e6, 2e7, 10**8) < autosize.predicted_loss(1e6, 1e7, 10**8)
+
+
+def test_characters_read_again_count_less():
+    corpus = 1_000_000
+    assert autosize.effective_chars(5e5, corpus) == 5e5
+    once_more = autosize.effective_chars(2e6, corpus)
+    assert corpus < once_more < 2e6
+    far = autosize.effective_chars(1e9, corpus)
+    assert far < corpus * (1 + autosize.REPEAT_HALF_LIFE / math.log(2)) + 1
+
+
+def test_learning_rate_falls_with_width_within_bounds():
+    rates = [autosize.learning_rate_for(h, 1) for h in autosize.WIDTHS]
+    assert rates == sorted(rates, reverse=True)
+    assert all(2e-3 <= r <= 1e-2 for r in rates)
+
+
+def test_training_speed_is_measured_without_moving_the_random_state():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    args = ModelArgs(vocab_size=20, embedding_dim=8, hidden_size=16)
+    assert speed.training_speed(args, 4, 8, torch.device("cpu"), "fp32", 0.01) > 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_bf16_is_chosen_only_where_it_is_clearly_faster():
+    assert speed.choose_precision({"fp32": 100.0, "bf16": 105.0}) == "fp32"
+    assert speed.choose_precision({"fp32": 100.0, "bf16": 150.0}) == "bf16"
+    assert speed.choose_precision({"fp32": 100.0}) == "fp32"
+
+
+def test_auto_size_picks_measures_and_writes_down_the_choice(tmp_path, corpus):
+    run, view = tmp_path / "run", Messages()
+    result = train(load_config(None, auto_overrides(corpus, run)), view=view)
+    line = next(text for text in view.lines if text.startswith("model.size auto:"))
+    assert "chars/s" in line and "predicted" in line and "measured in" in line
+    saved = saved_config(run)
+    assert saved.model.hidden_size in autosize.WIDTHS and saved.model.num_layers in (1, 2)
+    assert saved.train.precision in ("fp32", "bf16") and saved.train.max_steps is None
+    assert saved.model.embedding_dim == 16  # a key the user set is kept
+    # The measuring counts in the budget: training stops when the whole budget is spent.
+    assert result.elapsed == pytest.approx(4, abs=1.5)
+    # Resuming from the run's own config plans nothing anew.
+    again = Messages()
+    train(saved.replace(train={"max_time": 5}), resume=run, view=again)
+    assert not any(text.startswith("model.size auto") for text in again.lines)
+    assert saved_config(run).model.hidden_size == saved.model.hidden_size
+
+
+def test_keys_the_user_sets_limit_the_candidates(tmp_path, corpus):
+    run, view = tmp_path / "run", Messages()
+    overrides = auto_overrides(corpus, run, **{"model.num_layers": 2, "model.hidden_size": 32,
+                                               "optim.lr": 0.003, "train.precision": "fp32"})
+    train(load_config(None, overrides), view=view)
+    saved = saved_config(run)
+    assert (saved.model.num_layers, saved.model.hidden_size, saved.optim.lr) == (2, 32, 0.003)
+    assert saved.train.precision == "fp32"
+    assert "2x32" in next(text for text in view.lines if text.startswith("model.size auto"))
+
+
+def test_auto_size_needs_a_time_budget_and_no_init_from(tmp_path, corpus, tiny_run):
+    with pytest.raises(ConfigError, match="train.max_time"):
+        load_config(None, ["model.size=auto"])
+    config = load_config(None, auto_overrides(corpus, tmp_path / "r", **{
+        "train.init_from": tiny_run}))
+    with pytest.raises(ConfigError, match="init_from"):
+        train(config)
+
+
+def test_precision_auto_is_measured_and_recorded(tmp_path, corpus):
+    run, view = tmp_path / "run", Messages()
+    train(load_config(None, tiny_overrides(corpus, run, **{"train.precision": "auto"})),
+          view=view)
+    assert any(text.startswith("precision auto:") for text in view.lines)
+    assert saved_config(run).train.precision in ("fp32", "bf16")
