@@ -8,7 +8,9 @@ even where bf16 hardware exists, a recurrent step's short matrices may not use i
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -97,3 +99,36 @@ def choose_precision(speeds: dict[str, float]) -> str:
     if speeds.get("bf16", 0.0) > BF16_MARGIN * speeds.get("fp32", 0.0):
         return "bf16"
     return "fp32" if "fp32" in speeds else next(iter(speeds))
+
+
+def fastest_threads(work: Callable[[], object], seconds: float = 0.01) -> int:
+    """The number of CPU threads (1, or torch's current count) that runs `work` faster here.
+
+    Small operations, such as one generated character of one stream, can run slower on
+    several threads than on one: waking the others costs more than they save, the more so on
+    a busy machine. So it is measured, never assumed.
+    """
+    most = torch.get_num_threads()
+    if most == 1:
+        return 1
+    timings = {}
+    for threads in (most, 1):  # `most` first: its warm-up also wakes the thread pool
+        with using_threads(threads):
+            work()
+            calls, start = 0, time.perf_counter()
+            while calls < 3 or time.perf_counter() - start < seconds:
+                work()
+                calls += 1
+            timings[threads] = (time.perf_counter() - start) / calls
+    return min(timings, key=timings.get)
+
+
+@contextlib.contextmanager
+def using_threads(threads: int) -> Iterator[None]:
+    """Run with `threads` CPU threads, then go back to what was set before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -113,6 +113,7 @@ def test_generation_stops_once_every_sample_has_stopped(sampler):
         steps += 1
         return step(*args)
 
+    sampler.threads_for(step, 2)  # measured once per batch size: not counted below
     sampler.stepper = lambda: counting_step
     settings = SampleSettings(length=10_000, temperature=1.0, seed=0, num_samples=2)
     drawn = sampler.samples(settings, "The", stop=" ")
