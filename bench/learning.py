@@ -8,6 +8,11 @@ characters) in the same process, one after the other, and are scored on the same
   nanoGPT's block_size=64 model sees it.
 
     python bench/learning.py [--config configs/shakespeare_cpu.yaml] [--skip-reference]
+
+With --sweep it instead trains, for each time budget (60, 165 and 600 s) and precision, a hand
+grid of configs and the auto-sized run (`model.size: auto`), side by side:
+
+    python bench/learning.py --sweep [--budgets 60,165,600] [--precisions fp32,bf16]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from charrnn.checkpoint import load_model  # noqa: E402
 from charrnn.config import load_config  # noqa: E402
 from charrnn.data import load_dataset  # noqa: E402
 from charrnn.evaluate import score_stream, score_windows  # noqa: E402
+from charrnn.model import ModelArgs  # noqa: E402
 from charrnn.train import train  # noqa: E402
 
 NANOGPT_DOCUMENTED = 1.886  # val loss of the CPU recipe on this machine, per the issue
@@ -56,6 +62,57 @@ def run_charrnn(config_path: Path, corpus: Path, max_time: float | None) -> dict
                 "params": model.num_parameters()}
 
 
+# The hand grid: one-layer and two-layer LSTMs from narrow to wide, each with the learning
+# rate that suits its width; batch 16 x 64, dropout 0.1, weight decay 0.1, cosine to 1e-5.
+GRID = {"1x128": (1, 128, 1e-2), "1x256": (1, 256, 7e-3), "1x512": (1, 512, 5e-3),
+        "1x768": (1, 768, 4e-3), "2x256": (2, 256, 5e-3), "2x512": (2, 512, 3e-3)}
+SWEEP_BASE = ["data.val_fraction=0.1", "data.batch_size=16", "data.seq_len=64",
+              "model.embedding_dim=64", "model.dropout=0.1", "optim.weight_decay=0.1",
+              "optim.min_lr=1e-5", "optim.warmup=0.02", "train.max_steps=null",
+              "train.eval_every=0", "train.final_eval_chars=null", "train.log_every=1000"]
+
+
+def sweep_run(corpus: Path, budget: float, precision: str, extra: list[str]) -> dict:
+    """One run of the sweep: train for `budget` seconds, score the whole validation split."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        overrides = [f"data.path={corpus}", f"train.out_dir={run_dir}",
+                     f"train.max_time={budget}", f"train.precision={precision}", *extra]
+        result = train(load_config(None, overrides))
+        saved = load_config(Path(run_dir) / "config.yaml")
+        return {"shape": f"{saved.model.num_layers}x{saved.model.hidden_size}",
+                "loss": result.final.loss, "steps": result.step}
+
+
+def sweep(corpus: Path, budgets: list[float], precisions: list[str]) -> None:
+    from charrnn.speed import precisions_to_try
+
+    probe = precisions_to_try("auto", ModelArgs(vocab_size=66), 16, torch.device("cpu"))
+    rows = []
+    for budget in budgets:
+        for precision in precisions:
+            if precision not in probe:
+                print(f"{precision} skipped at {budget:g} s: emulated on this CPU (a matmul "
+                      "probe runs it at under half fp32's speed)", flush=True)
+                continue
+            grid = {}
+            for name, (layers, hidden, lr) in GRID.items():
+                grid[name] = sweep_run(corpus, budget, precision, [
+                    *SWEEP_BASE, "model.size=fixed", f"model.num_layers={layers}",
+                    f"model.hidden_size={hidden}", f"optim.lr={lr}"])
+                print(budget, precision, name, grid[name], flush=True)
+            auto = sweep_run(corpus, budget, precision, ["model.size=auto"])
+            print(budget, precision, "auto", auto, flush=True)
+            best = min(grid, key=lambda name: grid[name]["loss"])
+            rows.append([f"{budget:g} s", precision,
+                         *(f"{grid[name]['loss']:.4f}" for name in GRID),
+                         f"{best} {grid[best]['loss']:.4f}",
+                         f"{auto['shape']} {auto['loss']:.4f}",
+                         f"{auto['loss'] - grid[best]['loss']:+.4f}"])
+    print()
+    print(table(rows, ["budget", "precision", *GRID, "grid best", "auto (shape)",
+                       "auto - best"]))
+
+
 def run_reference(corpus: Path) -> dict:
     from charrnn.config import DataConfig
 
@@ -76,9 +133,16 @@ def main() -> None:
                         help="only train charrnn (the reference takes about 3 minutes)")
     parser.add_argument("--time", type=float, default=None,
                         help="override the config's train.max_time (seconds), for smoke runs")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the budget sweep: a hand grid against model.size: auto")
+    parser.add_argument("--budgets", default="60,165,600", help="seconds, comma-separated")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated")
     args = parser.parse_args()
     corpus = shakespeare()
     print(f"machine: {machine()}")
+    if args.sweep:
+        sweep(corpus, [float(b) for b in args.budgets.split(",")], args.precisions.split(","))
+        return
     results = [run_charrnn(args.config, corpus, args.time)]
     print(results[-1], flush=True)
     if not args.skip_reference:

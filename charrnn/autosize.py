@@ -137,8 +137,9 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
 
     base = config.model
     shapes = sorted(_shapes(config), key=lambda shape: _flops_per_char(*shape, base.embedding_dim))
-    widest = ModelArgs(vocab_size=vocab_size, **{**base.shape(), "hidden_size": shapes[-1][1]})
-    precisions = speed.precisions_to_try(t.precision, widest, batch, device)
+    # bf16 is probed at a middling width: quick, and where the choice usually falls.
+    probe = ModelArgs(vocab_size=vocab_size, **{**base.shape(), "hidden_size": 256})
+    precisions = speed.precisions_to_try(t.precision, probe, batch, device)
     allowance = max(CALIBRATION_SHARE * t.max_time - already, 0.0)
     # Seconds of training the prediction assumes: what is left once measuring is done.
     left = max(t.max_time - already - allowance, 0.0) * (1 - EVALUATION_SHARE)

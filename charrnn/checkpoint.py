@@ -173,14 +173,16 @@ def model_from(payload: dict, path: str | Path = "checkpoint") -> tuple[CharRNN,
         raise CheckpointError(str(exc)) from None
     try:
         args = ModelArgs(**payload["model_args"])
-        model = CharRNN(args)
+        # Built without memory or random initial weights: the stored ones replace them.
+        with torch.device("meta"):
+            model = CharRNN(args)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has invalid model settings ({exc}); it is damaged") from None
     if args.vocab_size != vocab.size:
         raise CheckpointError(f"{path}: the model has {args.vocab_size} outputs but its "
                               f"vocabulary has {vocab.size} ids; the checkpoint is inconsistent")
     try:
-        model.load_state_dict(payload["model"], strict=True)
+        model.load_state_dict(payload["model"], strict=True, assign=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not match the model settings "
                               f"({_state_dict_mismatch(model, payload['model'], exc)}); it was "
