@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import re
@@ -30,6 +31,9 @@ def running_server(models: dict, api_key: str | None = None) -> Iterator[str]:
 
     sock = bind("127.0.0.1", 0)
     server = make_server(models, api_key)
+    errors = _ErrorLog()  # what the server logs as an error: an unexpected exception
+    for name in ("uvicorn.error", "charrnn"):
+        logging.getLogger(name).addHandler(errors)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -44,6 +48,18 @@ def running_server(models: dict, api_key: str | None = None) -> Iterator[str]:
         sock.close()
         for served in models.values():
             served.engine.close()
+        for name in ("uvicorn.error", "charrnn"):
+            logging.getLogger(name).removeHandler(errors)
+    assert not errors.records, "the server logged errors:\n" + "\n".join(errors.records)
+
+
+class _ErrorLog(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(self.format(record))
 
 
 def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, dict]]:

@@ -14,12 +14,13 @@ from charrnn.cli import app
 from serving import load, running_server, sse_events, wait_until
 
 TIMEOUT = httpx.Timeout(30.0)
+ENDLESS = 1_000_000  # characters: a request that runs until the test ends it, on any machine
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run):
     """One server for the tests that leave it idle: (url, the served models)."""
-    models = load(tiny_run, max_streams=64, max_queue=16, max_length=2_000)
+    models = load(tiny_run, max_streams=64, max_queue=16, max_length=ENDLESS)
     with running_server(models) as url:
         yield url, models
 
@@ -56,7 +57,7 @@ def test_models_health_and_docs(client):
     (model,) = listed["models"]
     assert model["name"] == "run" and model["default"] is True
     assert {"cell", "num_layers", "hidden_size", "vocab_size", "best_val_loss"} <= set(model)
-    assert listed["limits"]["max_length"] == 2_000
+    assert listed["limits"]["max_length"] == ENDLESS
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     schema = client.get("/openapi.json").json()
@@ -132,7 +133,7 @@ def test_beam_search_through_the_api_equals_the_cli(client, tiny_run):
     ({"temperature": -1}, "temperature", ">= 0"),
     ({"length": 2.5}, "length", "valid integer"),
     ({"length": -1}, "length", "greater than or equal to 0"),
-    ({"length": 2_001}, "length", "at most 2,000"),
+    ({"length": ENDLESS + 1}, "length", "at most 1,000,000"),
     ({"top_p": 0}, "top_p", "(0, 1]"),
     ({"top_k": 0}, "top_k", "greater than or equal to 1"),
     ({"top_k": 500}, "top_k", "at most"),
@@ -215,7 +216,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_rows(server):
     url, models = server
     engine = models["run"].engine
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"length": 2_000, "num_samples": 5, "stream": True}).encode()
+    body = json.dumps({"length": ENDLESS, "num_samples": 5, "stream": True}).encode()
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                     b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -228,7 +229,7 @@ def test_a_client_that_disconnects_while_waiting_for_json_frees_its_rows(server)
     url, models = server
     engine = models["run"].engine
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps({"length": 2_000, "num_samples": 3}).encode()
+    body = json.dumps({"length": ENDLESS, "num_samples": 3}).encode()
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: "
                     + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -237,11 +238,12 @@ def test_a_client_that_disconnects_while_waiting_for_json_frees_its_rows(server)
 
 
 def test_beyond_the_queue_requests_get_503_and_retry_after(tiny_run):
-    models = load(tiny_run, max_streams=1, max_queue=1)
+    models = load(tiny_run, max_streams=1, max_queue=1, max_length=ENDLESS)
     with running_server(models) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
         engine = models["run"].engine
-        with client.stream("POST", "/v1/generate", json={"length": 2_000, "stream": True}) as a:
-            next(a.iter_lines())  # generating: the batch is full
+        with client.stream("POST", "/v1/generate", json={"length": ENDLESS, "stream": True}) as a:
+            a_lines = a.iter_lines()  # kept: dropping the iterator would close the stream
+            next(a_lines)  # generating: the batch is full
             with client.stream("POST", "/v1/generate",
                                json={"length": 20, "seed": 1, "stream": True}) as b:
                 wait_until(lambda: engine.load()["queued"] == 1, 5, "the request to queue")

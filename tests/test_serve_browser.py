@@ -47,7 +47,7 @@ def browser_page(tmp_path):
 
 def test_the_playground_streams_text_into_the_page(tiny_run, browser_page, tmp_path):
     page = browser_page
-    models = load(tiny_run, max_length=2_000)
+    models = load(tiny_run, max_length=1_000_000)
     with running_server(models) as url:
         page.goto(url + "/")
         page.wait_for_function("document.querySelector('#model').options.length > 0")
@@ -69,8 +69,9 @@ def test_the_playground_streams_text_into_the_page(tiny_run, browser_page, tmp_p
         page.screenshot(path=str(tmp_path / "playground.png"))
         assert (tmp_path / "playground.png").stat().st_size > 10_000
 
-        # Stop: the stream ends and the server frees its row.
-        page.fill("#length", "2000")
+        # Stop: the stream ends and the server frees its row. A million characters (beyond the
+        # slider's range) runs until stopped, however fast the machine.
+        page.eval_on_selector("#length", "el => { el.max = '1000000'; el.value = '1000000' }")
         page.fill("#seed", "")
         page.click("#generate")
         page.wait_for_function("document.querySelectorAll('#output .c').length > 0")

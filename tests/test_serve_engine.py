@@ -20,6 +20,8 @@ from charrnn.serve.engine import (
     GenerationParams,
 )
 
+ENDLESS = 1_000_000  # characters: a request that runs until the test ends it, on any machine
+
 
 @pytest.fixture(scope="module")
 def sampler(tiny_run) -> Sampler:
@@ -29,7 +31,7 @@ def sampler(tiny_run) -> Sampler:
 
 @pytest.fixture
 def engine(sampler):
-    engine = Engine(sampler, max_streams=64, max_queue=8).start()
+    engine = Engine(sampler, max_streams=64, max_queue=8, max_length=ENDLESS).start()
     yield engine
     engine.close()
 
@@ -77,7 +79,7 @@ def test_the_stream_hands_over_text_as_it_is_written(engine):
 
 def test_an_abort_frees_the_rows_at_the_next_step(engine):
     async def scenario():
-        stream = engine.add_request("long", "", params(length=10_000, num_samples=3, seed=2))
+        stream = engine.add_request("long", "", params(length=ENDLESS, num_samples=3, seed=2))
         first = await stream.next_delta()
         assert engine.load()["rows"] == 3
         engine.abort("long")
@@ -92,10 +94,10 @@ def test_an_abort_frees_the_rows_at_the_next_step(engine):
 
 
 def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(sampler):
-    engine = Engine(sampler, max_streams=2, max_queue=1).start()
+    engine = Engine(sampler, max_streams=2, max_queue=1, max_length=ENDLESS).start()
 
     async def scenario():
-        running = engine.add_request("run", "", params(length=10_000, num_samples=2, seed=1))
+        running = engine.add_request("run", "", params(length=ENDLESS, num_samples=2, seed=1))
         queued = engine.add_request("queued", "", params(length=50, seed=2))
         with pytest.raises(Overloaded) as refused:
             engine.add_request("refused", "", params(length=50))
@@ -116,10 +118,10 @@ def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(samp
 
 
 def test_a_queued_request_can_be_aborted_before_it_starts(sampler):
-    engine = Engine(sampler, max_streams=1, max_queue=4).start()
+    engine = Engine(sampler, max_streams=1, max_queue=4, max_length=ENDLESS).start()
 
     async def scenario():
-        running = engine.add_request("run", "", params(length=10_000))
+        running = engine.add_request("run", "", params(length=ENDLESS))
         queued = engine.add_request("queued", "", params(length=50))
         engine.abort("queued")
         outcome = await asyncio.wait_for(queued.result(), 5)
@@ -134,10 +136,10 @@ def test_a_queued_request_can_be_aborted_before_it_starts(sampler):
 
 
 def test_shutdown_ends_running_and_queued_requests_and_refuses_new_ones(sampler):
-    engine = Engine(sampler, max_streams=1, max_queue=4).start()
+    engine = Engine(sampler, max_streams=1, max_queue=4, max_length=ENDLESS).start()
 
     async def scenario():
-        running = engine.add_request("run", "The ", params(length=10_000))
+        running = engine.add_request("run", "The ", params(length=ENDLESS))
         queued = engine.add_request("queued", "", params(length=50))
         await running.next_delta()
         engine.shutdown()

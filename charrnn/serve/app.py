@@ -409,7 +409,7 @@ async def outcome_unless_gone(request: Request, served: ServedModel, stream: Req
         if not result.done():
             result.cancel()
             served.engine.abort(stream.id)
-    return result.result() if not result.cancelled() else None
+    return result.result() if result.done() and not result.cancelled() else None
 
 
 async def _disconnected(request: Request) -> None:
