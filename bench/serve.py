@@ -59,10 +59,11 @@ class Server:
     """`charrnn serve` in a process of its own, on a free loopback port."""
 
     def __init__(self, model: Path, *options: str):
+        self.errors = tempfile.TemporaryFile("w+")  # a file: an unread pipe could fill and block
         self.process = subprocess.Popen(
             [sys.executable, "-m", "charrnn", "serve", "-k", f"bench={model}", "--port", "0",
              "--host", "127.0.0.1", "--device", "cpu", "--max-queue", "4096", *options],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=self.errors, text=True,
             env={**os.environ, "NO_COLOR": "1"})
         self.url = self._address(timeout=120)
 
@@ -79,7 +80,11 @@ class Server:
             if found:
                 return found.group(1)
         self.stop()
-        raise RuntimeError(f"the server did not start: {self.process.stderr.read()}")
+        raise RuntimeError(f"the server did not start: {self.stderr()}")
+
+    def stderr(self) -> str:
+        self.errors.seek(0)
+        return self.errors.read()
 
     def rss_mb(self) -> float:
         """Resident memory of the server process, MB (Linux)."""
@@ -106,7 +111,15 @@ class Server:
 
 async def stream_once(client: httpx.AsyncClient, length: int, stats: dict) -> None:
     """One streamed request: counts its characters as they arrive and its first-character
-    latency."""
+    latency. A connection the server closed as it was reused is counted and tried again."""
+    try:
+        await _stream_once(client, length, stats)
+    except httpx.TransportError:
+        stats["reconnects"] = stats.get("reconnects", 0) + 1
+        await _stream_once(client, length, stats)
+
+
+async def _stream_once(client: httpx.AsyncClient, length: int, stats: dict) -> None:
     start = time.perf_counter()
     first = None
     async with client.stream("POST", "/v1/generate",
@@ -167,7 +180,11 @@ async def memory_run(server: Server, requests: int, length: int, seconds: float)
             if i % 2:
                 await stream_once(client, length, {"chars": 0, "requests": 0, "ttfc": []})
             else:
-                (await client.post("/v1/generate", json={"length": length})).raise_for_status()
+                try:
+                    answer = await client.post("/v1/generate", json={"length": length})
+                except httpx.TransportError:  # a kept-alive connection closed as it was reused
+                    answer = await client.post("/v1/generate", json={"length": length})
+                answer.raise_for_status()
             done += 1
             if done % 1000 == 0:
                 readings.append((done, server.rss_mb()))

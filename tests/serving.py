@@ -11,6 +11,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -92,9 +93,10 @@ class ServerProcess:
     printed. Its stdout is read by one thread throughout (so the pipe never fills)."""
 
     def __init__(self, *args: str, timeout: float = 60.0):
+        self._stderr = tempfile.TemporaryFile("w+")  # a file: an unread pipe could fill up
         self.process = subprocess.Popen(
             [sys.executable, "-m", "charrnn", "serve", *args, "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=self._stderr, text=True,
             env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -116,8 +118,11 @@ class ServerProcess:
             if found:
                 return found.group(1)
         self.kill()
-        raise AssertionError(f"the server did not start: {''.join(seen)}"
-                             f"{self.process.stderr.read()}")
+        raise AssertionError(f"the server did not start: {''.join(seen)}{self.stderr()}")
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
 
     def wait(self, timeout: float) -> tuple[int, str, str]:
         """Exit status, the rest of stdout, and stderr, once it ends (killed at `timeout`)."""
@@ -127,7 +132,7 @@ class ServerProcess:
             self.kill()
         self._reader.join(10)
         out = "".join(self._lines.get() for _ in range(self._lines.qsize()))
-        return self.process.returncode, out, self.process.stderr.read()
+        return self.process.returncode, out, self.stderr()
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -158,9 +158,11 @@ def test_every_bad_field_is_a_4xx_naming_it(client, body, field, says):
 
 
 def test_several_problems_are_reported_together(client):
-    response = client.post("/v1/generate", json={"length": -1, "top_p": 5, "x": 1})
+    """Wrong types and ranges, and what the model cannot do, all in one answer."""
+    response = client.post("/v1/generate", json={"length": -1, "top_p": 5, "x": 1,
+                                                 "prime": "\u2603", "top_k": 500})
     assert response.status_code == 422
-    assert set(problems(response)) == {"length", "top_p", "x"}
+    assert set(problems(response)) == {"length", "top_p", "x", "prime", "top_k"}
 
 
 @pytest.mark.parametrize(("content", "status", "says"), [

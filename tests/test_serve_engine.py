@@ -30,10 +30,23 @@ def sampler(tiny_run) -> Sampler:
 
 
 @pytest.fixture
-def engine(sampler):
-    engine = Engine(sampler, max_streams=64, max_queue=8, max_length=ENDLESS).start()
-    yield engine
-    engine.close()
+def make_engine(sampler):
+    """Started engines with the limits asked for (on the tiny run's model unless another
+    sampler is given), closed after the test."""
+    made = []
+
+    def make(other: Sampler | None = None, **limits) -> Engine:
+        made.append(Engine(other or sampler, **{"max_length": ENDLESS, **limits}).start())
+        return made[-1]
+
+    yield make
+    for engine in made:
+        engine.close()
+
+
+@pytest.fixture
+def engine(make_engine):
+    return make_engine(max_streams=64, max_queue=8)
 
 
 def params(length=100, stop=None, logprobs=False, **settings) -> GenerationParams:
@@ -93,8 +106,8 @@ def test_an_abort_frees_the_rows_at_the_next_step(engine):
     assert engine.load()["rows"] == 0
 
 
-def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(sampler):
-    engine = Engine(sampler, max_streams=2, max_queue=1, max_length=ENDLESS).start()
+def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(make_engine):
+    engine = make_engine(max_streams=2, max_queue=1)
 
     async def scenario():
         running = engine.add_request("run", "", params(length=ENDLESS, num_samples=2, seed=1))
@@ -109,16 +122,13 @@ def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(samp
         await running.result()
         return done
 
-    try:
-        done = asyncio.run(scenario())
-        assert done.finish_reasons == [LENGTH] and len(done.texts[0]) == 50
-        assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
-    finally:
-        engine.close()
+    done = asyncio.run(scenario())
+    assert done.finish_reasons == [LENGTH] and len(done.texts[0]) == 50
+    assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
 
 
-def test_a_queued_request_can_be_aborted_before_it_starts(sampler):
-    engine = Engine(sampler, max_streams=1, max_queue=4, max_length=ENDLESS).start()
+def test_a_queued_request_can_be_aborted_before_it_starts(make_engine):
+    engine = make_engine(max_streams=1, max_queue=4)
 
     async def scenario():
         running = engine.add_request("run", "", params(length=ENDLESS))
@@ -129,14 +139,11 @@ def test_a_queued_request_can_be_aborted_before_it_starts(sampler):
         await running.result()
         return outcome
 
-    try:
-        assert asyncio.run(scenario()).finish_reasons == [CANCELLED]
-    finally:
-        engine.close()
+    assert asyncio.run(scenario()).finish_reasons == [CANCELLED]
 
 
-def test_shutdown_ends_running_and_queued_requests_and_refuses_new_ones(sampler):
-    engine = Engine(sampler, max_streams=1, max_queue=4, max_length=ENDLESS).start()
+def test_shutdown_ends_running_and_queued_requests_and_refuses_new_ones(make_engine):
+    engine = make_engine(max_streams=1, max_queue=4)
 
     async def scenario():
         running = engine.add_request("run", "The ", params(length=ENDLESS))
@@ -148,12 +155,9 @@ def test_shutdown_ends_running_and_queued_requests_and_refuses_new_ones(sampler)
             engine.add_request("late", "", params())
         return outcomes
 
-    try:
-        running, queued = asyncio.run(scenario())
-        assert running.finish_reasons == [SHUTDOWN] and running.texts[0]  # what was written
-        assert queued.finish_reasons == [SHUTDOWN] and queued.texts == [""]
-    finally:
-        engine.close()
+    running, queued = asyncio.run(scenario())
+    assert running.finish_reasons == [SHUTDOWN] and running.texts[0]  # what was written
+    assert queued.finish_reasons == [SHUTDOWN] and queued.texts == [""]
     assert not engine.healthy
 
 
@@ -174,8 +178,8 @@ def test_beam_requests_run_outside_the_batch_and_match_beam_search(engine, sampl
     assert len(drawn.texts[0]) == 200
 
 
-def test_length_zero_and_the_engines_own_limits(sampler):
-    engine = Engine(sampler, max_streams=2, max_length=100).start()
+def test_length_zero_and_the_engines_own_limits(make_engine):
+    engine = make_engine(max_streams=2, max_length=100)
 
     async def scenario():
         empty = await engine.add_request("zero", "The ", params(length=0)).result()
@@ -187,33 +191,26 @@ def test_length_zero_and_the_engines_own_limits(sampler):
             engine.add_request("odd", "\u2603", params())
         return empty
 
-    try:
-        empty = asyncio.run(scenario())
-        assert empty.texts == [""] and empty.finish_reasons == [LENGTH]
-    finally:
-        engine.close()
+    empty = asyncio.run(scenario())
+    assert empty.texts == [""] and empty.finish_reasons == [LENGTH]
 
 
-def test_a_model_with_broken_weights_fails_its_requests_and_keeps_serving(sampler):
-    model, vocab, _ = sampler.model, sampler.vocab, None
-    broken = type(model)(model.args)
-    broken.load_state_dict(model.state_dict())
+def test_a_model_with_broken_weights_fails_its_requests_and_keeps_serving(sampler, make_engine):
+    broken = type(sampler.model)(sampler.model.args)
+    broken.load_state_dict(sampler.model.state_dict())
     with torch.no_grad():
         broken.head.bias.fill_(float("nan"))
-    engine = Engine(Sampler(broken.eval(), vocab), max_streams=4).start()
+    engine = make_engine(Sampler(broken.eval(), sampler.vocab), max_streams=4)
 
     async def scenario():
         first = await engine.add_request("a", "The ", params(length=50)).result()
         second = await engine.add_request("b", "The ", params(length=50)).result()
         return first, second
 
-    try:
-        first, second = asyncio.run(scenario())
-        assert first.finish_reasons == [ERROR] and "not numbers" in first.error
-        assert second.finish_reasons == [ERROR]  # the engine is still answering
-        assert engine.healthy
-    finally:
-        engine.close()
+    first, second = asyncio.run(scenario())
+    assert first.finish_reasons == [ERROR] and "not numbers" in first.error
+    assert second.finish_reasons == [ERROR]  # the engine is still answering
+    assert engine.healthy
 
 
 def test_a_slow_reader_gets_the_text_merged(engine):

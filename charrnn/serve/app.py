@@ -188,8 +188,8 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
               openapi_extra={"requestBody": {"required": False, "content": {
                   "application/json": {"schema": GenerateRequest.model_json_schema()}}}})
     async def generate(request: Request) -> Response:
-        asked = parse_request(await read_json(request))
-        served, params, prime = resolve(asked, models, default)
+        asked, problems = parse_request(await read_json(request))
+        served, params, prime = resolve(asked, models, default, problems)
         try:
             stream = served.engine.add_request(uuid.uuid4().hex, prime, params)
         except Overloaded as exc:
@@ -259,14 +259,16 @@ ALLOWED = {
 }
 
 
-def parse_request(data: Any) -> GenerateRequest:
-    """Types and ranges, every problem at once, each naming its field and what is allowed."""
+def parse_request(data: Any) -> tuple[GenerateRequest, list[tuple[str, str]]]:
+    """The request, and the problems with its types and ranges, each naming its field and what
+    is allowed. Fields with a problem are left at their defaults, so that `resolve` can still
+    check the others against the model: every problem is reported at once."""
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_request", [("body", f"body: a JSON object is expected, not "
                                                          f"{type(data).__name__}; e.g. "
                                                          '{"prime": "ROMEO:"}')])
     try:
-        return GenerateRequest.model_validate(data)
+        return GenerateRequest.model_validate(data), []
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False):
@@ -280,19 +282,24 @@ def parse_request(data: Any) -> GenerateRequest:
             allowed = ALLOWED.get(error["loc"][0] if error["loc"] else "", "")
             problems.append((name, f"{name}: {error['msg'][0].lower()}{error['msg'][1:]}, not "
                                    f"{shown}" + (f"; allowed: {allowed}" if allowed else "")))
-        raise ApiError(422, "invalid_field", problems) from None
+        wrong = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        valid = {k: v for k, v in data.items() if k in GenerateRequest.model_fields
+                 and k not in wrong}
+        return GenerateRequest.model_construct(**valid), problems
 
 
-def resolve(asked: GenerateRequest, models: dict[str, ServedModel], default: str
-            ) -> tuple[ServedModel, GenerationParams, str]:
-    """The model and settings a valid request means, checked against that model's limits."""
+def resolve(asked: GenerateRequest, models: dict[str, ServedModel], default: str,
+            problems: list[tuple[str, str]]) -> tuple[ServedModel, GenerationParams, str]:
+    """The model and settings a request means, checked against that model's limits; raises
+    ApiError with these problems and any found here."""
     name = asked.model if asked.model is not None else default
-    if name not in models:
-        raise ApiError(422, "invalid_field", [("model", f"model: no model named {name!r}; "
-                                                        f"served: {', '.join(models)}")])
+    if name not in models or any(field == "model" for field, _ in problems):
+        if name not in models:
+            problems.append(("model", f"model: no model named {name!r}; served: "
+                                      f"{', '.join(models)}"))
+        raise ApiError(422, "invalid_field", problems)
     served = models[name]
     engine, vocab = served.engine, served.engine.vocab
-    problems: list[tuple[str, str]] = []
     length = asked.length if asked.length is not None else min(DEFAULT_LENGTH, engine.max_length)
     if length > engine.max_length:
         problems.append(("length", f"length: at most {engine.max_length:,} (the server's "
