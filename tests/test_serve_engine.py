@@ -235,3 +235,15 @@ def test_random_numbers_drawn_ahead_are_the_ones_drawn_step_by_step():
     block = torch.cat([draw_uniforms(ahead, 32, 3, cpu), draw_uniforms(ahead, 5, 3, cpu)])
     assert torch.equal(block, torch.stack([torch.rand(3, generator=step_by_step)
                                            for _ in range(37)]))
+
+
+def test_primes_read_together_give_what_each_gives_alone(sampler):
+    """A burst of new requests reads primes of one length in one call."""
+    asked = [(SampleSettings(num_samples=n, top_k=k), prime) for n, k, prime in
+             [(1, None, "The "), (3, 5, "How "), (2, None, ""), (1, 7, "The quick")]]
+    together = sampler.start_many(asked)
+    for (settings, prime), streams in zip(asked, together, strict=True):
+        alone = sampler.start(settings, prime)
+        assert streams.rows == settings.num_samples
+        assert torch.allclose(streams.logits, alone.logits, atol=1e-6)
+        assert torch.equal(streams.rules.temperature, alone.rules.temperature)

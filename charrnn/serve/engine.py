@@ -224,7 +224,6 @@ class _Request:
         self.generator: torch.Generator | None = None  # made when it joins, on the device
         self.drawn: torch.Tensor | None = None  # (steps, samples) random numbers drawn ahead
         self.next_step = 0  # the row of `drawn` the next step takes
-        self.streams: Streams | None = None  # its primed rows, until they join the batch
         self.aborted = False
         self.reserved = False  # its rows count in Engine._reserved_rows
 
@@ -483,28 +482,22 @@ class Engine:
             self._reserved_rows + self._queue[0].samples <= self.max_streams
 
     def _join(self, arrivals: list[_Request]) -> None:
-        """Prime the new requests and add their rows to the batch."""
-        joining, done = [], []
-        for request in arrivals:
-            if request.steps_left == 0:  # length 0: nothing to generate
-                done.append(request)
-                continue
-            try:
-                request.streams = self.sampler.start(request.params.settings, request.prime)
-            except Exception as exc:  # noqa: BLE001 - a request that cannot start fails alone
-                log.exception("priming failed")
-                self._end([request], ERROR, f"reading the prime failed: {exc}")
-                continue
-            request.generator = new_generator(request.params.settings.seed, self.device)
-            joining.append(request)
-        self._end(done, LENGTH)
+        """Read the new requests' primes (those of one length in one call) and add their rows
+        to the batch."""
+        self._end([r for r in arrivals if r.steps_left == 0], LENGTH)  # nothing to generate
+        joining = [r for r in arrivals if r.steps_left > 0]
         if not joining:
             return
-        parts = ([self._streams] if self._streams is not None else []) + \
-            [r.streams for r in joining]
-        self._streams = Streams.join(parts) if len(parts) > 1 else parts[0]
+        try:
+            started = self.sampler.start_many([(r.params.settings, r.prime) for r in joining])
+        except Exception as exc:  # noqa: BLE001 - the new requests fail, the batch goes on
+            log.exception("priming failed")
+            self._end(joining, ERROR, f"reading the prime failed: {exc}")
+            return
         for request in joining:
-            request.streams = None
+            request.generator = new_generator(request.params.settings.seed, self.device)
+        parts = ([self._streams] if self._streams is not None else []) + started
+        self._streams = Streams.join(parts) if len(parts) > 1 else parts[0]
         self._active.extend(joining)
 
     def _window(self) -> None:
