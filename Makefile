@@ -12,10 +12,10 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,serve]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install charrnn with its test tools (CPU torch)
+install: $(STAMP) ## create .venv and install charrnn, its server and its test tools (CPU torch)
 
 demo: $(STAMP) ## build a vocab, train ~2 minutes on the offline default corpus, sample
 	$(BIN)/charrnn vocab build builtin:python-docs -o runs/demo/vocab.json
@@ -35,7 +35,7 @@ test-fast: $(STAMP) ## the tests not marked slow
 lint: $(STAMP) ## ruff over the package, tests and benchmarks
 	$(BIN)/ruff check charrnn tests bench
 
-bench: $(STAMP) ## the benchmarks of BENCHMARKS.md (long: about 20 minutes)
+bench: $(STAMP) ## the benchmarks of BENCHMARKS.md (long: about 25 minutes)
 	$(BIN)/python bench/run.py
 
 clean: ## remove the virtual environment and caches (runs/ and data/ are kept)

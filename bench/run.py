@@ -1,6 +1,6 @@
 """Run every benchmark of BENCHMARKS.md, one after another, and print their tables.
 
-    python bench/run.py            # everything: about 15 minutes on 2 CPU cores
+    python bench/run.py            # everything: about 25 minutes on 2 CPU cores
     python bench/run.py --quick    # a smoke run of each script (a couple of minutes)
 
 Each script compares charrnn with its baseline side by side in one process, so the ratios it
@@ -22,12 +22,14 @@ FULL = [
     ["sampling.py"],
     ["learning.py"],
     ["bench_data.py"],
+    ["serve.py"],
 ]
 QUICK = [
     ["throughput.py", "--seconds", "1"],
     ["sampling.py", "--length", "200"],
     ["learning.py", "--skip-reference", "--time", "10"],
     ["bench_data.py", "--quick"],
+    ["serve.py", "--smoke"],
 ]
 
 

@@ -57,3 +57,15 @@ class TrainingStopped(CharRNNError):
 
 class ProcessFailed(CharRNNError):
     """Raised on every process of a torchrun job when another one failed, so all stop together."""
+
+
+class Overloaded(CharRNNError):
+    """A server whose batch and queue are full: the request may be sent again later."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, as HTTP's Retry-After header says
+
+
+class ShuttingDown(CharRNNError):
+    """A server that is stopping takes no new requests."""

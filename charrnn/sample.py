@@ -304,6 +304,36 @@ class Sampler:
         return self._threads[rows]
 
     @torch.inference_mode()
+    def start_many(self, requests: Sequence[tuple[SampleSettings, str]]) -> list[Streams]:
+        """`start` for several requests at once, each (settings, prime) its own Streams.
+
+        Primes of the same length are read in one call, as one batch: a burst of new requests
+        (a server's) costs about one call, not one each.
+        """
+        ids = []
+        for settings, prime in requests:
+            settings.validate(self.vocab)
+            ids.append(self.start_ids(self.encode_prime(prime)))
+        started: list[Streams | None] = [None] * len(requests)
+        by_length: dict[int, list[int]] = {}
+        for i, prime_ids in enumerate(ids):
+            by_length.setdefault(len(prime_ids), []).append(i)
+        for members in by_length.values():
+            counts = [requests[i][0].num_samples for i in members]
+            prime_t = torch.cat([torch.tensor([ids[i]], device=self.device).expand(n, -1)
+                                 for i, n in zip(members, counts, strict=True)])  # (rows, P)
+            logits, _, state = self.model(prime_t)
+            logits = logits[:, -1].float()  # (rows, V)
+            first = 0
+            for i, n in zip(members, counts, strict=True):
+                rows = slice(first, first + n)
+                started[i] = Streams(map_state(lambda s, rows=rows: s[:, rows], state),
+                                     logits[rows],
+                                     DrawRules.of(requests[i][0], n, self.vocab.size, self.device))
+                first += n
+        return started
+
+    @torch.inference_mode()
     def generate(self, settings: SampleSettings, prime: str = "",
                  with_logprobs: bool = False) -> Iterator[Chunk]:
         """Yield the generated text in chunks (the prime itself is not yielded)."""

@@ -18,7 +18,7 @@ def invoke(*args):
 
 
 EVERY_COMMAND = [("data", "get"), ("data", "list"), ("eval",), ("info",), ("plot",),
-                 ("sample",), ("train",), ("vocab", "build"), ("vocab", "show")]
+                 ("sample",), ("serve",), ("train",), ("vocab", "build"), ("vocab", "show")]
 
 
 def command_paths() -> list[tuple[str, ...]]:
@@ -61,6 +61,9 @@ def test_every_command_runs_once(tmp_path, corpus, tiny_run):
         ("eval",): (["eval", "-k", run], 0, "nats/char"),
         ("info",): (["info", run], 0, "parameters"),
         ("plot",): (["plot", tiny_run, "-o", image], 0, "wrote"),
+        # A server runs until a signal (tests/test_serve_cli.py); here, a clean refusal.
+        ("serve",): (["serve", "-k", tmp_path / "missing", "--port", "0"], 1,
+                     "checkpoint not found"),
         ("data", "list"): (["data", "list"], 0, "tiny-shakespeare"),
         # Offline: a mirror without the file is a clean error naming it.
         ("data", "get"): (["data", "get", "nietzsche", "--mirror", mirror, "--dest", tmp_path],

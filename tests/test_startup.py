@@ -1,4 +1,5 @@
-"""Start-up: help and vocabulary building never import torch; shell completion works.
+"""Start-up: help and vocabulary building never import torch (nor the web server's packages);
+shell completion works.
 
 Each check runs in a fresh interpreter, since this test process has imported torch already.
 Nothing here is timed (timings are for benchmarks); not importing torch is what keeps
@@ -16,10 +17,11 @@ from charrnn.cli import app
 
 corpus, vocab = sys.argv[1:]
 for args in (["--help"], ["sample", "--help"], ["train", "--help"], ["plot", "--help"],
-             ["info", "--help"], ["vocab", "build", corpus, "-o", vocab]):
+             ["info", "--help"], ["serve", "--help"], ["vocab", "build", corpus, "-o", vocab]):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (args, result.output)
-print(" ".join(m for m in ("torch", "matplotlib") if m in sys.modules) or "none")
+print(" ".join(m for m in ("torch", "matplotlib", "fastapi", "uvicorn") if m in sys.modules)
+      or "none")
 """
 
 
@@ -42,7 +44,7 @@ def test_the_real_entry_point_does_not_import_torch_for_help():
     assert "sample" in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert "charrnn.cli" in imported
-    assert not {"torch", "numpy", "matplotlib"} & imported
+    assert not {"torch", "numpy", "matplotlib", "fastapi", "uvicorn"} & imported
 
 
 def test_bash_completion_script_and_completions():

@@ -2,8 +2,8 @@
 
 Where each command lives: `charrnn vocab` in vocab.py, `train` in train.py, `sample` (and its
 interactive loop) in sample.py, `eval` in eval.py, `info` in info.py, `plot` in plot.py,
-`charrnn data` in data.py. To add a command, write it in a module of its own and attach it
-here.
+`serve` in serve.py (the server itself is the library's charrnn/serve/), `charrnn data` in
+data.py. To add a command, write it in a module of its own and attach it here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from charrnn import __version__
-from charrnn.cli import data, eval, info, plot, sample, train, vocab
+from charrnn.cli import data, eval, info, plot, sample, serve, train, vocab
 from charrnn.cli.common import CommandGroup, out
 
 app = typer.Typer(cls=CommandGroup, no_args_is_help=True, rich_markup_mode="rich",
@@ -28,6 +28,7 @@ app.command()(sample.sample)
 app.command("eval")(eval.evaluate)
 app.command()(info.info)
 app.command()(plot.plot)
+app.command()(serve.serve)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,262 @@
+"""Serving throughput: many clients streaming from `charrnn serve` against one-at-a-time.
+
+Starts `charrnn serve` twice on a loopback port with a 2x256 LSTM (random weights unless
+--checkpoint is given: speed does not depend on them): as it runs by default (continuous
+batching, --max-streams 64) and as a one-request-at-a-time server (the same code with
+--max-streams 1). For 1, 8, 32 and 64 concurrent clients, each streaming --length characters
+per request in a loop for --seconds, it prints the aggregate characters per second and the time
+to first character (p50, p99) of both, side by side. Then it sends --rss-requests requests to
+a fresh batching server and reports its resident memory every 1,000 requests.
+
+    python bench/serve.py                      # the full run (about 5 minutes)
+    python bench/serve.py --smoke              # a few seconds of each, to check it works
+
+Every wait is bounded: each load level stops after --seconds (requests still running are
+cancelled), and the memory check after --rss-seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import queue
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, table  # noqa: E402
+
+from charrnn import checkpoint  # noqa: E402
+from charrnn.model import CharRNN, ModelArgs  # noqa: E402
+from charrnn.vocab import Vocab  # noqa: E402
+
+HIDDEN, LAYERS, EMBEDDING = 256, 2, 64
+
+
+def random_checkpoint(directory: Path) -> Path:
+    """A 2x256 LSTM with random weights over a Shakespeare-sized alphabet (66 ids)."""
+    torch.manual_seed(0)
+    vocab = Vocab.build(["".join(chr(c) for c in range(32, 97)) + "\n"])
+    model = CharRNN(ModelArgs(vocab_size=vocab.size, cell="lstm", embedding_dim=EMBEDDING,
+                              hidden_size=HIDDEN, num_layers=LAYERS, dropout=0.0)).eval()
+    path = directory / "lstm-2x256.pt"
+    checkpoint.save(checkpoint.build_payload(model, vocab, step=0, val_loss=None,
+                                             best_val_loss=None, elapsed=0.0, config={}), path)
+    return path
+
+
+class Server:
+    """`charrnn serve` in a process of its own, on a free loopback port."""
+
+    def __init__(self, model: Path, *options: str):
+        self.errors = tempfile.TemporaryFile("w+")  # a file: an unread pipe could fill and block
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "charrnn", "serve", "-k", f"bench={model}", "--port", "0",
+             "--host", "127.0.0.1", "--device", "cpu", "--max-queue", "4096", *options],
+            stdout=subprocess.PIPE, stderr=self.errors, text=True,
+            env={**os.environ, "NO_COLOR": "1"})
+        self.url = self._address(timeout=120)
+
+    def _address(self, timeout: float) -> str:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout],
+                         daemon=True).start()  # also keeps the pipe drained
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                found = re.search(r"serving at (http://\S+)", lines.get(timeout=1.0))
+            except queue.Empty:
+                continue
+            if found:
+                return found.group(1)
+        self.stop()
+        raise RuntimeError(f"the server did not start: {self.stderr()}")
+
+    def stderr(self) -> str:
+        self.errors.seek(0)
+        return self.errors.read()
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server process, MB (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+async def stream_once(client: httpx.AsyncClient, length: int, stats: dict) -> None:
+    """One streamed request: counts its characters as they arrive and its first-character
+    latency. A connection the server closed as it was reused is counted and tried again."""
+    try:
+        await _stream_once(client, length, stats)
+    except httpx.TransportError:
+        stats["reconnects"] = stats.get("reconnects", 0) + 1
+        await _stream_once(client, length, stats)
+
+
+async def _stream_once(client: httpx.AsyncClient, length: int, stats: dict) -> None:
+    start = time.perf_counter()
+    first = None
+    async with client.stream("POST", "/v1/generate",
+                             json={"length": length, "stream": True}) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:") or '"index"' not in line:
+                continue  # the final summary repeats the text: not counted again
+            chars = sum(len(m) for m in re.findall(r'"text":"((?:[^"\\]|\\.)*)"', line))
+            stats["chars"] += chars  # escapes count a little long; close enough for a rate
+            if first is None and chars:
+                first = time.perf_counter() - start
+                stats["ttfc"].append(first)
+    stats["requests"] += 1
+
+
+async def load_level(url: str, clients: int, length: int, seconds: float) -> dict:
+    """`clients` clients, each streaming request after request for `seconds`."""
+    stats = {"chars": 0, "requests": 0, "ttfc": []}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(
+            seconds + 60)) as client:
+        await stream_once(client, 20, {"chars": 0, "requests": 0, "ttfc": []})  # warm-up
+
+        async def client_loop() -> None:
+            while True:
+                await stream_once(client, length, stats)
+
+        tasks = [asyncio.create_task(client_loop()) for _ in range(clients)]
+        start = time.perf_counter()
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - start
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    ttfc = sorted(stats["ttfc"])
+    return {"chars_per_s": stats["chars"] / elapsed, "requests": stats["requests"],
+            "p50": percentile(ttfc, 50), "p99": percentile(ttfc, 99)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[min(98, int(q) - 1)]
+
+
+async def memory_run(server: Server, requests: int, length: int, seconds: float) -> list:
+    """Resident memory every 1,000 requests (64 at a time; half streamed, half JSON)."""
+    readings = [(0, server.rss_mb())]
+    done = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as client:
+        async def one(i: int) -> None:
+            nonlocal done
+            if i % 2:
+                await stream_once(client, length, {"chars": 0, "requests": 0, "ttfc": []})
+            else:
+                try:
+                    answer = await client.post("/v1/generate", json={"length": length})
+                except httpx.TransportError:  # a kept-alive connection closed as it was reused
+                    answer = await client.post("/v1/generate", json={"length": length})
+                answer.raise_for_status()
+            done += 1
+            if done % 1000 == 0:
+                readings.append((done, server.rss_mb()))
+
+        queue = iter(range(requests))
+
+        async def worker() -> None:
+            for i in queue:
+                if time.monotonic() > deadline:
+                    return
+                await one(i)
+
+        await asyncio.gather(*(worker() for _ in range(64)))
+    if readings[-1][0] != done:
+        readings.append((done, server.rss_mb()))
+    return readings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="a run or .pt (default: random 2x256)")
+    parser.add_argument("--clients", default="1,8,32,64", help="concurrent clients per level")
+    parser.add_argument("--length", type=int, default=500, help="characters per request")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each level")
+    parser.add_argument("--threads", type=int, help="the servers' --threads")
+    parser.add_argument("--rss-requests", type=int, default=10_000)
+    parser.add_argument("--rss-length", type=int, default=100)
+    parser.add_argument("--rss-seconds", type=float, default=900.0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 s per level, 1 and 8 clients, 300 requests for memory")
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.clients, args.rss_requests = 2.0, "1,8", 300
+    levels = [int(c) for c in args.clients.split(",")]
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    print(f"machine: {machine()}; servers' torch threads: {args.threads or 'all cores'}")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.checkpoint or random_checkpoint(Path(tmp))
+        results = {}
+        for label, options in (("batched", []), ("one at a time", ["--max-streams", "1"])):
+            with Server(model, *options, *extra) as server:
+                for clients in levels:
+                    result = asyncio.run(load_level(server.url, clients, args.length,
+                                                    args.seconds))
+                    results[label, clients] = result
+                    print(f"{label:>13}, {clients:>2} clients: {result['chars_per_s']:>9,.0f} "
+                          f"chars/s, {result['requests']:>5} requests, first character "
+                          f"p50 {1000 * result['p50']:,.0f} ms, p99 {1000 * result['p99']:,.0f} ms",
+                          flush=True)
+        rows = []
+        for clients in levels:
+            ours, single = results["batched", clients], results["one at a time", clients]
+            rows.append([str(clients), f"{ours['chars_per_s']:,.0f}",
+                         f"{1000 * ours['p50']:,.0f}", f"{1000 * ours['p99']:,.0f}",
+                         f"{single['chars_per_s']:,.0f}", f"{1000 * single['p50']:,.0f}",
+                         f"{1000 * single['p99']:,.0f}",
+                         f"{ours['chars_per_s'] / single['chars_per_s']:.1f}x"])
+        print()
+        print(table(rows, ["clients", "batched chars/s", "TTFC p50 ms", "TTFC p99 ms",
+                           "one-at-a-time chars/s", "TTFC p50 ms", "TTFC p99 ms",
+                           "throughput ratio"]))
+        with Server(model, *extra) as server:
+            readings = asyncio.run(memory_run(server, args.rss_requests, args.rss_length,
+                                              args.rss_seconds))
+    print(f"\nresident memory of the batching server over {readings[-1][0]:,} requests of "
+          f"{args.rss_length} characters (64 at a time):")
+    print("  " + ", ".join(f"{n:,}: {mb:,.0f} MB" for n, mb in readings))
+    # The first 1,000 requests warm up (allocator pools, lazily built tables): measured after.
+    (start, base) = readings[1] if len(readings) > 2 else readings[0]
+    growth = 100 * (readings[-1][1] - base) / base
+    print(f"  growth from request {start:,} to {readings[-1][0]:,}: {growth:+.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,451 @@
+"""The HTTP layer of `charrnn serve`: validate, hand the request to a model's engine, stream.
+
+    GET  /               the playground (static files in static/, served without a key)
+    POST /v1/generate    generate text; JSON back, or server-sent events while it is written
+    GET  /v1/models      the models served, and the server's limits
+    GET  /healthz        200 while every model can generate, else 503
+    GET  /docs           the API's OpenAPI documentation (/openapi.json: the schema)
+
+Everything about generating lives in engine.py; this module only turns JSON into
+`GenerationParams` (every bad field a 4xx JSON error naming it), and the engine's deltas into
+one server-sent event per hand-off, at most one every EVENT_INTERVAL seconds per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+
+from charrnn import __version__
+from charrnn.errors import Overloaded, ShuttingDown, UsageError
+from charrnn.sample import SampleSettings
+from charrnn.serve.engine import ERROR, Delta, GenerationParams, Outcome, RequestStream
+from charrnn.serve.models import ServedModel
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 1 << 20  # a request is a few options and a prime: 1 MB is plenty
+MAX_PRIME_CHARS = 10_000  # the prime is read in the generation loop: a long one delays everyone
+MAX_BEAM = 32  # beams cost beam x length steps on one worker; more rarely helps
+DEFAULT_LENGTH = 500  # as `charrnn sample`
+EVENT_INTERVAL = 0.05  # seconds between a stream's events: text generated meanwhile is merged
+PING_SECONDS = 15.0  # a comment line keeps a queued stream's connection from timing out
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
+
+
+class GenerateRequest(BaseModel):
+    """POST /v1/generate: the same options, meanings and limits as `charrnn sample`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prime: str = Field("", description="Text to start from; the model reads it, then continues "
+                       f"it. At most {MAX_PRIME_CHARS:,} characters, all in the model's "
+                       "vocabulary.")
+    length: int | None = Field(None, ge=0, description=f"Characters to generate per sample, "
+                               f"prime not counted (default {DEFAULT_LENGTH}, at most the "
+                               "server's --max-length).")
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False, description=">0 scales the "
+                               "scores (low: safe, high: wild); 0 is greedy.")
+    top_k: int | None = Field(None, ge=1, description="Draw only among the k most likely "
+                              "characters.")
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="Draw only "
+                                "among the most likely characters whose probabilities add up "
+                                "to p (nucleus sampling).")
+    stop: str | None = Field(None, min_length=1, description="End each sample at the first "
+                             "occurrence of this text after the prime (kept).")
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Same seed, "
+                             "same text (what `charrnn sample --seed` prints), whoever else "
+                             "the server is serving.")
+    num_samples: int = Field(1, ge=1, description="Samples drawn together (at most the "
+                             "server's --max-streams).")
+    model: str | None = Field(None, description="Which served model (GET /v1/models); "
+                              "default: the first one.")
+    beam: int | None = Field(None, ge=1, le=MAX_BEAM, description="Beam search with this many "
+                             "beams: the most probable continuation(s), deterministic; no "
+                             "temperature, top_k or top_p.")
+    logprobs: bool = Field(False, description="Also return each generated character's "
+                           "natural-log probability (nats).")
+    stream: bool = Field(False, description="Send server-sent events as the text is written "
+                         "(also chosen by `Accept: text/event-stream`).")
+
+
+class GeneratedSample(BaseModel):
+    text: str
+    logprobs: list[float] | None = None
+    finish_reason: str = Field(description="length, stop, or shutdown (the server stopped)")
+
+
+class Usage(BaseModel):
+    prime_chars: int
+    generated_chars: int
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    samples: list[GeneratedSample]
+    usage: Usage
+
+
+class Problem(BaseModel):
+    field: str | None
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    field: str | None = None
+    problems: list[Problem] = []
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """A request the API refuses: its status, one line, and the fields at fault."""
+
+    def __init__(self, status: int, kind: str, problems: list[tuple[str | None, str]],
+                 headers: dict[str, str] | None = None):
+        super().__init__("; ".join(message for _, message in problems))
+        self.status, self.kind, self.problems, self.headers = status, kind, problems, headers
+
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.kind, self.problems, self.headers)
+
+
+def error_response(status: int, kind: str, problems: list[tuple[str | None, str]],
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"type": kind, "message": "; ".join(m for _, m in problems),
+                      "field": problems[0][0] if problems else None,
+                      "problems": [{"field": f, "message": m} for f, m in problems]}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) -> FastAPI:
+    """The ASGI app serving these models (the first is the default)."""
+    if not models:
+        raise ValueError("no models to serve")
+    app = FastAPI(title="charrnn", version=__version__, summary="Character-level language "
+                  "models: generate text, streamed as it is written.")
+    app.state.models = models
+    default = next(iter(models))
+    any_engine = models[default].engine
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        where = f"{request.method} {request.url.path}"
+        return error_response(exc.status_code, kind, [(None, f"{exc.detail}: {where}")],
+                              getattr(exc, "headers", None))
+
+    @app.get("/", include_in_schema=False)
+    async def _playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", summary="Whether every model can generate")
+    async def healthz() -> JSONResponse:
+        states = {name: {"healthy": m.engine.healthy, **m.engine.load()}
+                  for name, m in models.items()}
+        healthy = all(s["healthy"] for s in states.values())
+        return JSONResponse({"status": "ok" if healthy else "unavailable", "models": states},
+                            status_code=200 if healthy else 503)
+
+    @app.get("/v1/models", summary="The models served and the server's limits")
+    async def list_models() -> dict:
+        return {"models": [{**m.info, "default": name == default} for name, m in models.items()],
+                "limits": {"max_length": any_engine.max_length,
+                           "max_streams": any_engine.max_streams,
+                           "max_queue": any_engine.max_queue,
+                           "max_prime_chars": MAX_PRIME_CHARS, "max_beam": MAX_BEAM,
+                           "max_body_bytes": MAX_BODY_BYTES}}
+
+    @app.post("/v1/generate", summary="Generate text",
+              response_model=GenerateResponse,
+              responses={200: {"content": {"text/event-stream": {"schema": {
+                  "type": "string", "description": "With stream: `event: delta` events "
+                  "carrying {samples: [{index, text, logprobs?}]}, then `event: done` "
+                  "carrying the same JSON as the non-streamed answer."}}}},
+                  400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+                  413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                  503: {"model": ErrorResponse}},
+              openapi_extra={"requestBody": {"required": False, "content": {
+                  "application/json": {"schema": GenerateRequest.model_json_schema()}}}})
+    async def generate(request: Request) -> Response:
+        asked, problems = parse_request(await read_json(request))
+        served, params, prime = resolve(asked, models, default, problems)
+        try:
+            stream = served.engine.add_request(uuid.uuid4().hex, prime, params)
+        except Overloaded as exc:
+            raise ApiError(503, "overloaded", [(None, str(exc))],
+                           {"Retry-After": str(exc.retry_after)}) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, "shutting_down", [(None, str(exc))]) from None
+        except UsageError as exc:  # a check this layer missed: still the caller's mistake
+            raise ApiError(422, "invalid_request", [(None, str(exc))]) from None
+        if asked.stream or "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(
+                events(served, stream, params.logprobs), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        outcome = await outcome_unless_gone(request, served, stream)
+        if outcome is None:  # the client left; nobody reads this
+            return Response(status_code=499)
+        if outcome.error is not None:
+            return error_response(500, "model_error", [(None, outcome.error)])
+        return JSONResponse(summary(served.name, outcome, params.logprobs))
+
+    if api_key:
+        app.add_middleware(BearerKey, key=api_key)
+    return app
+
+
+# ---- reading and checking a request ------------------------------------------------------------
+async def read_json(request: Request) -> Any:
+    """The body as JSON, at most MAX_BODY_BYTES; an empty body means every default."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(int(declared))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large(size)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", [("body", f"body: not valid JSON ({exc}); send a "
+                                                      'JSON object such as {"prime": "ROMEO:", '
+                                                      '"length": 200}')]) from None
+
+
+def _too_large(size: int) -> ApiError:
+    return ApiError(413, "body_too_large", [("body", f"body: {size:,} bytes or more; at most "
+                                                     f"{MAX_BODY_BYTES:,} are read")])
+
+
+ALLOWED = {
+    "prime": f"a string of at most {MAX_PRIME_CHARS:,} characters",
+    "length": "an integer >= 0, at most the server's max_length (GET /v1/models)",
+    "temperature": "a number >= 0 (0 means greedy)",
+    "top_k": "an integer >= 1, at most the model's vocabulary size, or null",
+    "top_p": "a number in (0, 1], or null",
+    "stop": "a non-empty string, or null",
+    "seed": f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}, or null",
+    "num_samples": "an integer >= 1, at most the server's max_streams",
+    "model": "a model's name from GET /v1/models, or null",
+    "beam": f"an integer from 1 to {MAX_BEAM}, or null",
+    "logprobs": "true or false",
+    "stream": "true or false",
+}
+
+
+def parse_request(data: Any) -> tuple[GenerateRequest, list[tuple[str, str]]]:
+    """The request, and the problems with its types and ranges, each naming its field and what
+    is allowed. Fields with a problem are left at their defaults, so that `resolve` can still
+    check the others against the model: every problem is reported at once."""
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_request", [("body", f"body: a JSON object is expected, not "
+                                                         f"{type(data).__name__}; e.g. "
+                                                         '{"prime": "ROMEO:"}')])
+    try:
+        return GenerateRequest.model_validate(data), []
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(part) for part in error["loc"]) or "body"
+            if error["type"] == "extra_forbidden":
+                problems.append((name, f"{name}: unknown field; the fields are "
+                                       f"{', '.join(GenerateRequest.model_fields)}"))
+                continue
+            shown = json.dumps(error.get("input"), ensure_ascii=False, default=str)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            allowed = ALLOWED.get(error["loc"][0] if error["loc"] else "", "")
+            problems.append((name, f"{name}: {error['msg'][0].lower()}{error['msg'][1:]}, not "
+                                   f"{shown}" + (f"; allowed: {allowed}" if allowed else "")))
+        wrong = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        valid = {k: v for k, v in data.items() if k in GenerateRequest.model_fields
+                 and k not in wrong}
+        return GenerateRequest.model_construct(**valid), problems
+
+
+def resolve(asked: GenerateRequest, models: dict[str, ServedModel], default: str,
+            problems: list[tuple[str, str]]) -> tuple[ServedModel, GenerationParams, str]:
+    """The model and settings a request means, checked against that model's limits; raises
+    ApiError with these problems and any found here."""
+    name = asked.model if asked.model is not None else default
+    if name not in models or any(field == "model" for field, _ in problems):
+        if name not in models:
+            problems.append(("model", f"model: no model named {name!r}; served: "
+                                      f"{', '.join(models)}"))
+        raise ApiError(422, "invalid_field", problems)
+    served = models[name]
+    engine, vocab = served.engine, served.engine.vocab
+    length = asked.length if asked.length is not None else min(DEFAULT_LENGTH, engine.max_length)
+    if length > engine.max_length:
+        problems.append(("length", f"length: at most {engine.max_length:,} (the server's "
+                                   f"--max-length), not {length:,}"))
+    if len(asked.prime) > MAX_PRIME_CHARS:
+        problems.append(("prime", f"prime: at most {MAX_PRIME_CHARS:,} characters, not "
+                                  f"{len(asked.prime):,}; send the text's last part"))
+    else:
+        _check(problems, "prime", lambda: engine.sampler.encode_prime(asked.prime))
+    if asked.stop is not None:
+        _check(problems, "stop", lambda: engine.sampler.prepare_stop(asked.stop))
+    choices = vocab.size - 1  # <unk> is never drawn
+    if asked.top_k is not None and asked.top_k > choices:
+        problems.append(("top_k", f"top_k: at most {choices} (the characters of model "
+                                  f"{name}), not {asked.top_k}"))
+    if asked.beam is None and asked.num_samples > engine.max_streams:
+        problems.append(("num_samples", f"num_samples: at most {engine.max_streams} (the "
+                                        f"server's --max-streams), not {asked.num_samples}"))
+    if asked.beam is not None:
+        drawing = sorted({"temperature", "top_k", "top_p"} & asked.model_fields_set)
+        if drawing:
+            problems.append(("beam", f"beam: finds the most probable text under the model's "
+                                     f"own probabilities; leave out {', '.join(drawing)}"))
+        if asked.num_samples > asked.beam:
+            problems.append(("num_samples", f"num_samples: at most beam ({asked.beam}) "
+                                            f"continuations, not {asked.num_samples}"))
+    if problems:
+        raise ApiError(422, "invalid_field", problems)
+    settings = SampleSettings(length=length, temperature=asked.temperature, top_k=asked.top_k,
+                              top_p=asked.top_p, num_samples=asked.num_samples, seed=asked.seed,
+                              beam=asked.beam)
+    return served, GenerationParams(settings, asked.stop, asked.logprobs), asked.prime
+
+
+def _check(problems: list[tuple[str, str]], field: str, check) -> None:
+    try:
+        check()
+    except UsageError as exc:
+        problems.append((field, f"{field}: {exc}"))
+
+
+# ---- answering ---------------------------------------------------------------------------------
+def summary(model: str, outcome: Outcome, with_logprobs: bool) -> dict:
+    """The answer to a request, also the last event of a streamed one."""
+    samples = []
+    for i, (text, reason) in enumerate(zip(outcome.texts, outcome.finish_reasons, strict=True)):
+        sample: dict[str, Any] = {"text": text}
+        if with_logprobs and outcome.logprobs is not None:
+            sample["logprobs"] = _rounded(outcome.logprobs[i])
+        sample["finish_reason"] = reason
+        samples.append(sample)
+    return {"model": model, "samples": samples,
+            "usage": {"prime_chars": outcome.prime_chars,
+                      "generated_chars": outcome.generated_chars}}
+
+
+def _rounded(values: list[float]) -> list[float]:
+    # float32 log-probs carry about seven significant digits; six decimals keep JSON short.
+    return [round(v, 6) for v in values]
+
+
+def _sse(event: str, data: dict) -> bytes:
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+def _delta_event(delta: Delta) -> bytes:
+    samples = []
+    for i, text in enumerate(delta.texts):
+        if text:
+            sample: dict[str, Any] = {"index": i, "text": text}
+            if delta.logprobs is not None:
+                sample["logprobs"] = _rounded(delta.logprobs[i])
+            samples.append(sample)
+    return _sse("delta", {"samples": samples})
+
+
+async def events(served: ServedModel, stream: RequestStream, with_logprobs: bool
+                 ) -> AsyncIterator[bytes]:
+    """Server-sent events: `delta` as text is written, then `done` (or `error`) with the
+    whole answer. A client that goes away cancels this generator: its request is aborted."""
+    try:
+        while True:
+            delta = await stream.next_delta(timeout=PING_SECONDS)
+            if delta is None:
+                break
+            if delta.chars == 0:
+                yield b": ping\n\n"  # a comment: keeps the connection open while queued
+                continue
+            yield _delta_event(delta)
+            if not stream.finished:
+                await asyncio.sleep(EVENT_INTERVAL)  # let text gather: one event per interval
+        outcome = stream.outcome()
+        answer = summary(served.name, outcome, with_logprobs)
+        if outcome.error is not None or ERROR in outcome.finish_reasons:
+            yield _sse("error", {"error": {"type": "model_error", "message": outcome.error},
+                                 **answer})
+        else:
+            yield _sse("done", answer)
+    finally:
+        if not stream.finished:
+            served.engine.abort(stream.id)
+
+
+async def outcome_unless_gone(request: Request, served: ServedModel, stream: RequestStream
+                              ) -> Outcome | None:
+    """The whole outcome, or None (the request aborted) if the client disconnects first."""
+    result = asyncio.ensure_future(stream.result())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not result.done():
+            result.cancel()
+            served.engine.abort(stream.id)
+    return result.result() if result.done() and not result.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# ---- the API key --------------------------------------------------------------------------------
+class BearerKey:
+    """Every request but the playground's static files needs `Authorization: Bearer KEY`."""
+
+    OPEN = ("/", "/favicon.ico")
+
+    def __init__(self, app, key: str):
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and not self._open(scope["path"]):
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                problem = ("authorization: a valid API key is required: send the header "
+                           "'Authorization: Bearer KEY'" if given else
+                           "authorization: missing; send the header 'Authorization: Bearer KEY'")
+                response = error_response(401, "unauthorized", [("authorization", problem)],
+                                          {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _open(self, path: str) -> bool:
+        return path in self.OPEN or path.startswith("/static/")

@@ -1,0 +1,620 @@
+"""The batching engine: one generation loop per model, stepping every running request together.
+
+It knows nothing of HTTP. A caller on an asyncio event loop (the web app, a test, a notebook)
+calls `add_request(id, prime, params)` and reads the `RequestStream` it returns: the
+characters each sample generated since the last read, then the outcome. `abort(id)` ends a
+request at the next step.
+
+One background thread per model runs the loop (continuous batching):
+- a new request reads its prime in one call and joins the batch at the next step;
+- every step draws each row's next character by the row's own rules and the request's own
+  random numbers (see sample.py), so a request's text depends only on its seed and options,
+  never on who else is in the batch: with a seed it is what `charrnn sample` prints;
+- a request whose samples are all done (length reached, stop text written, aborted) leaves
+  the batch at once, and a queued one takes its rows.
+
+Between hand-offs the loop runs up to FLUSH_STEPS steps (or FLUSH_SECONDS, and less when a
+request arrives, leaves or reaches its length). A hand-off copies the window's characters off
+the device once, appends each request's share to its stream and wakes the readers with one
+call into their event loop: the cost of handing text over grows with the hand-offs, not with
+the characters or the readers, and the loop never waits for an event loop.
+
+The batch holds at most `max_streams` rows (a request takes `num_samples` of them); beyond it
+requests queue, at most `max_queue` of them, and beyond that `add_request` raises Overloaded.
+Beam search (deterministic, its texts known only at the end) runs outside the batch, on one
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from charrnn.errors import Overloaded, ShuttingDown, UsageError
+from charrnn.sample import (
+    Sampler,
+    SampleSettings,
+    StopWatch,
+    Streams,
+    beam_search,
+    new_generator,
+)
+
+log = logging.getLogger(__name__)
+
+FLUSH_STEPS = 32  # steps between hand-offs at most (each hand-off syncs with the device)
+FLUSH_SECONDS = 0.02  # and at most this long, so text keeps flowing in a large, slow batch
+RETRY_AFTER = 1  # seconds a refused caller should wait: rows free up within about that
+NOT_FINITE = ("the model's scores are not numbers (NaN or inf): its weights are damaged or "
+              "its training diverged; serve another checkpoint")
+
+# Why a sample ended.
+LENGTH = "length"  # it generated `length` characters
+STOP = "stop"  # it wrote the stop text
+CANCELLED = "cancelled"  # the caller aborted the request
+SHUTDOWN = "shutdown"  # the server stopped while it was running or queued
+ERROR = "error"  # the model failed (see Outcome.error)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What a request asks for besides its prime."""
+
+    settings: SampleSettings = field(default_factory=SampleSettings)
+    stop: str | None = None  # each sample ends at the first stop text it completes (kept)
+    logprobs: bool = False  # also return each character's log-probability
+
+
+@dataclass
+class Delta:
+    """What a request generated since the last read: each sample's new characters."""
+
+    texts: list[str]
+    logprobs: list[list[float]] | None = None  # per sample, one per new character, if asked
+
+    @property
+    def chars(self) -> int:
+        return sum(map(len, self.texts))
+
+
+@dataclass
+class Outcome:
+    """A finished request: the whole text of each sample and why it ended."""
+
+    texts: list[str]
+    logprobs: list[list[float]] | None
+    finish_reasons: list[str]
+    prime_chars: int  # characters of the prime the model read (after normalisation)
+    error: str | None = None  # what went wrong, when a reason is ERROR
+
+    @property
+    def generated_chars(self) -> int:
+        return sum(map(len, self.texts))
+
+
+class RequestStream:
+    """The reading end of one request, read on the event loop that added it.
+
+    The engine thread appends deltas and marks the end; the reader merges whatever arrived
+    since its last read, so a slow reader gets fewer, larger deltas rather than a backlog.
+    """
+
+    def __init__(self, request_id: str, samples: int, logprobs: bool, prime_chars: int,
+                 loop: asyncio.AbstractEventLoop):
+        self.id = request_id
+        self.samples = samples
+        self.prime_chars = prime_chars
+        self._loop = loop
+        self._ready = asyncio.Event()
+        self._pending: collections.deque[Delta] = collections.deque()  # filled by the engine
+        self._texts: list[list[str]] = [[] for _ in range(samples)]
+        self._logprobs: list[list[float]] | None = [[] for _ in range(samples)] \
+            if logprobs else None
+        self._reasons: list[str] = []
+        self._error: str | None = None
+        self._ended = False  # set by the engine after its last delta
+
+    # ---- the reader's side (event loop) ---------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        """Whether the request has ended and every character of it has been read."""
+        return self._ended and not self._pending
+
+    async def next_delta(self, timeout: float | None = None) -> Delta | None:
+        """Everything generated since the last call, as one Delta (waiting for some if there
+        is none yet); an empty Delta if `timeout` seconds pass first; None once the request
+        has ended and all of it was read."""
+        while not self._pending:
+            if self._ended:
+                return None
+            self._ready.clear()
+            if self._pending or self._ended:  # arrived between the check and the clear
+                continue
+            if timeout is None:
+                await self._ready.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._ready.wait(), timeout)
+                except asyncio.TimeoutError:
+                    return Delta([""] * self.samples,
+                                 [[] for _ in range(self.samples)] if self._logprobs else None)
+        return self._take()
+
+    def _take(self) -> Delta:
+        parts = [self._pending.popleft() for _ in range(len(self._pending))]
+        texts = ["".join(p.texts[i] for p in parts) for i in range(self.samples)]
+        for i, text in enumerate(texts):
+            self._texts[i].append(text)
+        logprobs = None
+        if self._logprobs is not None:
+            logprobs = [[lp for p in parts for lp in p.logprobs[i]] for i in range(self.samples)]
+            for i, values in enumerate(logprobs):
+                self._logprobs[i].extend(values)
+        return Delta(texts, logprobs)
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncIterator[Delta]:
+        while (delta := await self.next_delta()) is not None:
+            yield delta
+
+    async def result(self) -> Outcome:
+        """Wait for the end (reading whatever is left) and return the whole outcome."""
+        while await self.next_delta() is not None:
+            pass
+        return self.outcome()
+
+    def outcome(self) -> Outcome:
+        """The outcome of a finished request (read to its end)."""
+        if not self.finished:
+            raise RuntimeError(f"request {self.id} has not finished")
+        return Outcome(["".join(t) for t in self._texts], self._logprobs, list(self._reasons),
+                       self.prime_chars, self._error)
+
+    # ---- the engine's side (any thread; readers are woken by Engine._wake) -------------------
+    def _put(self, delta: Delta) -> None:
+        self._pending.append(delta)
+
+    def _end(self, reasons: list[str], error: str | None = None) -> None:
+        self._reasons = reasons
+        self._error = error
+        self._ended = True
+
+
+def draw_uniforms(generator: torch.Generator, steps: int, rows: int, device: torch.device
+                  ) -> torch.Tensor:
+    """(steps, rows) uniforms: the same numbers as `steps` successive draws of `rows`, which is
+    how `Sampler.generate` draws them (one draw per step)."""
+    if device.type == "cpu":  # the CPU generator fills a tensor in order: one call will do
+        return torch.rand(steps, rows, generator=generator)
+    return torch.stack([torch.rand(rows, generator=generator, device=device)
+                        for _ in range(steps)])
+
+
+def _set_ready(streams: list[RequestStream]) -> None:
+    for stream in streams:
+        stream._ready.set()
+
+
+class _Request:
+    """The engine's record of one request: its rows, random numbers and stop watches."""
+
+    def __init__(self, request_id: str, prime: str, params: GenerationParams,
+                 stream: RequestStream, normalized_prime: str):
+        self.id = request_id
+        self.prime = prime
+        self.params = params
+        self.stream = stream
+        self.samples = params.settings.num_samples
+        self.steps_left = params.settings.length
+        self.reasons: list[str | None] = [None] * self.samples
+        self.live = list(range(self.samples))  # its samples still in the batch, in row order
+        self.live_index: torch.Tensor | None = None  # the same as a tensor; None: all of them
+        self.watches = [StopWatch(params.stop, normalized_prime) for _ in range(self.samples)] \
+            if params.stop is not None else None
+        self.generator: torch.Generator | None = None  # made when it joins, on the device
+        self.drawn: torch.Tensor | None = None  # (steps, samples) random numbers drawn ahead
+        self.next_step = 0  # the row of `drawn` the next step takes
+        self.aborted = False
+        self.reserved = False  # its rows count in Engine._reserved_rows
+
+    def uniforms(self, steps: int, device: torch.device) -> torch.Tensor:
+        """The next `steps` steps' random numbers for its live rows, (steps, live rows).
+
+        Every step uses `samples` numbers, sample i taking the i-th, however many others have
+        finished (their numbers are skipped): the rule that makes the text independent of the
+        batch. Numbers are drawn ahead in blocks; `used(steps)` marks how many were taken.
+        """
+        if self.drawn is None or self.next_step + steps > self.drawn.shape[0]:
+            fresh = draw_uniforms(self.generator, max(steps, FLUSH_STEPS), self.samples, device)
+            self.drawn = fresh if self.drawn is None \
+                else torch.cat([self.drawn[self.next_step:], fresh])
+            self.next_step = 0
+        block = self.drawn[self.next_step:self.next_step + steps]
+        return block if self.live_index is None else block[:, self.live_index]
+
+    def used(self, steps: int) -> None:
+        self.next_step += steps
+
+    def keep(self, live: list[int], device: torch.device) -> None:
+        self.live = live
+        self.live_index = None if len(live) == self.samples \
+            else torch.tensor(live, dtype=torch.long, device=device)
+
+    def finish(self, reason: str, error: str | None = None) -> None:
+        """End every sample still running with `reason`, and tell the reader."""
+        reasons = [r if r is not None else reason for r in self.reasons]
+        self.stream._end(reasons, error)
+
+
+class Engine:
+    """Continuous batching for one model: `start()`, then `add_request` and `abort` from an
+    asyncio event loop; `shutdown()` ends every request, `close()` waits for the thread."""
+
+    def __init__(self, sampler: Sampler, *, max_streams: int = 64, max_queue: int = 256,
+                 max_length: int = 10_000, name: str = "model"):
+        if max_streams < 1 or max_queue < 0 or max_length < 0:
+            raise ValueError("max_streams must be >= 1, max_queue and max_length >= 0")
+        self.sampler = sampler
+        self.vocab = sampler.vocab
+        self.device = sampler.device
+        self.max_streams = max_streams
+        self.max_queue = max_queue
+        self.max_length = max_length
+        self.name = name
+        self._stepper = sampler.stepper()
+        # Shared between the callers' thread and the engine thread, under the lock.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the engine waits on it when idle
+        self._requests: dict[str, _Request] = {}  # every request not yet ended
+        self._arrivals: collections.deque[_Request] = collections.deque()  # rows reserved
+        self._queue: collections.deque[_Request] = collections.deque()  # waiting for rows
+        self._aborts: collections.deque[str] = collections.deque()
+        self._reserved_rows = 0  # rows of the batch plus those of the arrivals
+        self._stopping = False
+        # The engine thread's own.
+        self._active: list[_Request] = []  # requests in the batch, in row order
+        self._streams: Streams | None = None  # their rows
+        self._thread: threading.Thread | None = None
+        self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}")
+        self._beams_pending = 0  # beam searches queued or running
+        self.failure: str | None = None  # set if the loop itself died (a bug)
+
+    # ---- the callers' side ----------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._run, name=f"charrnn-engine-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the engine can take and generate requests."""
+        return (self._thread is not None and self._thread.is_alive() and not self._stopping
+                and self.failure is None)
+
+    def load(self) -> dict[str, int]:
+        """How busy it is: rows generating (or about to), requests queued, beams pending."""
+        return {"rows": self._reserved_rows, "queued": len(self._queue),
+                "beams": self._beams_pending}
+
+    def add_request(self, request_id: str, prime: str, params: GenerationParams
+                    ) -> RequestStream:
+        """Queue a request; read its text from the returned stream on this event loop.
+
+        Raises UsageError for options the model cannot honour, Overloaded when the batch and
+        the queue are full, ShuttingDown once `shutdown()` was called.
+        """
+        loop = asyncio.get_running_loop()
+        settings = params.settings
+        settings.validate(self.vocab)
+        if settings.length > self.max_length:
+            raise UsageError(f"length must be at most {self.max_length}, not {settings.length}")
+        if settings.beam is None and settings.num_samples > self.max_streams:
+            raise UsageError(f"num_samples must be at most {self.max_streams} (the rows of the "
+                             f"batch), not {settings.num_samples}")
+        self.sampler.encode_prime(prime)  # characters the model lacks: a UsageError naming them
+        stop = self.sampler.prepare_stop(params.stop) if params.stop is not None else None
+        params = GenerationParams(settings, stop, params.logprobs)
+        normalized = self.vocab.normalize(prime)
+        stream = RequestStream(request_id, settings.num_samples, params.logprobs,
+                               len(normalized), loop)
+        request = _Request(request_id, prime, params, stream, normalized)
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown(f"model {self.name} is shutting down")
+            if request_id in self._requests:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            if settings.beam is not None:
+                self._add_beam_locked(request)
+                return stream
+            if not self._queue and \
+                    self._reserved_rows + request.samples <= self.max_streams:
+                self._reserved_rows += request.samples
+                request.reserved = True
+                self._arrivals.append(request)
+            elif len(self._queue) < self.max_queue:
+                self._queue.append(request)
+            else:
+                raise Overloaded(f"model {self.name} is generating {self._reserved_rows} "
+                                 f"streams with {len(self._queue)} requests queued; try again "
+                                 "shortly", retry_after=RETRY_AFTER)
+            self._requests[request_id] = request
+            self._work.notify()
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        """End a request at the next step (its samples end with CANCELLED); unknown or
+        finished ids are ignored."""
+        with self._lock:
+            request = self._requests.get(request_id)
+            if request is None or request.aborted:
+                return
+            request.aborted = True
+            if request in self._queue:  # never started: ends here and now
+                self._queue.remove(request)
+                self._requests.pop(request_id)
+                request.finish(CANCELLED)
+                self._wake([request.stream])
+                return
+            if request.params.settings.beam is None:
+                self._aborts.append(request_id)
+                self._work.notify()
+
+    def shutdown(self) -> None:
+        """End every running and queued request at the next step (SHUTDOWN) and refuse new
+        ones; the text generated so far is delivered. Safe to call more than once."""
+        with self._lock:
+            self._stopping = True
+            self._work.notify()
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Shut down and wait for the loop and the beam worker to end."""
+        self.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._beams.shutdown(wait=True, cancel_futures=True)
+        with self._lock:  # beam searches cancelled before they started
+            left = list(self._requests.values())
+        self._end(left, SHUTDOWN)
+
+    # ---- beam search, outside the batch -------------------------------------------------------
+    def _add_beam_locked(self, request: _Request) -> None:
+        if self._beams_pending > self.max_queue:  # one running, max_queue waiting
+            raise Overloaded(f"model {self.name} has {self._beams_pending} beam searches "
+                             "waiting; try again shortly", retry_after=RETRY_AFTER)
+        self._beams_pending += 1
+        self._requests[request.id] = request
+        self._beams.submit(self._run_beam, request)
+
+    def _run_beam(self, request: _Request) -> None:
+        try:
+            if request.aborted or self._stopping:
+                request.finish(CANCELLED if request.aborted else SHUTDOWN)
+                return
+            found = beam_search(self.sampler, request.params.settings, request.prime,
+                                request.params.stop)
+            texts, logprobs = [], []
+            for i, sample in enumerate(found):
+                watch = request.watches[i] if request.watches else None
+                if watch is not None:
+                    watch.cut(sample.text)  # a text that completed the stop text ended there
+                request.reasons[i] = STOP if watch is not None and watch.ended else LENGTH
+                texts.append(sample.text)
+                logprobs.append(sample.logprobs)
+            request.stream._put(Delta(texts, logprobs if request.params.logprobs else None))
+            request.finish(LENGTH)
+        except Exception as exc:  # noqa: BLE001 - a failed search fails its request, not the server
+            log.exception("beam search failed")
+            request.finish(ERROR, f"beam search failed: {exc}")
+        finally:
+            with self._lock:
+                self._beams_pending -= 1
+                self._requests.pop(request.id, None)
+            self._wake([request.stream])
+
+    # ---- the loop (engine thread) -------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while self._between_windows():
+                    try:
+                        if self._active:
+                            self._window()
+                    except Exception as exc:  # noqa: BLE001 - fail the batch, keep serving
+                        log.exception("generation failed")
+                        self._fail_all(f"generation failed: {exc}")
+        except BaseException as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            log.exception("the generation loop of %s died", self.name)
+            with self._lock:
+                self._stopping = True
+                left = [r for r in self._requests.values() if r.params.settings.beam is None]
+            self._end(left, ERROR, f"the generation loop failed: {self.failure}")
+            raise
+
+    def _between_windows(self) -> bool:
+        """Let aborted requests leave and new ones join; wait while there is nothing to do.
+        False once the engine is stopping (every request then ended)."""
+        with self._lock:
+            while not (self._active or self._arrivals or self._aborts or self._stopping
+                       or self._queue_fits_locked()):
+                self._work.wait()
+            aborts = set(self._aborts)
+            self._aborts.clear()
+            stopping = self._stopping
+        if stopping:
+            with self._lock:
+                left = [*self._arrivals, *self._queue]
+                self._arrivals.clear()
+                self._queue.clear()
+            self._end([*self._active, *left], SHUTDOWN)
+            self._active, self._streams = [], None
+            return False
+        if aborts:  # first, so that their rows go to the queue's requests at once
+            self._drop([r for r in self._active if r.id in aborts], CANCELLED)
+        with self._lock:
+            while self._queue_fits_locked():
+                request = self._queue.popleft()
+                self._reserved_rows += request.samples
+                request.reserved = True
+                self._arrivals.append(request)
+            arrivals = list(self._arrivals)
+            self._arrivals.clear()
+        self._end([r for r in arrivals if r.id in aborts], CANCELLED)
+        arrivals = [r for r in arrivals if r.id not in aborts]
+        if arrivals:
+            self._join(arrivals)
+        return True
+
+    def _queue_fits_locked(self) -> bool:
+        """Whether the first queued request's rows fit in the batch now."""
+        return bool(self._queue) and \
+            self._reserved_rows + self._queue[0].samples <= self.max_streams
+
+    def _join(self, arrivals: list[_Request]) -> None:
+        """Read the new requests' primes (those of one length in one call) and add their rows
+        to the batch."""
+        self._end([r for r in arrivals if r.steps_left == 0], LENGTH)  # nothing to generate
+        joining = [r for r in arrivals if r.steps_left > 0]
+        if not joining:
+            return
+        try:
+            started = self.sampler.start_many([(r.params.settings, r.prime) for r in joining])
+        except Exception as exc:  # noqa: BLE001 - the new requests fail, the batch goes on
+            log.exception("priming failed")
+            self._end(joining, ERROR, f"reading the prime failed: {exc}")
+            return
+        for request in joining:
+            request.generator = new_generator(request.params.settings.seed, self.device)
+        parts = ([self._streams] if self._streams is not None else []) + started
+        self._streams = Streams.join(parts) if len(parts) > 1 else parts[0]
+        self._active.extend(joining)
+
+    def _window(self) -> None:
+        """Step the batch until a hand-off is due, then hand the characters over."""
+        active, device, stepper, streams = self._active, self.device, self._stepper, self._streams
+        steps = min(FLUSH_STEPS, min(r.steps_left for r in active))
+        with_logprobs = any(r.params.logprobs for r in active)
+        uniforms = active[0].uniforms(steps, device) if len(active) == 1 \
+            else torch.cat([r.uniforms(steps, device) for r in active], dim=1)  # (steps, B)
+        ids, logprobs = [], []
+        deadline = time.monotonic() + FLUSH_SECONDS
+        for step in range(steps):
+            drawn, logp = streams.advance(stepper, uniforms[step], with_logprobs)
+            ids.append(drawn)
+            logprobs.append(logp)
+            # Arrivals and aborts are read without the lock: a stale look costs one step.
+            if self._arrivals or self._aborts or self._stopping or time.monotonic() > deadline:
+                break
+        for request in active:
+            request.used(len(ids))
+        self._hand_off(ids, logprobs if with_logprobs else None)
+
+    def _hand_off(self, ids: list[torch.Tensor], logprobs: list[torch.Tensor] | None) -> None:
+        """Give each request its new characters; requests whose samples are all done leave."""
+        steps = len(ids)
+        rows = torch.stack(ids, 1).tolist()  # (B, steps): the window's one device sync
+        values = torch.stack(logprobs, 1).tolist() if logprobs is not None else None
+        finite = torch.isfinite(self._streams.logits[:, 1:]).all(dim=1).tolist()  # (B,)
+        keep_rows: list[int] = []
+        staying, ended, failed = [], [], []
+        row = 0
+        for request in self._active:
+            request.steps_left -= steps
+            texts = [""] * request.samples
+            lps = [[] for _ in range(request.samples)] if request.params.logprobs else None
+            live, broken = [], False
+            for sample in request.live:
+                piece = self.vocab.decode(rows[row])
+                watch = request.watches[sample] if request.watches else None
+                if watch is not None:
+                    piece = piece[:watch.cut(piece)]
+                texts[sample] = piece
+                if lps is not None:
+                    lps[sample] = values[row][:len(piece)]
+                broken |= not finite[row]
+                if watch is not None and watch.ended:
+                    request.reasons[sample] = STOP
+                elif request.steps_left == 0:
+                    request.reasons[sample] = LENGTH
+                else:
+                    live.append(sample)
+                row += 1
+            request.stream._put(Delta(texts, lps))
+            if broken:
+                failed.append(request)
+            elif live:
+                first = row - len(request.live)
+                keep_rows.extend(first + request.live.index(s) for s in live)
+                if len(live) != len(request.live):
+                    request.keep(live, self.device)
+                staying.append(request)
+            else:
+                ended.append(request)
+        if len(keep_rows) != row:
+            self._streams = self._streams.select(
+                torch.tensor(keep_rows, dtype=torch.long, device=self.device)) \
+                if keep_rows else None
+        self._active = staying
+        self._end(ended, LENGTH, wake=False)
+        self._end(failed, ERROR, NOT_FINITE, wake=False)
+        self._wake([r.stream for r in (*staying, *ended, *failed)])
+
+    def _drop(self, requests: list[_Request], reason: str) -> None:
+        """Take requests out of the batch between windows (aborted ones)."""
+        if not requests:
+            return
+        leaving = {id(r) for r in requests}
+        keep_rows, row = [], 0
+        for request in self._active:
+            if id(request) not in leaving:
+                keep_rows.extend(range(row, row + len(request.live)))
+            row += len(request.live)
+        self._active = [r for r in self._active if id(r) not in leaving]
+        self._streams = self._streams.select(
+            torch.tensor(keep_rows, dtype=torch.long, device=self.device)) if keep_rows else None
+        self._end(requests, reason)
+
+    def _fail_all(self, error: str) -> None:
+        self._end(self._active, ERROR, error)
+        self._active, self._streams = [], None
+
+    def _end(self, requests: Iterable[_Request], reason: str, error: str | None = None,
+             wake: bool = True) -> None:
+        """Finish requests (their remaining samples with `reason`) and free their rows."""
+        requests = list(requests)
+        if not requests:
+            return
+        for request in requests:
+            request.finish(reason, error)
+        with self._lock:
+            for request in requests:
+                self._requests.pop(request.id, None)
+                if request.reserved:
+                    self._reserved_rows -= request.samples
+                    request.reserved = False
+        if wake:
+            self._wake([r.stream for r in requests])
+
+    @staticmethod
+    def _wake(streams: list[RequestStream]) -> None:
+        """Wake the readers of these streams: one call into each event loop, whatever the
+        number of streams."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[RequestStream]] = {}
+        for stream in streams:
+            by_loop.setdefault(stream._loop, []).append(stream)
+        for loop, group in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_set_ready, group)
+            except RuntimeError:  # the loop has closed: nobody is reading any more
+                pass

@@ -1,0 +1,196 @@
+// The playground: sends POST /v1/generate with "stream": true and shows the text as the
+// server-sent events arrive, each generated character coloured by its log-probability.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  model: $("model"), modelInfo: $("model-info"), prime: $("prime"),
+  temperature: $("temperature"), topP: $("top-p"), length: $("length"), seed: $("seed"),
+  generate: $("generate"), stop: $("stop"), status: $("status"), output: $("output"),
+  hover: $("hover"), keyRow: $("key-row"), apiKey: $("api-key"), saveKey: $("save-key"),
+};
+let models = [];
+let running = null; // the AbortController of the request being streamed
+
+function headers() {
+  const h = { "Content-Type": "application/json", "Accept": "text/event-stream" };
+  const key = localStorage.getItem("charrnn-api-key");
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+function needKey(message) {
+  ui.keyRow.hidden = false;
+  setStatus(message || "this server needs an API key");
+}
+
+function setStatus(text) { ui.status.textContent = text; }
+
+// ---- models -----------------------------------------------------------------------------
+async function loadModels() {
+  const response = await fetch("/v1/models", { headers: headers() });
+  if (response.status === 401) return needKey();
+  if (!response.ok) return setStatus("cannot list the models: HTTP " + response.status);
+  const body = await response.json();
+  models = body.models;
+  ui.model.replaceChildren(...models.map((m) => new Option(m.name, m.name, m.default, m.default)));
+  const most = Math.min(body.limits.max_length, 2000);
+  ui.length.max = String(most);
+  if (Number(ui.length.value) > most) ui.length.value = String(most);
+  showValue(ui.length);
+  describeModel();
+}
+
+function describeModel() {
+  const m = models.find((x) => x.name === ui.model.value);
+  if (!m) return;
+  const loss = m.best_val_loss == null ? "" : `, best val loss ${m.best_val_loss.toFixed(3)} nats/char`;
+  ui.modelInfo.textContent = `${m.cell} ${m.num_layers}×${m.hidden_size}, ` +
+    `${m.vocab_size} characters${loss}`;
+}
+
+// ---- sliders ------------------------------------------------------------------------------
+function showValue(input) { $(input.id + "-value").textContent = input.value; }
+for (const input of [ui.temperature, ui.topP, ui.length]) {
+  input.addEventListener("input", () => showValue(input));
+}
+
+// ---- generating ---------------------------------------------------------------------------
+function request() {
+  const body = {
+    prime: ui.prime.value, model: ui.model.value || null, stream: true, logprobs: true,
+    temperature: Number(ui.temperature.value), length: Number(ui.length.value),
+  };
+  const topP = Number(ui.topP.value);
+  if (topP < 1) body.top_p = topP;
+  if (ui.seed.value !== "") body.seed = Number(ui.seed.value);
+  return body;
+}
+
+async function generate() {
+  if (running) running.abort();
+  const controller = new AbortController();
+  running = controller;
+  ui.generate.disabled = true;
+  ui.stop.disabled = false;
+  ui.output.classList.remove("error");
+  const prime = document.createElement("span");
+  prime.className = "prime";
+  prime.textContent = ui.prime.value;
+  ui.output.replaceChildren(prime);
+  const started = performance.now();
+  let chars = 0;
+  setStatus("waiting for the first characters…");
+  try {
+    const response = await fetch("/v1/generate", {
+      method: "POST", headers: headers(), body: JSON.stringify(request()),
+      signal: controller.signal,
+    });
+    if (!response.ok) return showError(response);
+    for await (const [event, data] of serverEvents(response, controller.signal)) {
+      if (event === "delta") {
+        chars += appendText(data.samples);
+        const seconds = (performance.now() - started) / 1000;
+        setStatus(`${chars} characters, ${Math.round(chars / seconds)} chars/s`);
+      } else if (event === "done") {
+        const reason = data.samples.map((s) => s.finish_reason).join(", ");
+        setStatus(`done: ${data.usage.generated_chars} characters (${reason})`);
+      } else if (event === "error") {
+        setStatus("error: " + data.error.message);
+      }
+    }
+    if (controller.signal.aborted) setStatus(`stopped after ${chars} characters`);
+  } catch (error) {
+    if (controller.signal.aborted) setStatus(`stopped after ${chars} characters`);
+    else setStatus("error: " + error.message);
+  } finally {
+    if (running === controller) {
+      running = null;
+      ui.generate.disabled = false;
+      ui.stop.disabled = true;
+    }
+  }
+}
+
+async function showError(response) {
+  if (response.status === 401) return needKey("this server needs an API key");
+  let message = "HTTP " + response.status;
+  try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+  ui.output.classList.add("error");
+  ui.output.textContent = message;
+  setStatus("refused: HTTP " + response.status);
+}
+
+// Yields [event, data] for each server-sent event of a streamed response.
+async function* serverEvents(response, signal) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  signal.addEventListener("abort", () => reader.cancel().catch(() => {}));
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      if (data) yield [event, JSON.parse(data)];
+    }
+  }
+}
+
+// Each character of the first sample as a span coloured by its log-probability.
+function appendText(samples) {
+  const sample = samples.find((s) => s.index === 0);
+  if (!sample) return 0;
+  const fragment = document.createDocumentFragment();
+  const chars = Array.from(sample.text);
+  chars.forEach((ch, i) => {
+    const span = document.createElement("span");
+    span.className = "c";
+    span.textContent = ch;
+    const lp = sample.logprobs ? sample.logprobs[i] : undefined;
+    if (lp !== undefined) {
+      span.dataset.lp = lp;
+      span.style.background = colour(lp);
+    }
+    fragment.append(span);
+  });
+  ui.output.append(fragment);
+  return chars.length;
+}
+
+// Likely characters faint green, unlikely ones red: full red at 5 nats (p < 0.7%) or less.
+function colour(logprob) {
+  const t = Math.min(1, -logprob / 5);
+  return `hsla(${Math.round(130 * (1 - t))}, 80%, 50%, ${(0.12 + 0.5 * t).toFixed(2)})`;
+}
+
+ui.output.addEventListener("mouseover", (event) => {
+  const span = event.target.closest(".c");
+  if (!span || span.dataset.lp === undefined) return;
+  const lp = Number(span.dataset.lp);
+  const shown = JSON.stringify(span.textContent);
+  ui.hover.textContent = `${shown}: probability ${(100 * Math.exp(lp)).toFixed(2)}% ` +
+    `(log-probability ${lp.toFixed(3)} nats)`;
+});
+
+ui.generate.addEventListener("click", generate);
+ui.stop.addEventListener("click", () => { if (running) running.abort(); });
+ui.model.addEventListener("change", describeModel);
+ui.prime.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) generate();
+});
+ui.saveKey.addEventListener("click", () => {
+  localStorage.setItem("charrnn-api-key", ui.apiKey.value);
+  ui.keyRow.hidden = true;
+  setStatus("");
+  loadModels();
+});
+
+loadModels();

@@ -1,0 +1,294 @@
+"""The HTTP API through a real uvicorn server on a loopback port, read by a real HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from charrnn.cli import app
+from serving import load, running_server, sse_events, wait_until
+
+TIMEOUT = httpx.Timeout(30.0)
+ENDLESS = 1_000_000  # characters: a request that runs until the test ends it, on any machine
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    """One server for the tests that leave it idle: (url, the served models)."""
+    models = load(tiny_run, max_streams=64, max_queue=16, max_length=ENDLESS)
+    with running_server(models) as url:
+        yield url, models
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server[0], timeout=TIMEOUT) as client:
+        yield client
+
+
+def cli_samples(run, *args: str) -> list[dict]:
+    """What `charrnn sample ... --format json` prints."""
+    result = CliRunner().invoke(app, ["sample", "-k", str(run), "--format", "json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def streamed(client: httpx.Client, body: dict, **headers) -> list[tuple[str, dict]]:
+    with client.stream("POST", "/v1/generate", json=body, headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return list(sse_events(response.iter_lines()))
+
+
+def problems(response: httpx.Response) -> dict[str | None, str]:
+    error = response.json()["error"]
+    assert error["message"] and error["field"] == error["problems"][0]["field"]
+    return {p["field"]: p["message"] for p in error["problems"]}
+
+
+# ---- answers -----------------------------------------------------------------------------------
+def test_models_health_and_docs(client):
+    listed = client.get("/v1/models").json()
+    (model,) = listed["models"]
+    assert model["name"] == "run" and model["default"] is True
+    assert {"cell", "num_layers", "hidden_size", "vocab_size", "best_val_loss"} <= set(model)
+    assert listed["limits"]["max_length"] == ENDLESS
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/generate"]["post"]["requestBody"]
+    assert "temperature" in body["content"]["application/json"]["schema"]["properties"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_generate_returns_what_charrnn_sample_prints(client, tiny_run):
+    answer = client.post("/v1/generate", json={
+        "prime": "The ", "length": 150, "temperature": 0.7, "top_k": 10, "seed": 11,
+        "num_samples": 2, "logprobs": True}).json()
+    expected = cli_samples(tiny_run, "-p", "The ", "-n", "150", "-t", "0.7", "--top-k", "10",
+                           "--seed", "11", "-N", "2")
+    assert answer["model"] == "run"
+    assert [s["text"] for s in answer["samples"]] == [s["text"] for s in expected]
+    for mine, theirs in zip(answer["samples"], expected, strict=True):
+        assert mine["logprobs"] == pytest.approx(theirs["logprobs"], abs=1e-4)
+        assert mine["finish_reason"] == "length"
+    assert answer["usage"] == {"prime_chars": 4, "generated_chars": 300}
+
+
+def test_streamed_events_carry_the_text_then_the_same_summary(client):
+    body = {"prime": "The ", "length": 400, "seed": 4, "stop": "\n", "logprobs": True}
+    plain = client.post("/v1/generate", json=body).json()
+    events = streamed(client, {**body, "stream": True})
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"delta"}
+    assert events[-1][1] == plain  # the final event is the non-streamed answer
+    text = "".join(s["text"] for _, data in events[:-1] for s in data["samples"])
+    assert text == plain["samples"][0]["text"]
+    lps = [lp for _, data in events[:-1] for s in data["samples"] for lp in s["logprobs"]]
+    assert lps == plain["samples"][0]["logprobs"]
+    # Accept: text/event-stream alone also streams.
+    assert streamed(client, body, accept="text/event-stream")[-1] == ("done", plain)
+
+
+def test_a_seeded_request_does_not_depend_on_its_neighbours(server, tiny_run):
+    """The same text as `charrnn sample`, alone and while 20 other requests stream."""
+    url, _ = server
+    target = {"prime": "How", "length": 300, "temperature": 0.9, "top_p": 0.95, "seed": 123}
+    expected = cli_samples(tiny_run, "-p", "How", "-n", "300", "-t", "0.9", "--top-p", "0.95",
+                           "--seed", "123")[0]["text"]
+
+    async def crowd(neighbours: int) -> str:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+            async def one(body):
+                async with client.stream("POST", "/v1/generate",
+                                         json={**body, "stream": True}) as response:
+                    lines = [line async for line in response.aiter_lines()]
+                return list(sse_events(lines))[-1][1]["samples"][0]["text"]
+
+            # Some neighbours' primes have the target's length: they are read in one call.
+            others = [{"prime": ["The ", "Sph", ""][i % 3], "length": 200 + 10 * i,
+                       "temperature": 0.5 + i / 20, "seed": i, "num_samples": 1 + i % 2}
+                      for i in range(neighbours)]
+            texts = await asyncio.gather(one(target), *(one(b) for b in others))
+            return texts[0]
+
+    assert asyncio.run(crowd(0)) == expected
+    assert asyncio.run(crowd(20)) == expected
+
+
+def test_beam_search_through_the_api_equals_the_cli(client, tiny_run):
+    answer = client.post("/v1/generate", json={
+        "prime": "The ", "length": 30, "beam": 4, "num_samples": 2, "logprobs": True}).json()
+    expected = cli_samples(tiny_run, "-p", "The ", "-n", "30", "--beam", "4", "-N", "2")
+    assert [s["text"] for s in answer["samples"]] == [s["text"] for s in expected]
+    assert [s["logprobs"] for s in answer["samples"]] == [s["logprobs"] for s in expected]
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("body", "field", "says"), [
+    ({"temperature": "hot"}, "temperature", "valid number"),
+    ({"temperature": -1}, "temperature", ">= 0"),
+    ({"length": 2.5}, "length", "valid integer"),
+    ({"length": -1}, "length", "greater than or equal to 0"),
+    ({"length": ENDLESS + 1}, "length", "at most 1,000,000"),
+    ({"top_p": 0}, "top_p", "(0, 1]"),
+    ({"top_k": 0}, "top_k", "greater than or equal to 1"),
+    ({"top_k": 500}, "top_k", "at most"),
+    ({"num_samples": 65}, "num_samples", "at most 64"),
+    ({"num_samples": True}, "num_samples", "valid integer"),
+    ({"stop": ""}, "stop", "at least 1 character"),
+    ({"prime": "caf\u00e9 \u2603"}, "prime", "'\u2603'"),
+    ({"prime": "x" * 10_001}, "prime", "at most 10,000 characters"),
+    ({"model": "nope"}, "model", "served: run"),
+    ({"beam": 2, "temperature": 0.5}, "beam", "leave out temperature"),
+    ({"beam": 2, "num_samples": 3}, "num_samples", "at most beam"),
+    ({"beam": 0}, "beam", "from 1 to 32"),
+    ({"seed": 2**70}, "seed", "less than or equal to"),
+    ({"stream": "yes"}, "stream", "valid boolean"),
+    ({"temprature": 1}, "temprature", "unknown field"),
+])
+def test_every_bad_field_is_a_4xx_naming_it(client, body, field, says):
+    response = client.post("/v1/generate", json=body)
+    assert response.status_code == 422
+    found = problems(response)
+    assert field in found and says in found[field], found
+
+
+def test_several_problems_are_reported_together(client):
+    """Wrong types and ranges, and what the model cannot do, all in one answer."""
+    response = client.post("/v1/generate", json={"length": -1, "top_p": 5, "x": 1,
+                                                 "prime": "\u2603", "top_k": 500})
+    assert response.status_code == 422
+    assert set(problems(response)) == {"length", "top_p", "x", "prime", "top_k"}
+
+
+@pytest.mark.parametrize(("content", "status", "says"), [
+    (b'{"prime": ', 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    (b"[1, 2]", 400, "a JSON object is expected"),
+    (b'{"prime": "' + b"a" * (1 << 20) + b'"}', 413, "at most 1,048,576"),
+])
+def test_bodies_that_are_not_a_request(client, content, status, says):
+    response = client.post("/v1/generate", content=content)
+    assert response.status_code == status
+    assert says in response.json()["error"]["message"]
+
+
+def test_a_large_body_without_a_length_is_cut_off(client):
+    def chunks():  # sent chunked: no Content-Length to refuse it by
+        for _ in range(40):
+            yield b" " * 65536
+
+    response = client.post("/v1/generate", content=chunks())
+    assert response.status_code == 413
+
+
+def test_unknown_paths_and_methods_answer_json(client):
+    assert client.get("/v2/nothing").json()["error"]["type"] == "not_found"
+    assert client.get("/v1/generate").status_code == 405
+    assert client.post("/v1/generate", content=b"").status_code == 200  # all defaults
+
+
+def test_bad_requests_in_a_burst_leave_streams_running(client, server):
+    url, _ = server
+    body = {"prime": "The ", "length": 600, "seed": 8, "stream": True}
+    expected = client.post("/v1/generate", json={**body, "stream": False}).json()
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as aclient:
+            async def good():
+                async with aclient.stream("POST", "/v1/generate", json=body) as response:
+                    return list(sse_events([x async for x in response.aiter_lines()]))[-1][1]
+
+            bad = [aclient.post("/v1/generate", content=b) for b in
+                   (b"{", b'{"length": -5}', b'{"prime": "\xe2\x98\x83"}', b'{"model": 3}')] * 5
+            results = await asyncio.gather(good(), good(), *bad)
+            return results[:2], results[2:]
+
+    goods, bads = asyncio.run(burst())
+    assert goods == [expected, expected]
+    assert {r.status_code for r in bads} == {400, 422}
+
+
+# ---- disconnects, queues, keys ------------------------------------------------------------------
+def test_a_client_that_disconnects_mid_stream_frees_its_rows(server):
+    url, models = server
+    engine = models["run"].engine
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"length": ENDLESS, "num_samples": 5, "stream": True}).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                    b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert b"event: delta" in raw.recv(65536) or b"event: delta" in raw.recv(65536)
+        assert engine.load()["rows"] == 5
+    wait_until(lambda: engine.load()["rows"] == 0, 5, "the rows to be freed")
+
+
+def test_a_client_that_disconnects_while_waiting_for_json_frees_its_rows(server):
+    url, models = server
+    engine = models["run"].engine
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"length": ENDLESS, "num_samples": 3}).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body)
+        wait_until(lambda: engine.load()["rows"] == 3, 5, "the request to start")
+    wait_until(lambda: engine.load()["rows"] == 0, 5, "the rows to be freed")
+
+
+def test_beyond_the_queue_requests_get_503_and_retry_after(tiny_run):
+    models = load(tiny_run, max_streams=1, max_queue=1, max_length=ENDLESS)
+    with running_server(models) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        engine = models["run"].engine
+        with client.stream("POST", "/v1/generate", json={"length": ENDLESS, "stream": True}) as a:
+            a_lines = a.iter_lines()  # kept: dropping the iterator would close the stream
+            next(a_lines)  # generating: the batch is full
+            with client.stream("POST", "/v1/generate",
+                               json={"length": 20, "seed": 1, "stream": True}) as b:
+                wait_until(lambda: engine.load()["queued"] == 1, 5, "the request to queue")
+                refused = client.post("/v1/generate", json={"length": 20})
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"] == "1"
+                assert refused.json()["error"]["type"] == "overloaded"
+                a.close()  # leaving frees the row: the queued request runs
+                events = list(sse_events(b.iter_lines()))
+        assert events[-1][0] == "done"
+        assert len(events[-1][1]["samples"][0]["text"]) == 20
+
+
+def test_an_api_key_guards_everything_but_the_page(tiny_run):
+    with running_server(load(tiny_run), api_key="s3cret") as url, \
+            httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        for path in ("/", "/static/app.js", "/static/style.css"):
+            assert client.get(path).status_code == 200, path
+        for method, path in (("GET", "/v1/models"), ("GET", "/healthz"), ("GET", "/docs"),
+                             ("GET", "/openapi.json"), ("POST", "/v1/generate")):
+            refused = client.request(method, path)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["error"]["field"] == "authorization"
+            wrong = client.request(method, path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+        good = {"Authorization": "Bearer s3cret"}
+        assert client.get("/v1/models", headers=good).status_code == 200
+        answer = client.post("/v1/generate", json={"length": 5}, headers=good)
+        assert answer.status_code == 200 and len(answer.json()["samples"][0]["text"]) == 5
+
+
+def test_several_models_are_served_by_name(tiny_run, tmp_path):
+    from charrnn.serve.models import load_models
+
+    models = load_models([str(tiny_run), f"other={tiny_run}"], "cpu")
+    with running_server(models) as url, httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+        names = [m["name"] for m in client.get("/v1/models").json()["models"]]
+        assert names == ["run", "other"]
+        body = {"prime": "The ", "length": 40, "seed": 3}
+        first = client.post("/v1/generate", json=body).json()
+        other = client.post("/v1/generate", json={**body, "model": "other"}).json()
+        assert first["model"] == "run" and other["model"] == "other"
+        assert first["samples"] == other["samples"]  # the same weights, the same seed

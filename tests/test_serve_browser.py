@@ -1,0 +1,83 @@
+"""The playground in a real browser: headless Chromium loads the page, types a prime, presses
+Generate, and the text streamed into the page is the text the API gives for the same options.
+
+Needs Chromium (Debian's `chromium` package; .ci/run installs it) and the playwright package
+(driving that Chromium: it downloads no browser of its own). Skipped, saying why, without them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import pytest
+
+from serving import load, running_server, wait_until
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def chromium() -> str:
+    path = os.environ.get("CHARRNN_CHROMIUM") or next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if not path:
+        pytest.skip("no Chromium found (install Debian's chromium package, or set "
+                    "CHARRNN_CHROMIUM to a Chromium binary)")
+    return path
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="the playwright package is not installed")
+    executable = chromium()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=CHROMIUM_FLAGS, timeout=60_000)
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.set_default_timeout(30_000)
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def test_the_playground_streams_text_into_the_page(tiny_run, browser_page, tmp_path):
+    page = browser_page
+    models = load(tiny_run, max_length=1_000_000)
+    with running_server(models) as url:
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert page.input_value("#model") == "run"
+        page.fill("#prime", "The ")
+        page.fill("#length", "200")
+        page.fill("#seed", "7")
+        page.click("#generate")
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.startsWith('done')")
+        shown = page.inner_text("#output")
+        expected = httpx.post(url + "/v1/generate", timeout=30, json={
+            "prime": "The ", "length": 200, "temperature": 0.8, "seed": 7}).json()
+        assert shown == "The " + expected["samples"][0]["text"]
+        assert page.locator("#output .c").count() == 200  # one coloured span per character
+
+        page.hover("#output .c >> nth=3")
+        assert "probability" in page.inner_text("#hover")
+        page.screenshot(path=str(tmp_path / "playground.png"))
+        assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+        # Stop: the stream ends and the server frees its row. A million characters (beyond the
+        # slider's range) runs until stopped, however fast the machine.
+        page.eval_on_selector("#length", "el => { el.max = '1000000'; el.value = '1000000' }")
+        page.fill("#seed", "")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#output .c').length > 0")
+        page.click("#stop")
+        page.wait_for_function(
+            "document.querySelector('#status').textContent.startsWith('stopped')")
+        engine = models["run"].engine
+        wait_until(lambda: engine.load()["rows"] == 0, 10, "the row to be freed")
+        assert page.is_enabled("#generate") and not page.is_enabled("#stop")

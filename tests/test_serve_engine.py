@@ -1,0 +1,249 @@
+"""The batching engine on its own: no HTTP, an asyncio loop reading its streams."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from charrnn.checkpoint import load_model
+from charrnn.errors import Overloaded, ShuttingDown, UsageError
+from charrnn.sample import Sampler, SampleSettings, beam_search
+from charrnn.serve.engine import (
+    CANCELLED,
+    ERROR,
+    LENGTH,
+    SHUTDOWN,
+    STOP,
+    Engine,
+    GenerationParams,
+)
+
+ENDLESS = 1_000_000  # characters: a request that runs until the test ends it, on any machine
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_run) -> Sampler:
+    model, vocab, _ = load_model(tiny_run)
+    return Sampler(model, vocab)
+
+
+@pytest.fixture
+def make_engine(sampler):
+    """Started engines with the limits asked for (on the tiny run's model unless another
+    sampler is given), closed after the test."""
+    made = []
+
+    def make(other: Sampler | None = None, **limits) -> Engine:
+        made.append(Engine(other or sampler, **{"max_length": ENDLESS, **limits}).start())
+        return made[-1]
+
+    yield make
+    for engine in made:
+        engine.close()
+
+
+@pytest.fixture
+def engine(make_engine):
+    return make_engine(max_streams=64, max_queue=8)
+
+
+def params(length=100, stop=None, logprobs=False, **settings) -> GenerationParams:
+    return GenerationParams(SampleSettings(length=length, **settings), stop, logprobs)
+
+
+def test_requests_batched_together_get_what_each_gets_alone(engine, sampler):
+    """21 requests with mixed options step as one batch; each returns exactly the text (and
+    log-probabilities) that the sampler, the same as `charrnn sample`, gives it alone."""
+    asked = [(f"r{i}", "The " if i % 2 else "", params(
+        length=120 + 7 * i, temperature=[0.8, 1.3, 0.0][i % 3], seed=i,
+        num_samples=1 + i % 3, top_k=5 if i % 4 == 0 else None,
+        top_p=0.9 if i % 5 == 1 else None, stop="\n" if i % 6 == 0 else None,
+        logprobs=True)) for i in range(21)]
+
+    async def together():
+        streams = [engine.add_request(rid, prime, p) for rid, prime, p in asked]
+        return await asyncio.gather(*(s.result() for s in streams))
+
+    outcomes = asyncio.run(together())
+    for (_, prime, p), outcome in zip(asked, outcomes, strict=True):
+        alone = sampler.samples(p.settings, prime, p.stop, with_logprobs=True)
+        assert outcome.texts == [s.text for s in alone]
+        for mine, theirs in zip(outcome.logprobs, (s.logprobs for s in alone), strict=True):
+            assert mine == pytest.approx(theirs, abs=1e-4)
+        assert outcome.prime_chars == len(prime)
+        for text, reason in zip(outcome.texts, outcome.finish_reasons, strict=True):
+            assert reason == (STOP if p.stop and text.endswith(p.stop) else LENGTH)
+    assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
+    assert not engine._requests  # nothing kept once answered
+
+
+def test_the_stream_hands_over_text_as_it_is_written(engine):
+    async def read():
+        stream = engine.add_request("a", "The ", params(length=300, seed=1))
+        pieces = [delta.texts[0] async for delta in stream]
+        return pieces, stream.outcome()
+
+    pieces, outcome = asyncio.run(read())
+    assert len(pieces) > 1  # several hand-offs, not one at the end
+    assert "".join(pieces) == outcome.texts[0] and len(outcome.texts[0]) == 300
+
+
+def test_an_abort_frees_the_rows_at_the_next_step(engine):
+    async def scenario():
+        stream = engine.add_request("long", "", params(length=ENDLESS, num_samples=3, seed=2))
+        first = await stream.next_delta()
+        assert engine.load()["rows"] == 3
+        engine.abort("long")
+        outcome = await asyncio.wait_for(stream.result(), 5)
+        return first, outcome
+
+    first, outcome = asyncio.run(scenario())
+    assert first.chars > 0
+    assert outcome.finish_reasons == [CANCELLED] * 3
+    assert len(outcome.texts[0]) < 10_000
+    assert engine.load()["rows"] == 0
+
+
+def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(make_engine):
+    engine = make_engine(max_streams=2, max_queue=1)
+
+    async def scenario():
+        running = engine.add_request("run", "", params(length=ENDLESS, num_samples=2, seed=1))
+        queued = engine.add_request("queued", "", params(length=50, seed=2))
+        with pytest.raises(Overloaded) as refused:
+            engine.add_request("refused", "", params(length=50))
+        assert refused.value.retry_after >= 1
+        await running.next_delta()
+        assert engine.load()["queued"] == 1 and not queued._pending
+        engine.abort("run")  # its rows free up: the queued request starts
+        done = await asyncio.wait_for(queued.result(), 5)
+        await running.result()
+        return done
+
+    done = asyncio.run(scenario())
+    assert done.finish_reasons == [LENGTH] and len(done.texts[0]) == 50
+    assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
+
+
+def test_a_queued_request_can_be_aborted_before_it_starts(make_engine):
+    engine = make_engine(max_streams=1, max_queue=4)
+
+    async def scenario():
+        running = engine.add_request("run", "", params(length=ENDLESS))
+        queued = engine.add_request("queued", "", params(length=50))
+        engine.abort("queued")
+        outcome = await asyncio.wait_for(queued.result(), 5)
+        engine.abort("run")
+        await running.result()
+        return outcome
+
+    assert asyncio.run(scenario()).finish_reasons == [CANCELLED]
+
+
+def test_shutdown_ends_running_and_queued_requests_and_refuses_new_ones(make_engine):
+    engine = make_engine(max_streams=1, max_queue=4)
+
+    async def scenario():
+        running = engine.add_request("run", "The ", params(length=ENDLESS))
+        queued = engine.add_request("queued", "", params(length=50))
+        await running.next_delta()
+        engine.shutdown()
+        outcomes = await asyncio.wait_for(asyncio.gather(running.result(), queued.result()), 5)
+        with pytest.raises(ShuttingDown):
+            engine.add_request("late", "", params())
+        return outcomes
+
+    running, queued = asyncio.run(scenario())
+    assert running.finish_reasons == [SHUTDOWN] and running.texts[0]  # what was written
+    assert queued.finish_reasons == [SHUTDOWN] and queued.texts == [""]
+    assert not engine.healthy
+
+
+def test_beam_requests_run_outside_the_batch_and_match_beam_search(engine, sampler):
+    settings = SampleSettings(length=40, beam=3, num_samples=2)
+
+    async def scenario():
+        beam = engine.add_request("beam", "The ", GenerationParams(settings, " ", True))
+        drawn = engine.add_request("drawn", "The ", params(length=200, seed=3))
+        return await asyncio.gather(beam.result(), drawn.result())
+
+    beamed, drawn = asyncio.run(scenario())
+    best = beam_search(sampler, settings, "The ", " ")
+    assert beamed.texts == [s.text for s in best]
+    assert beamed.logprobs == [s.logprobs for s in best]
+    assert all(r == (STOP if t.endswith(" ") else LENGTH)
+               for t, r in zip(beamed.texts, beamed.finish_reasons, strict=True))
+    assert len(drawn.texts[0]) == 200
+
+
+def test_length_zero_and_the_engines_own_limits(make_engine):
+    engine = make_engine(max_streams=2, max_length=100)
+
+    async def scenario():
+        empty = await engine.add_request("zero", "The ", params(length=0)).result()
+        with pytest.raises(UsageError, match="length must be at most 100"):
+            engine.add_request("long", "", params(length=101))
+        with pytest.raises(UsageError, match="num_samples must be at most 2"):
+            engine.add_request("wide", "", params(num_samples=3))
+        with pytest.raises(UsageError, match="cannot write"):
+            engine.add_request("odd", "\u2603", params())
+        return empty
+
+    empty = asyncio.run(scenario())
+    assert empty.texts == [""] and empty.finish_reasons == [LENGTH]
+
+
+def test_a_model_with_broken_weights_fails_its_requests_and_keeps_serving(sampler, make_engine):
+    broken = type(sampler.model)(sampler.model.args)
+    broken.load_state_dict(sampler.model.state_dict())
+    with torch.no_grad():
+        broken.head.bias.fill_(float("nan"))
+    engine = make_engine(Sampler(broken.eval(), sampler.vocab), max_streams=4)
+
+    async def scenario():
+        first = await engine.add_request("a", "The ", params(length=50)).result()
+        second = await engine.add_request("b", "The ", params(length=50)).result()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.finish_reasons == [ERROR] and "not numbers" in first.error
+    assert second.finish_reasons == [ERROR]  # the engine is still answering
+    assert engine.healthy
+
+
+def test_a_slow_reader_gets_the_text_merged(engine):
+    async def scenario():
+        stream = engine.add_request("slow", "", params(length=400, seed=5, logprobs=True))
+        while not stream._ended:
+            await asyncio.sleep(0.01)
+        merged = await stream.next_delta()
+        assert await stream.next_delta() is None
+        return merged, stream.outcome()
+
+    merged, outcome = asyncio.run(scenario())
+    assert merged.texts == outcome.texts and len(merged.logprobs[0]) == 400
+
+
+def test_random_numbers_drawn_ahead_are_the_ones_drawn_step_by_step():
+    from charrnn.sample import new_generator
+    from charrnn.serve.engine import draw_uniforms
+
+    cpu = torch.device("cpu")
+    ahead, step_by_step = new_generator(9, cpu), new_generator(9, cpu)
+    block = torch.cat([draw_uniforms(ahead, 32, 3, cpu), draw_uniforms(ahead, 5, 3, cpu)])
+    assert torch.equal(block, torch.stack([torch.rand(3, generator=step_by_step)
+                                           for _ in range(37)]))
+
+
+def test_primes_read_together_give_what_each_gives_alone(sampler):
+    """A burst of new requests reads primes of one length in one call."""
+    asked = [(SampleSettings(num_samples=n, top_k=k), prime) for n, k, prime in
+             [(1, None, "The "), (3, 5, "How "), (2, None, ""), (1, 7, "The quick")]]
+    together = sampler.start_many(asked)
+    for (settings, prime), streams in zip(asked, together, strict=True):
+        alone = sampler.start(settings, prime)
+        assert streams.rows == settings.num_samples
+        assert torch.allclose(streams.logits, alone.logits, atol=1e-6)
+        assert torch.equal(streams.rules.temperature, alone.rules.temperature)
