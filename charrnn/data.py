@@ -17,7 +17,7 @@ from charrnn.batches import check_window_fits
 from charrnn.config import DataConfig
 from charrnn.corpus import Normalization, iter_text, resolve_sources
 from charrnn.errors import ConfigError, CorpusError, VocabError
-from charrnn.idcache import build_vocab_cached, encode_cached
+from charrnn.idcache import IDS_FILE, build_vocab_cached, encode_cached, load_encoded
 from charrnn.vocab import UNK_ID, Vocab
 
 
@@ -63,6 +63,19 @@ def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
                       "raise data.val_fraction, use more text or a smaller data.seq_len")
     key = {"length": n, "vocab": vocab.digest, "val_fraction": cfg.val_fraction}
     return Dataset(vocab, train, val, encoded.unknown, key)
+
+
+def run_validation_split(run_dir: Path, vocab: Vocab, val_fraction: float) -> np.ndarray:
+    """The validation split of the text a run directory holds encoded (ids.bin), for scoring
+    a checkpoint without naming a file: the corpus itself is never read (its path, stored in
+    the checkpoint, is not the user's word)."""
+    encoded = load_encoded(run_dir, vocab)
+    if encoded is None:
+        raise CorpusError(f"{run_dir} holds no encoded text for this checkpoint's vocabulary "
+                          f"({IDS_FILE} is missing, from another run, or damaged); name the text "
+                          "to score: charrnn eval --checkpoint CHECKPOINT FILE...")
+    _, val = encoded.split(val_fraction)
+    return val
 
 
 def encode_files(specs: Sequence[str], vocab: Vocab) -> tuple[np.ndarray, int]:

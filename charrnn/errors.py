@@ -57,3 +57,7 @@ class TrainingStopped(CharRNNError):
 
 class ProcessFailed(CharRNNError):
     """Raised on every process of a torchrun job when another one failed, so all stop together."""
+
+
+class ResourceError(CharRNNError):
+    """A size this machine cannot hold (memory), refused before anything is allocated."""

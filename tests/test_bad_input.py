@@ -87,6 +87,51 @@ def copy_of_run(tmp: Path, run: Path) -> Path:
     return copy
 
 
+def damaged_run(tmp: Path, run: Path, name: str, content: bytes) -> Path:
+    copy = copy_of_run(tmp, run)
+    (copy / name).write_bytes(content)
+    return copy
+
+
+def altered_checkpoint(tmp: Path, run: Path, change) -> Path:
+    """A copy of the run's best.pt, `change`d, as someone handing over a file might do."""
+    payload = checkpoint.load(run / "best.pt")
+    payload = {**payload, "model": dict(payload["model"]),
+               "model_args": dict(payload["model_args"])}
+    change(payload)
+    path = tmp / "altered.pt"
+    torch.save(payload, path)
+    return path
+
+
+def nan_weight(payload: dict) -> None:
+    payload["model"]["head.bias"] = payload["model"]["head.bias"].clone()
+    payload["model"]["head.bias"][3] = float("nan")
+
+
+def alias_bomb(levels: int = 40) -> list:
+    """A structure of 2**levels leaves made of `levels` shared lists: a few hundred bytes."""
+    bomb: list = ["x"]
+    for _ in range(levels):
+        bomb = [bomb, bomb]
+    return bomb
+
+
+YAML_ALIAS_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+    f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+    f"*a{i - 1}, *a{i - 1}]" for i in range(1, 9)] + ["data: {separator: *a8}"]) + "\n"
+
+
+def fifo(tmp: Path, name: str = "fifo") -> Path:
+    path = tmp / name
+    os.mkfifo(path)
+    return path
+
+
+def deep_json(tmp: Path) -> Path:
+    return write(tmp / "deep.json", "[" * 100_000 + "]" * 100_000)
+
+
 BAD_INPUTS = {
     # ---- the corpus
     "empty file": (lambda t, run: train_on(write(t / "e.txt", ""), t), 1,
@@ -158,6 +203,128 @@ BAD_INPUTS = {
     # ---- sampling
     "infinite temperature": (lambda t, run: ["sample", "-k", run, "--temperature", "inf"], 2,
                              ["temperature must be a finite number"]),
+    # ---- what is not a regular file, as any input: reported for what it is, never opened
+    "a FIFO as corpus": (lambda t, run: train_on(fifo(t), t), 1,
+                         ["fifo: it is a FIFO (named pipe), not a regular file"]),
+    "/dev/null as corpus": (lambda t, run: ["vocab", "build", "/dev/null", "-o", t / "v.json"], 1,
+                            ["/dev/null: it is a character device, not a regular file"]),
+    "a FIFO as config": (lambda t, run: ["train", "--config", fifo(t)], 2,
+                         ["it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO as vocabulary": (lambda t, run: ["vocab", "show", fifo(t)], 1,
+                             ["it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO as checkpoint": (lambda t, run: ["sample", "-k", fifo(t, "x.pt")], 1,
+                             ["x.pt: it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO as data.vocab": (lambda t, run: train_on(poem(t), t, **{"data.vocab": fifo(t)}), 1,
+                             ["not a regular file"]),
+    # ---- configs with bounded work: size, nesting, aliases, values YAML cannot build
+    "YAML alias bomb": (lambda t, run: ["train", "--config", write(t / "c.yaml",
+                                                                  YAML_ALIAS_BOMB)], 2,
+                        ["holds more than 10,000 values", "YAML aliases"]),
+    "--set alias bomb": (lambda t, run: ["train", "--set", "data.separator=" + YAML_ALIAS_BOMB
+                                         .replace("\n", ", ").join("{}")], 2,
+                         ["holds more than 10,000 values"]),
+    "YAML nested 100,000 deep": (lambda t, run: ["train", "--config", write(
+        t / "c.yaml", "a: " + "[" * 100_000 + "]" * 100_000)], 2, ["nests too deeply"]),
+    "YAML 30th of February": (lambda t, run: ["train", "--config", write(
+        t / "c.yaml", "train: {max_time: 2001-02-30}")], 2, ["a value cannot be read"]),
+    "YAML 5,000-digit integer": (lambda t, run: ["train", "--config", write(
+        t / "c.yaml", "model: {hidden_size: " + "9" * 5000 + "}")], 2,
+        ["a value cannot be read"]),
+    "config not UTF-8": (lambda t, run: ["train", "--config", write(t / "c.yaml",
+                                                                   b"train: {out_dir: \xff}")],
+                         2, ["not UTF-8 text (byte offset 17)"]),
+    "config of 2 MB": (lambda t, run: ["train", "--config", write(t / "c.yaml", "#" * 2**21)], 2,
+                       ["far more than a config"]),
+    # ---- numbers bounded where they are read, naming the key or option
+    "empty out_dir": (lambda t, run: train_on(poem(t), t, **{"train.out_dir": ""}), 2,
+                      ["'train.out_dir' must not be empty"]),
+    "train.threads 5000": (lambda t, run: train_on(poem(t), t, **{"train.threads": 5000}), 2,
+                           ["'train.threads' must be at most"]),
+    "train.seed 2**64": (lambda t, run: train_on(poem(t), t, **{"train.seed": 2**64}), 2,
+                         ["'train.seed' must be at most 9223372036854775807"]),
+    "train.seed -1": (lambda t, run: train_on(poem(t), t, **{"train.seed": -1}), 2,
+                      ["'train.seed' must be at least 0"]),
+    "num_layers 1000": (lambda t, run: train_on(poem(t), t, **{"model.num_layers": 1000}), 2,
+                        ["'model.num_layers' must be at most 100"]),
+    "hidden_size 10**400": (lambda t, run: train_on(poem(t), t, **{
+        "model.hidden_size": 10**400}), 2,
+        ["'model.hidden_size' must be at most 1000000, not a number of about 400 digits"]),
+    "sample_length 10**9": (lambda t, run: train_on(poem(t), t, **{
+        "train.sample_length": 10**9}), 2, ["'train.sample_length' must be at most 100000"]),
+    "sample --seed 2**64": (lambda t, run: ["sample", "-k", run, "--seed", 2**64], 2,
+                            ["--seed"]),
+    "sample --num-samples 10**6": (lambda t, run: ["sample", "-k", run, "-N", 10**6], 2,
+                                   ["--num-samples"]),
+    "sample --length 10**10": (lambda t, run: ["sample", "-k", run, "-n", 10**10], 2,
+                               ["--length"]),
+    "sample --top-k 10**30": (lambda t, run: ["sample", "-k", run, "--top-k", 10**30], 2,
+                              ["--top-k"]),
+    "eval --streams 10**9": (lambda t, run: ["eval", "-k", run, "--streams", 10**9], 2,
+                             ["--streams"]),
+    "eval --window 10**30": (lambda t, run: ["eval", "-k", run, "--window", 10**30], 2,
+                             ["--window"]),
+    "plot --width 100000": (lambda t, run: ["plot", run, "--width", 100_000, "-o",
+                                            t / "p.png"], 2, ["--width"]),
+    "vocab show --top 10**30": (lambda t, run: ["vocab", "show", run / "vocab.json", "--top",
+                                                10**30], 2, ["--top"]),
+    # ---- vocabularies
+    "vocabulary nested 100,000 deep": (lambda t, run: ["vocab", "show", deep_json(t)], 1,
+                                       ["deep.json: it nests too deeply to be read"]),
+    "data.vocab nested 100,000 deep": (lambda t, run: train_on(poem(t), t, **{
+        "data.vocab": deep_json(t)}), 1, ["it nests too deeply to be read"]),
+    "vocabulary counts past 64 bits": (lambda t, run: ["vocab", "show", write(
+        t / "v.json", (run / "vocab.json").read_text().replace('"counts": [', '"counts": [' +
+                                                                "9" * 400 + ", 0, "))], 1,
+        ["not a valid charrnn vocabulary"]),
+    # ---- checkpoints from anyone: validated before anything is built or expanded
+    "a checkpoint claiming 60,000 hidden units": (lambda t, run: ["eval", "-k", altered_checkpoint(
+        t, run, lambda p: p["model_args"].update(hidden_size=60_000))], 1,
+        ["weights do not match the model settings", "expected (240000, 16)"]),
+    "init_from claiming 60,000 hidden units": (lambda t, run: train_on(poem(t), t, **{
+        "train.init_from": altered_checkpoint(t, run, lambda p: p["model_args"].update(
+            hidden_size=60_000))}), 1, ["expected (240000, 16)"]),
+    "NaN weights": (lambda t, run: ["sample", "-k", altered_checkpoint(t, run, nan_weight)], 1,
+                    ["the weight head.bias holds NaN or infinite values"]),
+    "NaN weights for init_from": (lambda t, run: train_on(poem(t), t, **{
+        "train.init_from": altered_checkpoint(t, run, nan_weight)}), 1,
+        ["the weight head.bias holds NaN"]),
+    "string weights": (lambda t, run: ["eval", "-k", altered_checkpoint(
+        t, run, lambda p: p["model"].update({"head.bias": "weights"}))], 1,
+        ["the weight head.bias is str, not a tensor"]),
+    "integer weights": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p["model"].update({"head.bias": torch.zeros(48, dtype=torch.long)}))],
+        1, ["the weight head.bias is a torch.int64 tensor"]),
+    "a weight missing": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p["model"].pop("head.bias"))], 1, ["missing head.bias"]),
+    "model_args missing a key": (lambda t, run: ["sample", "-k", altered_checkpoint(
+        t, run, lambda p: p["model_args"].pop("cell"))], 1, ["lacks model_args cell"]),
+    "model_args of the wrong type": (lambda t, run: ["sample", "-k", altered_checkpoint(
+        t, run, lambda p: p["model_args"].update(num_layers="2"))], 1,
+        ["invalid model settings", "'model.num_layers' must be an integer"]),
+    "a markup model_args cell": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p["model_args"].update(cell="[/]"))], 1,
+        ["'model.cell' must be one of"]),
+    "a step past 64 bits": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p.update(step=2**70))], 1, ["has step of the wrong type"]),
+    "a checkpoint alias bomb": (lambda t, run: ["eval", "-k", altered_checkpoint(
+        t, run, lambda p: p.update(config={"data": alias_bomb()}))], 1,
+        ["holds more than", "it is not a charrnn checkpoint"]),
+    "eval without FILE beside no encoded text": (lambda t, run: [
+        "eval", "-k", write(t / "moved.pt", (run / "best.pt").read_bytes())], 1,
+        ["holds no encoded text for this checkpoint's vocabulary", "name the text to score"]),
+    # ---- resuming with a damaged config.yaml: one line, the run untouched
+    "resume: config.yaml with a syntax error": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"train: [\n")], 2,
+        ["config.yaml is not valid YAML at line 2"]),
+    "resume: config.yaml holding a list": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"- 1\n- 2\n")], 2,
+        ["must be a YAML mapping", "(it holds a list)"]),
+    "resume: config.yaml not UTF-8": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"\xff\xfe\x00")], 2,
+        ["config.yaml: it is not UTF-8 text"]),
+    "resume: config.yaml with --set": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"[1, 2]"), "--set",
+        "train.max_steps=40"], 2, ["must be a YAML mapping"]),
 }
 
 
