@@ -37,7 +37,8 @@ class Curves:
 
 
 def load_curves(run_dir: Path, label: str) -> Curves:
-    path = Path(run_dir).expanduser() / METRICS_FILE
+    run_dir = Path(run_dir).expanduser()
+    path = run_dir / METRICS_FILE
     kind = fileio.file_kind(path)
     if kind == "missing":
         raise CharRNNError(f"{path} not found; pass a run directory written by `charrnn train`")

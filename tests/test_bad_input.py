@@ -423,3 +423,92 @@ def test_more_than_65535_distinct_characters_train(tmp_path):
     model, vocab, _ = checkpoint.load_model(run)
     assert vocab.size == 70_002 and vocab.dtype.name == "uint32"
     assert (run / "ids.bin").stat().st_size == 4 * 2 * 70_001  # four bytes per id
+
+
+# ---- values that overflow float32 (the sampler's maths is being rewritten) --------------------
+@pytest.mark.xfail(strict=False, reason="sampler rewrite")
+@pytest.mark.parametrize("option", [["--temperature", "1e39"], ["--temperature", "1e-320"],
+                                    ["--top-p", "1e-300"], ["--top-p", "5e-324"]])
+def test_finite_values_past_float32_sample_cleanly(option, tiny_run):
+    result = invoke("sample", "-k", tiny_run, "-n", "20", "--seed", "1", *option)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.rstrip("\n")) == 20
+
+
+# ---- work bounded by the text, not by the number asked for ------------------------------------
+@pytest.fixture
+def forward_calls(monkeypatch):
+    """The batch size of every forward call of any model."""
+    from charrnn.model import CharRNN
+
+    calls: list[int] = []
+    forward = CharRNN.forward
+
+    def counting(self, idx, *args, **kwargs):
+        calls.append(idx.shape[0])
+        return forward(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(CharRNN, "forward", counting)
+    return calls
+
+
+def test_a_window_longer_than_the_text_costs_what_the_text_costs(tiny_run, forward_calls):
+    whole = invoke("eval", "-k", tiny_run, "--window", 2_075)  # the validation split's length
+    calls = len(forward_calls)
+    forward_calls.clear()
+    huge = invoke("eval", "-k", tiny_run, "--window", 10**9)
+    assert huge.exit_code == 0 and huge.stdout == whole.stdout
+    assert len(forward_calls) == calls <= 10  # one pass in chunks, not 10**9 / 256 calls
+
+
+def test_more_streams_than_the_text_has_room_for_are_not_read(tiny_run, forward_calls):
+    result = invoke("eval", "-k", tiny_run, "--streams", 65_536)
+    assert result.exit_code == 0, result.output
+    assert max(forward_calls) == 2  # 2,075 characters to score: room for two 1,024 burn-ins
+    assert result.stdout == invoke("eval", "-k", tiny_run, "--streams", 1).stdout
+
+
+def test_threads_and_seeds_at_their_bounds_work(tmp_path, tiny_run):
+    from charrnn.config import max_threads
+
+    result = invoke(*train_on(poem(tmp_path), tmp_path, **{
+        "train.threads": max_threads(), "train.seed": 2**63 - 1, "train.max_steps": 2,
+        "train.eval_every": 0}))
+    assert result.exit_code == 0, result.output
+    sampled = invoke("sample", "-k", tiny_run, "-n", "5", "--seed", 2**64 - 1)
+    assert sampled.exit_code == 0, sampled.output
+
+
+# ---- small ones --------------------------------------------------------------------------------
+def test_a_tilde_is_expanded_in_every_path_key_and_option(tmp_path, tiny_run, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    poem(home)
+    (home / "vocab.json").write_bytes((tiny_run / "vocab.json").read_bytes())
+    (home / "init.pt").write_bytes((tiny_run / "best.pt").read_bytes())
+    result = invoke("train", *set_args(tmp_path / "unused", tmp_path / "unused", **{
+        "data.path": "~/poem.txt", "data.vocab": "~/vocab.json", "train.init_from": "~/init.pt",
+        "train.out_dir": "~/runs/tuned", "train.max_steps": 2, "train.eval_every": 0}))
+    assert result.exit_code == 0, result.output
+    assert (home / "runs" / "tuned" / "best.pt").is_file()
+    assert not (Path.cwd() / "~").exists()
+    for args in (["sample", "-k", "~/runs/tuned", "-n", "5", "-o", "~/s.txt"],
+                 ["eval", "-k", "~/runs/tuned"], ["info", "~/runs/tuned"],
+                 ["vocab", "show", "~/vocab.json"], ["plot", "~/runs/tuned", "-o", "~/p.png"],
+                 ["train", "--resume", "~/runs/tuned", "--set", "train.max_steps=3"]):
+        assert invoke(*args).exit_code == 0, args
+    assert (home / "s.txt").is_file() and (home / "p.png").is_file()
+
+
+def test_a_fifo_as_corpus_is_refused_without_waiting_for_a_writer(tmp_path):
+    import subprocess
+    import sys
+
+    path = fifo(tmp_path)
+    # In a child with a timeout: opening the FIFO would block forever.
+    child = subprocess.run([sys.executable, "-m", "charrnn", "vocab", "build", str(path), "-o",
+                            str(tmp_path / "v.json")], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 1
+    assert child.stderr.startswith("error: cannot read") and "not a regular file" in child.stderr
