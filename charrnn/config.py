@@ -131,8 +131,8 @@ class TrainConfig:
                        choices=("auto", "cpu", "cuda", "mps"))
     precision: str = _opt("auto", "auto: bf16 autocast where the hardware is fast at it, "
                           "else fp32", choices=("auto", "fp32", "bf16"))
-    threads: int | None = _opt(None, "CPU threads for torch (null: all cores)", min=1,
-                               max=max_threads)
+    threads: int | None = _opt(None, "CPU threads for torch (null: all cores; at most 4 per "
+                               "core)", min=1, max=max_threads)
     init_from: str | None = _opt(None, "start from this checkpoint's weights (fine-tuning)",
                                  path=True)
     keep_last: int = _opt(0, "also keep the K most recent step checkpoints", min=0)
@@ -323,7 +323,7 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
     if base is str and meta.get("path"):
         value = os.path.expanduser(value)
     if base is str and meta.get("nonempty") and not value.strip():
-        return f"'{key}' must not be empty (the current directory is not a run directory)", value
+        return f"'{key}' must not be empty; name a directory", value
     low, high = meta.get("min"), meta.get("max")
     if callable(high):
         high = high()

@@ -168,7 +168,7 @@ def _rows_that_fit(model: CharRNN, rows: int, length: int, device: torch.device)
 def _check_rows_fit(model: CharRNN, rows: int, length: int, device: torch.device) -> None:
     if device.type == "cpu":
         memory.check_fits(memory.scoring_bytes(model.args, rows, length),
-                          f"scoring {rows:,} parallel segments of text",
+                          f"scoring {rows:,} parallel segment{'s' if rows != 1 else ''} of text",
                           "lower --streams (1 reads the text as one sequential pass)")
 
 

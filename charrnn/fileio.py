@@ -39,6 +39,7 @@ from charrnn.errors import CharRNNError
 
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
 TEMP_PREFIX = ".charrnn-"  # open_output's temporary files: .charrnn-XXXXXXXX.tmp
+STDOUT_FIX = "redirect it somewhere writable (e.g. > file, on a disk with room)"
 
 
 @contextlib.contextmanager
@@ -55,19 +56,34 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise CharRNNError(_write_problem(path, exc)) from None
+
+    def put_in_place() -> None:
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    # mkstemp's 0600 would make checkpoints private
+    mode_bits = _new_file_mode() if permissions is None else permissions
+    with _through_temporary(fd, tmp, mode, path, lambda: os.fchmod(fd, mode_bits),
+                            put_in_place) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _through_temporary(fd: int, tmp: str, mode: str, shown: Path, prepare: Callable[[], None],
+                       put_in_place: Callable[[], None]) -> Iterator[IO]:
+    """Write the temporary file `tmp` (open as `fd`): `prepare` it, hand it out, sync it to
+    disk, then `put_in_place`. Any failure removes it; an OSError becomes a CharRNNError."""
     try:
-        # mkstemp's 0600 would make checkpoints private
-        os.chmod(tmp, _new_file_mode() if permissions is None else permissions)
+        prepare()
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        put_in_place()
     except OSError as exc:
         _remove_quietly(tmp)
-        raise CharRNNError(_write_problem(path, exc)) from None
+        raise CharRNNError(_write_problem(shown, exc)) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -152,13 +168,8 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX, suffix=".tmp")
     except OSError as exc:
         raise CharRNNError(_write_problem(shown, exc)) from None
-    try:
-        _take_over_identity(fd, existing)
-        encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+
+    def put_in_place() -> None:
         if existing is not None and existing.st_nlink > 1:
             # A rename would give this name a new file and leave the other links with the
             # old one: the user linked them to share one file, so it is rewritten in place
@@ -168,12 +179,10 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         else:
             os.replace(tmp, target)
             _fsync_dir(target.parent)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise CharRNNError(_write_problem(shown, exc)) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+
+    with _through_temporary(fd, tmp, mode, shown, lambda: _take_over_identity(fd, existing),
+                            put_in_place) as f:
+        yield f
 
 
 def write_output(path: str | os.PathLike, content: str | bytes) -> None:
@@ -234,7 +243,7 @@ def _standard_output(mode: str) -> Iterator[IO]:
         raise
     except OSError as exc:
         raise CharRNNError(f"cannot write to standard output: {exc.strerror or exc}; "
-                           "redirect it to a file with room, or name a file") from None
+                           f"{STDOUT_FIX}") from None
 
 
 class _Unclosed(io.RawIOBase):

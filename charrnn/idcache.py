@@ -23,6 +23,7 @@ import numpy as np
 
 from charrnn import fileio, safeload
 from charrnn.corpus import Normalization, Source, iter_text
+from charrnn.errors import VocabError
 from charrnn.vocab import UNK_ID, CharCounter, Vocab
 
 IDS_FILE, IDS_META = "ids.bin", "ids.json"
@@ -40,7 +41,8 @@ def build_vocab_cached(sources: list[Source], normalization: Normalization, min_
            "normalization": normalization.to_dict(), "min_count": min_count}
     cached = _read_json(cache_dir / VOCAB_META)
     if cached == key and (cache_dir / VOCAB_FILE).is_file():
-        return Vocab.load(cache_dir / VOCAB_FILE)
+        with contextlib.suppress(VocabError):  # a damaged cache is made again
+            return Vocab.load(cache_dir / VOCAB_FILE)
     counter = CharCounter()
     for piece in iter_text(sources, normalization, separator):
         counter.add(piece)

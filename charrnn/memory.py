@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 
 from charrnn.errors import ResourceError
 
-if TYPE_CHECKING:  # imported for annotations only: plot and the CLI use this without torch
+# A foundation: it imports nothing of charrnn's but errors, and knows a model only by the
+# numbers in its settings, so that data loading, plotting and the CLI use it without torch.
+if TYPE_CHECKING:
     import torch
 
     from charrnn.config import DataConfig

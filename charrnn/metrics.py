@@ -11,6 +11,7 @@ its own, and without one training is silent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Protocol
 
 from charrnn import fileio, safeload
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.memory import check_fits
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -121,6 +123,9 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     plotting a run never trips over its log.
     """
     path = Path(run_dir) / METRICS_FILE
+    with contextlib.suppress(OSError):
+        # Parsed records take about ten times the bytes of their lines.
+        check_fits(12 * path.stat().st_size, f"reading {path}", "plot a shorter log")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -122,6 +122,11 @@ YAML_ALIAS_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
     f"*a{i - 1}, *a{i - 1}]" for i in range(1, 9)] + ["data: {separator: *a8}"]) + "\n"
 
 
+def with_run(command: str, *options):
+    """`charrnn COMMAND -k RUN OPTIONS...` for the tiny run."""
+    return lambda t, run: [command, "-k", run, *options]
+
+
 def fifo(tmp: Path, name: str = "fifo") -> Path:
     path = tmp / name
     os.mkfifo(path)
@@ -251,18 +256,12 @@ BAD_INPUTS = {
         ["'model.hidden_size' must be at most 1000000, not a number of about 400 digits"]),
     "sample_length 10**9": (lambda t, run: train_on(poem(t), t, **{
         "train.sample_length": 10**9}), 2, ["'train.sample_length' must be at most 100000"]),
-    "sample --seed 2**64": (lambda t, run: ["sample", "-k", run, "--seed", 2**64], 2,
-                            ["--seed"]),
-    "sample --num-samples 10**6": (lambda t, run: ["sample", "-k", run, "-N", 10**6], 2,
-                                   ["--num-samples"]),
-    "sample --length 10**10": (lambda t, run: ["sample", "-k", run, "-n", 10**10], 2,
-                               ["--length"]),
-    "sample --top-k 10**30": (lambda t, run: ["sample", "-k", run, "--top-k", 10**30], 2,
-                              ["--top-k"]),
-    "eval --streams 10**9": (lambda t, run: ["eval", "-k", run, "--streams", 10**9], 2,
-                             ["--streams"]),
-    "eval --window 10**30": (lambda t, run: ["eval", "-k", run, "--window", 10**30], 2,
-                             ["--window"]),
+    "sample --seed 2**64": (with_run("sample", "--seed", 2**64), 2, ["--seed"]),
+    "sample --num-samples 10**6": (with_run("sample", "-N", 10**6), 2, ["--num-samples"]),
+    "sample --length 10**10": (with_run("sample", "-n", 10**10), 2, ["--length"]),
+    "sample --top-k 10**30": (with_run("sample", "--top-k", 10**30), 2, ["--top-k"]),
+    "eval --streams 10**9": (with_run("eval", "--streams", 10**9), 2, ["--streams"]),
+    "eval --window 10**30": (with_run("eval", "--window", 10**30), 2, ["--window"]),
     "plot --width 100000": (lambda t, run: ["plot", run, "--width", 100_000, "-o",
                                             t / "p.png"], 2, ["--width"]),
     "vocab show --top 10**30": (lambda t, run: ["vocab", "show", run / "vocab.json", "--top",

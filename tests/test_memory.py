@@ -52,6 +52,12 @@ def test_available_memory_is_known_here_and_respects_an_address_space_limit():
     assert child.stdout.strip() == "ok", child.stderr
 
 
+def big_text(tmp_path, corpus):
+    path = tmp_path / "big.txt"
+    path.write_text(corpus.read_text(encoding="utf-8") * 10, encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def machine_with(monkeypatch):
     """machine_with(bytes): make the checks see that much memory available."""
@@ -77,8 +83,10 @@ def machine_with(monkeypatch):
      ["lower --num-samples or --length"]),
     (GB, lambda t, run, c: ["sample", "-k", run, "-N", "50000", "-p", "The quick brown fox " * 50],
      ["use a shorter --prime"]),
-    (2 * 10**6, lambda t, run, c: ["eval", "-k", run, c, "--streams", "10"],
-     ["scoring 10 parallel segments", "lower --streams"]),
+    (10**6, lambda t, run, c: ["eval", "-k", run, "--streams", "2"],
+     ["scoring 2 parallel segments", "lower --streams"]),
+    (10**5, lambda t, run, c: ["eval", "-k", run, big_text(t, c)],
+     ["the text to score (207,600 bytes)", "score less text"]),
     (GB // 4, lambda t, run, c: ["plot", run, "--width", "10000", "--height", "10000",
                                  "-o", t / "p.png"],
      ["10,000 x 10,000 pixel figure", "lower --width and --height"]),

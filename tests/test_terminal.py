@@ -54,9 +54,14 @@ def test_a_closed_standard_output_is_refused_before_anything_is_done(tmp_path, t
     assert not out.exists()
 
 
-def test_a_reader_that_goes_away_ends_the_command_quietly(tiny_run):
-    child = subprocess.Popen([*CHARRNN, "sample", "-k", str(tiny_run), "-n", "100000"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.mark.parametrize("command", [
+    ["sample", "-n", "100000"],  # streamed text
+    ["plot", "-o", "-", "--width", "3000", "--height", "2000"],  # a PNG file on stdout
+], ids=["sample", "plot -o -"])
+def test_a_reader_that_goes_away_ends_the_command_quietly(command, tiny_run):
+    args = [command[0], *(["-k"] if command[0] == "sample" else []), str(tiny_run), *command[1:]]
+    # More than a pipe holds (64 kB), of which one byte is read: the writer must meet EPIPE.
+    child = subprocess.Popen([*CHARRNN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert len(child.stdout.read(1)) == 1  # like `| head -c1`
     child.stdout.close()
     stderr = child.stderr.read().decode()

@@ -108,6 +108,18 @@ def report(exc: CharRNNError) -> None:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
 
 
+def sane_terminal_width() -> None:
+    """A width set in the environment below MIN_WIDTH is raised to it: with COLUMNS=0 every
+    table and help page would be drawn as nothing. (Rich ignores a COLUMNS that is not a
+    number; Typer fails on such a TERMINAL_WIDTH, so that one is replaced.)"""
+    for name in ("COLUMNS", "TERMINAL_WIDTH"):
+        value = os.environ.get(name)
+        if value is None or (name == "COLUMNS" and not value.strip().isdigit()):
+            continue
+        if not value.strip().isdigit() or int(value) < MIN_WIDTH:
+            os.environ[name] = str(MIN_WIDTH)
+
+
 def report_written(path: Path, what: str) -> None:
     """'wrote PATH: WHAT', on stderr when PATH was standard output (which holds the content)."""
     console = err if fileio.names_stdout(path) else out
@@ -132,6 +144,8 @@ def handles_errors(command: Callable | None = None, *, memory_hint: str = MEMORY
                 return command(*args, **kwargs)
         except _OutputFailed as failure:
             _report_output_failure(failure.error)
+        except BrokenPipeError as exc:  # standard output as a file (--output -) lost its reader
+            _report_output_failure(exc)
         except CharRNNError as exc:
             # Under torchrun every process raises the error (see distributed.py): shown once.
             if speaks_for_the_run():
@@ -232,9 +246,7 @@ def _report_output_failure(error: OSError) -> None:
     if error.errno == errno.EPIPE:
         raise typer.Exit(141)  # the reader has all it wanted: nothing to report
     _quietly(err.print, f"[bold red]error:[/] cannot write to standard output: "
-                        f"{escape(error.strerror or str(error))}; redirect it somewhere "
-                        "writable (a disk with room, a file) or name a file with --output "
-                        "where there is one")
+                        f"{escape(error.strerror or str(error))}; {fileio.STDOUT_FIX}")
     raise typer.Exit(1)
 
 

@@ -48,9 +48,11 @@ def train(
         if speaks_for_the_run() and not quiet:
             # The run directory's config says what is read: say it, since no file the user
             # named on this command line does.
-            init = f" and train.init_from {cfg.train.init_from}" if cfg.train.init_from else ""
+            named = [f"{key} {value}" for key, value in (
+                ("data.path", cfg.data.path), ("data.vocab", cfg.data.vocab),
+                ("train.init_from", cfg.train.init_from)) if value]
             out.print(f"resuming with {escape(str(Path(resume_target) / 'config.yaml'))}: "
-                      f"data.path {escape(cfg.data.path)}{escape(init)}", style="dim")
+                      f"{escape(', '.join(named))}", style="dim")
     else:
         cfg = load_config(config, overrides)
     view = make_view(out, quiet) if speaks_for_the_run() else None
