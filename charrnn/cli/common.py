@@ -164,9 +164,9 @@ def handles_errors(command: Callable | None = None, *, memory_hint: str = MEMORY
             message = str(exc).lower()
             if "out of memory" not in message and "can't allocate memory" not in message:
                 raise
-            where = "the device ran" if "cuda" in message or "mps" in message else "ran"
-            _quietly(err.print, f"[bold red]error:[/] {where} out of memory; "
-                                f"{escape(memory_hint)}")
+            what = "the device ran out of memory" if "cuda" in message or "mps" in message \
+                else "out of memory"
+            _quietly(err.print, f"[bold red]error:[/] {what}; {escape(memory_hint)}")
             raise typer.Exit(1) from None
 
     return wrapper
