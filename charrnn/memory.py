@@ -135,7 +135,7 @@ def parameter_count(args: ModelArgs) -> int:
 def _per_position(args: ModelArgs) -> int:
     """Floats one character position of one stream keeps through a forward pass: embedding,
     every layer's gates, state and output, and the logits with their softmax."""
-    gates = GATES.get(args.cell, 4)
+    gates = GATES[args.cell]
     return args.embedding_dim + args.num_layers * (gates + 3) * args.hidden_size \
         + 3 * args.vocab_size
 
@@ -143,11 +143,11 @@ def _per_position(args: ModelArgs) -> int:
 SIZE_KEYS = "model.hidden_size, model.num_layers or model.embedding_dim"
 
 
-def check_model(args: ModelArgs, what: str = "the model", copies: int = 1,
-                fix: str = f"lower {SIZE_KEYS}") -> None:
-    """Building the model's weights (`copies` times: a loaded checkpoint holds them twice)."""
-    need = copies * FLOAT * parameter_count(args)
-    check_fits(need, f"{what} ({parameter_count(args):,} parameters)", fix)
+def check_model(args: ModelArgs, what: str = "the model", fix: str = f"lower {SIZE_KEYS}"
+                ) -> None:
+    """Building the model's weights (float32)."""
+    parameters = parameter_count(args)
+    check_fits(FLOAT * parameters, f"{what} ({parameters:,} parameters)", fix)
 
 
 def check_training(args: ModelArgs, data: DataConfig, train_chars: int, device: torch.device,
@@ -171,13 +171,11 @@ def check_training(args: ModelArgs, data: DataConfig, train_chars: int, device: 
                f"x data.seq_len {data.seq_len:,})", fix)
 
 
-def sampling_bytes(args: ModelArgs, num_samples: int, length: int, prime_length: int,
-                   held_per_char: int) -> int:
-    """Reading the prime for every sample at once, the steps, and the text kept until the
-    end (`held_per_char` bytes per generated character: 0 when it streams out)."""
+def sampling_bytes(args: ModelArgs, num_samples: int, prime_length: int) -> int:
+    """Reading the prime for every sample at once, then one step at a time."""
     prime = num_samples * max(prime_length, 1) * _per_position(args)
     step = num_samples * (8 * args.vocab_size + 6 * args.num_layers * args.hidden_size)
-    return FLOAT * (prime + step) + num_samples * length * held_per_char
+    return FLOAT * (prime + step)
 
 
 def scoring_bytes(args: ModelArgs, streams: int, chunk: int) -> int:

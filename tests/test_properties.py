@@ -238,7 +238,7 @@ METRICS_LINE = st.one_of(
     st.text(max_size=40))
 
 
-@CLI
+@settings(CLI, max_examples=15)  # a plot and a resume each
 @given(lines=st.lists(METRICS_LINE, max_size=6), raw=st.binary(max_size=12))
 def test_any_metrics_lines_plot_and_resume_cleanly(lines, raw, run_copy):
     run = run_copy()

@@ -127,11 +127,23 @@ def test_a_zero_or_tiny_terminal_width_still_shows_everything(tmp_path, tiny_run
         "    assert result.exit_code == 0, (args, result.output)\n"
         "    assert len(result.stdout.strip()) > 40, (args, result.stdout)\n"
         "print('ok')\n")
-    for columns in ("0", "3"):
-        child = subprocess.run([sys.executable, "-c", script, str(tiny_run),
-                                str(tiny_run / "vocab.json")], capture_output=True, text=True,
-                               timeout=300, env={**os.environ, "COLUMNS": columns})
-        assert child.stdout.strip() == "ok", child.stderr
+    # The consoles read COLUMNS when they are made: a fresh interpreter.
+    child = subprocess.run([sys.executable, "-c", script, str(tiny_run),
+                            str(tiny_run / "vocab.json")], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "COLUMNS": "0"})
+    assert child.stdout.strip() == "ok", child.stderr
+    help_page = run("--help", env={"COLUMNS": "0"})
+    assert help_page.returncode == 0 and "sample" in help_page.stdout
+
+
+def test_a_tiny_terminal_is_drawn_at_the_minimum_width(tiny_run, monkeypatch):
+    from charrnn.cli import common
+
+    monkeypatch.setattr(common.out, "width", 3)
+    result = CliRunner().invoke(app, ["info", str(tiny_run)])
+    assert result.exit_code == 0
+    border = next(line for line in result.stdout.splitlines() if line.startswith("┌"))
+    assert len(border) == common.MIN_WIDTH
 
 
 def test_user_text_is_never_read_as_markup(tmp_path, corpus):

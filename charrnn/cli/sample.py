@@ -140,23 +140,20 @@ def run_sample(request: SampleRequest) -> None:
                    f"({'json' if request.as_json else 'text'})")
 
 
-def _check_memory(model, runs, prime: str, as_json: bool, held: bool, device) -> None:
-    """Refuse a batch of samples the machine cannot hold before drawing any (CPU only)."""
+def _check_memory(model, runs, prime: str, as_json: bool, to_file: bool, device) -> None:
+    """Refuse a batch of samples the machine cannot hold before drawing any."""
     from charrnn import memory
 
-    if device.type != "cpu":
-        memory.check_model(model.args)
-        return
-    settings = runs[0]
-    # A lone text sample streams out; anything else is kept until it is written.
-    streamed = not (held or as_json or settings.num_samples > 1)
+    count, length = runs[0].num_samples, runs[0].length
+    # A lone text sample streams out; a batch is kept until it is written, and a file or JSON
+    # until every temperature's samples are done. The text is in host memory on any device.
+    streamed = not (to_file or as_json or count > 1)
     per_char = 0 if streamed else (HELD_JSON if as_json else HELD_TEXT)
-    need = memory.sampling_bytes(model.args, settings.num_samples, settings.length,
-                                 len(prime), per_char * (len(runs) if held else 1))
-    count = settings.num_samples
-    memory.check_fits(need, f"{count:,} sample{'s' if count > 1 else ''} of "
-                      f"{settings.length:,} characters",
-                      "lower --num-samples or --length, or use a shorter --prime")
+    need = count * length * per_char * (len(runs) if to_file or as_json else 1)
+    if device.type == "cpu":  # elsewhere the model's work is in device memory
+        need += memory.sampling_bytes(model.args, count, len(prime))
+    memory.check_fits(need, f"{count:,} sample{'s' if count > 1 else ''} of {length:,} "
+                      "characters", "lower --num-samples or --length, or use a shorter --prime")
 
 
 def _emit(sampler, runs, prime: str, stop: str | None, as_json: bool, write, write_label,
