@@ -88,8 +88,10 @@ def file_sha256(path: Path) -> str:
 
 
 def _check_writable(dest: Path) -> None:
-    if dest.exists() and not dest.is_dir():
-        raise DownloadError(f"--dest {dest} is a file, not a directory; choose a directory")
+    kind = fileio.file_kind(dest)
+    if kind not in ("directory", "missing"):
+        raise DownloadError(f"--dest {dest} is {'a file' if kind == 'file' else kind}, not a "
+                            "directory; choose a directory")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -106,6 +108,10 @@ def _open(location: str | Path, corpus: RemoteCorpus, timeout: float) -> BinaryI
     (An OSError escaping into `fileio.open_output` would be reported as a disk problem.)
     """
     if isinstance(location, Path):
+        kind = fileio.file_kind(location)
+        if kind not in ("file", "missing"):  # a FIFO would block the open
+            raise DownloadError(f"cannot read {location}: it is {kind}, not a regular file; "
+                                "put the file there or leave out --mirror")
         try:
             return open(location, "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:

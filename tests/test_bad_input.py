@@ -219,6 +219,11 @@ BAD_INPUTS = {
                              ["it is a FIFO (named pipe), not a regular file"]),
     "a FIFO as checkpoint": (lambda t, run: ["sample", "-k", fifo(t, "x.pt")], 1,
                              ["x.pt: it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO in a mirror directory": (lambda t, run: [
+        "data", "get", "nietzsche", "--mirror", fifo(t, "nietzsche.txt").parent, "--dest",
+        t / "dl"], 1, ["nietzsche.txt: it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO as --dest": (lambda t, run: ["data", "get", "nietzsche", "--dest", fifo(t)], 1,
+                         ["is a FIFO (named pipe), not a directory"]),
     "a FIFO as data.vocab": (lambda t, run: train_on(poem(t), t, **{"data.vocab": fifo(t)}), 1,
                              ["not a regular file"]),
     # ---- configs with bounded work: size, nesting, aliases, values YAML cannot build
