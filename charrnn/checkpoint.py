@@ -1,13 +1,24 @@
 """Checkpoints: one dict holding everything `sample` and `eval` need, loaded safely.
 
 Saved with `torch.save` through an atomic write; loaded with `weights_only=True`, so a file
-that would run code when unpickled is refused, then validated (format, version, keys, shapes)
-before any weights are used. Training state (optimizer, RNG, data position) lives under its
-own key and only in `last.pt`, apart from the weights.
+that would run code when unpickled is refused, then validated before anything else looks at
+it: first the size of its structure (a few kB of pickle can describe billions of nodes
+through shared references), then format, version, keys and types, the model settings, and
+every weight's name, shape and values (NaN or infinity is refused, naming the tensor), so that
+a small file claiming a huge model is refused before anything is allocated. Training state
+(optimizer, RNG, data position) lives under its own key and only in `last.pt`, apart from the
+weights.
+
+One rule about what a checkpoint says: **paths stored in it are informational only.** Its
+config records where the run's text, vocabulary and run directory were, but loading a
+checkpoint never makes charrnn read (or write) a path the user did not name on the command
+line or in their own config: a checkpoint can come from anyone. `charrnn eval` without a FILE
+scores the run directory's own encoded text (idcache.py), never the stored `data.path`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import time
 import warnings
@@ -16,8 +27,9 @@ from typing import Any, BinaryIO
 
 import torch
 
-from charrnn import __version__, fileio
-from charrnn.errors import CheckpointError, VocabError
+from charrnn import __version__, fileio, memory, safeload
+from charrnn.config import ModelShape, config_from_dict
+from charrnn.errors import CheckpointError, ConfigError, VocabError
 from charrnn.model import CharRNN, ModelArgs
 from charrnn.vocab import Vocab
 
@@ -34,6 +46,12 @@ TYPES = {"model_args": dict, "model": dict, "vocab": dict, "step": int, "elapsed
 # How torch's safe unpickler words a refusal of something that would call or build arbitrary
 # objects; random or damaged bytes fail otherwise (e.g. "Unsupported operand").
 CODE_SIGNS = ("GLOBAL", "call reduce", "Can only create new object", "Can only build")
+# What a payload may hold besides its tensors, counting shared references each time they are
+# reached: room for the largest vocabulary (every Unicode code point, with its count) and a
+# config, far less than a structure built to expand.
+MAX_VALUES = 2 * 0x110000 + 100_000
+MAX_TEXT = 16 << 20  # characters of text outside the tensors
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelShape))
 
 
 def build_payload(model: CharRNN, vocab: Vocab, *, step: int, val_loss: float | None,
@@ -104,15 +122,19 @@ class _RecordingWriter:
 
 def resolve(path: str | Path) -> Path:
     """A checkpoint file, or a run directory meaning its best.pt (else its last.pt)."""
-    path = Path(path)
-    if path.is_dir():
+    path = Path(path).expanduser()
+    kind = fileio.file_kind(path)
+    if kind == "directory":
         for name in (BEST, LAST):
             if (path / name).is_file():
                 return path / name
         raise CheckpointError(f"{path} holds no checkpoint ({BEST} or {LAST}); train into it "
                               "first with `charrnn train`, or pass a .pt file")
-    if not path.is_file():
+    if kind == "missing":
         raise CheckpointError(f"checkpoint not found: {path}; pass a run directory or a .pt file")
+    if kind != "file":
+        raise CheckpointError(f"cannot read {path}: it is {kind}, not a regular file; pass a "
+                              "run directory or a .pt file")
     return path
 
 
@@ -147,6 +169,12 @@ def _failure_reason(exc: Exception) -> str:
 
 
 def validate(payload: Any, path: Path) -> None:
+    """Refuse a payload that is not a complete, consistent charrnn checkpoint (see above)."""
+    try:  # before anything walks, prints or copies the structure
+        safeload.check_size(payload, max_nodes=MAX_VALUES, max_chars=MAX_TEXT, what=str(path))
+    except ValueError as exc:
+        raise CheckpointError(f"{exc}, far more than a checkpoint holds besides its weights; "
+                              "it is not a charrnn checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a charrnn checkpoint (written by another program); "
                               "pass a file saved by `charrnn train`")
@@ -160,54 +188,103 @@ def validate(payload: Any, path: Path) -> None:
     wrong = [key for key, kinds in TYPES.items()
              if key in payload and (not isinstance(payload[key], kinds)
                                     or isinstance(payload[key], bool))]
+    # Counts past 64 bits are not counts (and would not even print).
+    wrong += [key for key in TYPES if type(payload.get(key)) is int and
+              not 0 <= payload[key] < 2**63]
     if wrong:
         raise CheckpointError(f"{path} has {', '.join(wrong)} of the wrong type; it is damaged: "
                               "use another checkpoint")
+    args = model_args(payload, path)
+    check_weights(payload["model"], args, path)
+
+
+def model_args(payload: dict, path: str | Path = "checkpoint") -> ModelArgs:
+    """The stored model settings, each checked as the config checks it (types and bounds)."""
+    stored = dict(payload["model_args"])
+    missing = [k for k in (*MODEL_FIELDS, "vocab_size") if k not in stored]
+    if missing:
+        raise CheckpointError(f"{path} lacks model_args {', '.join(map(str, missing))}; it is "
+                              "damaged: use another checkpoint")
+    vocab_size = stored.pop("vocab_size")
+    if type(vocab_size) is not int or not 2 <= vocab_size <= memory.MAX_VOCAB:
+        raise CheckpointError(f"{path} has an invalid model_args vocab_size; it is damaged: "
+                              "use another checkpoint")
+    try:
+        section = config_from_dict({"model": stored}, f"{path}").model
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} has invalid model settings ({'; '.join(exc.problems)}); "
+                              "it is damaged: use another checkpoint") from None
+    return ModelArgs(vocab_size=vocab_size, **section.shape())
+
+
+def check_weights(weights: dict, args: ModelArgs, path: str | Path = "checkpoint") -> None:
+    """Every weight the model settings call for, and no other: a dense float tensor of the
+    right shape holding finite values. Nothing is built or allocated to check it."""
+    expected = memory.weight_shapes(args)
+    missing = [k for k in expected if k not in weights]
+    unexpected = [str(k) for k in weights if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}"
+                         f"{' ...' if len(unexpected) > 3 else ''}")
+        raise CheckpointError(f"{path}: weights do not match the model settings "
+                              f"({'; '.join(parts)}); it was written by another version of "
+                              "charrnn or is damaged")
+    for name, shape in expected.items():
+        weight = weights[name]
+        if not (isinstance(weight, torch.Tensor) and weight.layout == torch.strided
+                and weight.device.type == "cpu" and weight.is_floating_point()):
+            kind = (f"a {weight.dtype} tensor" if isinstance(weight, torch.Tensor)
+                    else type(weight).__name__)
+            raise CheckpointError(f"{path}: the weight {name} is {kind}, not a tensor of "
+                                  "floating-point numbers; it is damaged: use another checkpoint")
+        if tuple(weight.shape) != shape:
+            raise CheckpointError(f"{path}: weights do not match the model settings ({name} is "
+                                  f"{tuple(weight.shape)}, expected {shape}); it was written by "
+                                  "another version of charrnn or is damaged")
+        if not bool(torch.isfinite(weight).all()):
+            raise CheckpointError(f"{path}: the weight {name} holds NaN or infinite values; the "
+                                  "checkpoint is damaged or from a run that diverged: use "
+                                  "another checkpoint")
+
+
+def stored_val_fraction(payload: dict, path: str | Path = "checkpoint") -> float:
+    """The run's data.val_fraction (a number, checked as the config checks it)."""
+    data = payload.get("config", {}).get("data")
+    value = data.get("val_fraction") if isinstance(data, dict) else None
+    try:
+        return config_from_dict({"data": {"val_fraction": value}} if value is not None
+                                else {}, str(path)).data.val_fraction
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} has an invalid config ({'; '.join(exc.problems)}); it "
+                              "is damaged: name the text to score") from None
 
 
 def model_from(payload: dict, path: str | Path = "checkpoint") -> tuple[CharRNN, Vocab]:
-    """Rebuild the model and vocabulary stored in a checkpoint, checking they fit together."""
+    """Rebuild the model and vocabulary stored in a validated checkpoint."""
     try:
         vocab = Vocab.from_dict(payload["vocab"], origin=f"the vocabulary in {path}")
     except VocabError as exc:
         raise CheckpointError(str(exc)) from None
-    try:
-        args = ModelArgs(**payload["model_args"])
-        # Built without memory or random initial weights: the stored ones replace them.
-        with torch.device("meta"):
-            model = CharRNN(args)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} has invalid model settings ({exc}); it is damaged") from None
+    args = model_args(payload, path)
     if args.vocab_size != vocab.size:
         raise CheckpointError(f"{path}: the model has {args.vocab_size} outputs but its "
                               f"vocabulary has {vocab.size} ids; the checkpoint is inconsistent")
+    check_weights(payload["model"], args, path)
+    memory.check_model(args, f"the model in {path}", fix="use a machine with more memory")
+    # Built without memory or random initial weights: the stored ones replace them.
+    with torch.device("meta"):
+        model = CharRNN(args)
     try:
         model.load_state_dict(payload["model"], strict=True, assign=True)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path}: weights do not match the model settings "
-                              f"({_state_dict_mismatch(model, payload['model'], exc)}); it was "
-                              "written by another version of charrnn or is damaged") from None
+                              f"({str(exc).splitlines()[0][:200]}); it was written by another "
+                              "version of charrnn or is damaged") from None
     return model, vocab
-
-
-def _state_dict_mismatch(model: CharRNN, weights: object, exc: Exception) -> str:
-    """The first differences between stored weights and the model, in a few words."""
-    if not isinstance(weights, dict):
-        return "the weights are not a dictionary of tensors"
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    shapes = [f"{k} is {tuple(weights[k].shape)}, expected {tuple(v.shape)}"
-              for k, v in expected.items()
-              if k in weights and getattr(weights[k], "shape", None) != v.shape]
-    parts = []
-    if missing:
-        parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-    if unexpected:
-        parts.append(f"unexpected {', '.join(unexpected[:3])}"
-                     f"{' ...' if len(unexpected) > 3 else ''}")
-    parts.extend(shapes[:2])
-    return "; ".join(parts) or str(exc).splitlines()[0][:200]
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"

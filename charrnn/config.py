@@ -1,14 +1,19 @@
 """Run configuration: frozen dataclasses read from YAML, with `--set key=value` overrides.
 
 Every problem (unknown key, wrong type, value out of range) is collected and reported
-together, each naming its key, as one `ConfigError`.
+together, each naming its key, as one `ConfigError`. Every number is bounded here, where it
+is read, by what the code downstream can do with it (a seed torch accepts, threads the
+machine can run); path keys have `~` expanded. A config file is read with bounded work: its
+size, its nesting and what its YAML aliases expand to are all limited (safeload.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,23 +22,45 @@ from typing import Any
 
 import yaml
 
+from charrnn import fileio, safeload
 from charrnn.errors import ConfigError, UsageError
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; anything this big is not one
+MAX_CONFIG_VALUES = 10_000  # values in a config, YAML aliases expanded (a real one has ~50)
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; training adds the process rank to the seed
 
-def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-         min_exclusive: bool = False, max_exclusive: bool = False,
-         choices: tuple | None = None) -> Any:
-    """A config field with its documentation and the range the validator enforces."""
+
+def max_threads() -> int:
+    """CPU threads worth asking torch for: a few per core this process may use."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 4 * cores
+
+
+def _opt(default: Any, help: str, *, min: float | None = None,
+         max: float | typing.Callable[[], float] | None = None, min_exclusive: bool = False,
+         max_exclusive: bool = False, choices: tuple | None = None, path: bool = False,
+         nonempty: bool = False) -> Any:
+    """A config field with its documentation and the range the validator enforces.
+
+    `max` may be a function, for a bound that depends on the machine; `path` marks a path,
+    whose `~` is expanded; `nonempty` refuses an empty string.
+    """
     meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive,
-            "max_exclusive": max_exclusive, "choices": choices}
+            "max_exclusive": max_exclusive, "choices": choices, "path": path,
+            "nonempty": nonempty}
     return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     path: str = _opt("builtin:python-docs",
-                     "training text: a file, a directory (recursive), a glob or builtin:NAME")
-    vocab: str | None = _opt(None, "vocab.json to use; built from the training text when null")
+                     "training text: a file, a directory (recursive), a glob or builtin:NAME",
+                     path=True)
+    vocab: str | None = _opt(None, "vocab.json to use; built from the training text when null",
+                             path=True)
     val_fraction: float = _opt(0.1, "the last fraction of the text, held out for validation",
                                min=0.0, max=0.5, min_exclusive=True)
     seq_len: int = _opt(64, "characters per training window (truncated-BPTT length)", min=1)
@@ -64,9 +91,10 @@ class ModelShape:
     """The network's own settings; model.ModelArgs adds the vocabulary size to these."""
 
     cell: str = _opt("lstm", "recurrent cell", choices=("rnn", "lstm", "gru"))
-    embedding_dim: int = _opt(64, "size of each character's learned vector", min=1)
-    hidden_size: int = _opt(512, "units per recurrent layer", min=1)
-    num_layers: int = _opt(1, "stacked recurrent layers", min=1)
+    embedding_dim: int = _opt(64, "size of each character's learned vector", min=1,
+                              max=1_000_000)
+    hidden_size: int = _opt(512, "units per recurrent layer", min=1, max=1_000_000)
+    num_layers: int = _opt(1, "stacked recurrent layers", min=1, max=100)
     dropout: float = _opt(0.1, "dropout on the embedding, between layers and before the output",
                           min=0.0, max=1.0, max_exclusive=True)
 
@@ -109,18 +137,22 @@ class TrainConfig:
     final_eval_chars: int | None = _opt(None, "score only the first N validation characters "
                                         "in the final evaluation (null: all of them)", min=1)
     log_every: int = _opt(50, "log train loss and speed every N steps", min=1)
-    out_dir: str = _opt("runs/default", "run directory: checkpoints, metrics, config, caches")
-    seed: int = _opt(1337, "random seed for weights, data order and dropout")
+    out_dir: str = _opt("runs/default", "run directory: checkpoints, metrics, config, caches",
+                        path=True, nonempty=True)
+    seed: int = _opt(1337, "random seed for weights, data order and dropout", min=0,
+                     max=MAX_SEED)
     device: str = _opt("auto", "auto picks cuda, then mps, then cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
     precision: str = _opt("auto", "auto: measured at the start, bf16 autocast where it trains "
                           "clearly faster here (the choice goes into the run's config.yaml), "
                           "else fp32", choices=("auto", "fp32", "bf16"))
-    threads: int | None = _opt(None, "CPU threads for torch (null: all cores)", min=1)
-    init_from: str | None = _opt(None, "start from this checkpoint's weights (fine-tuning)")
+    threads: int | None = _opt(None, "CPU threads for torch (null: all cores; at most 4 per "
+                               "core)", min=1, max=max_threads)
+    init_from: str | None = _opt(None, "start from this checkpoint's weights (fine-tuning)",
+                                 path=True)
     keep_last: int = _opt(0, "also keep the K most recent step checkpoints", min=0)
     sample_every: int = _opt(0, "print a short sample every N evaluations (0: never)", min=0)
-    sample_length: int = _opt(200, "characters per training-time sample", min=1)
+    sample_length: int = _opt(200, "characters per training-time sample", min=1, max=100_000)
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
 
 
@@ -181,26 +213,48 @@ def _mark_override(problem: str, overridden: set[str]) -> str:
 
 
 def read_yaml_mapping(path: Path) -> dict:
-    if not path.is_file():
+    """A config file's mapping, read with bounded work; any problem is one UsageError."""
+    path = Path(path).expanduser()
+    kind = fileio.file_kind(path)
+    if kind == "missing":
         raise UsageError(f"config file not found: {path}; see configs/ for examples")
+    if kind != "file":
+        raise UsageError(f"cannot read config {path}: it is {kind}, not a regular file; "
+                         "name a YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read config {path}: {exc}") from None
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UsageError(f"{path} is over {MAX_CONFIG_BYTES // 1024:,} kB, far more than "
+                             "a config; name the YAML config file")
+        raw = safeload.load_yaml(data.decode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read config {path}: it is not UTF-8 text (byte offset "
+                         f"{exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "invalid syntax"
+        problem = getattr(exc, "problem", None) or str(exc) or "invalid syntax"
         raise UsageError(f"{path} is not valid YAML{where}: {problem}; fix the syntax") from None
+    _check_size(raw, str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise UsageError(f"{path} must be a YAML mapping with sections data, model, optim, "
                          f"train (it holds a {type(raw).__name__})")
     return raw
+
+
+def _check_size(raw: Any, source: str) -> None:
+    try:
+        safeload.check_size(raw, max_nodes=MAX_CONFIG_VALUES, max_chars=MAX_CONFIG_BYTES,
+                            what=source)
+    except ValueError as exc:
+        raise UsageError(f"{exc}; a config is a few dozen keys") from None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -211,9 +265,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise UsageError(f"malformed --set {text!r}; write SECTION.KEY=VALUE, "
                          "e.g. --set model.hidden_size=512")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = safeload.load_yaml(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value  # a plain string such as 'a: b' that is not valid YAML on its own
+    _check_size(parsed, f"--set {name.strip()}")
     return section, key, parsed
 
 
@@ -275,22 +330,50 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
     if base is str and type(value) in (int, float) and not isinstance(value, bool):
         value = str(value)  # e.g. a separator or path written as a bare number
     if type(value) is not base:
-        shown = f"{value!r}" if len(repr(value)) < 40 else type(value).__name__
+        shown = _short(value)
+        shown = shown if len(shown) < 40 else type(value).__name__
         return f"'{key}' must be {_type_name(base)}, not {shown}", value
     if base is float and not math.isfinite(value):
         return f"'{key}' must be a finite number, not {value}", value
     choices = meta.get("choices")
     if choices and value not in choices:
         options = " | ".join(str(c) for c in choices if c is not None)
-        return f"'{key}' must be one of {options}, not {value!r}", value
+        return f"'{key}' must be one of {options}, not {_short(value)}", value
+    if base is str and meta.get("path"):
+        value = os.path.expanduser(value)
+    if base is str and meta.get("nonempty") and not value.strip():
+        return f"'{key}' must not be empty; name a directory", value
     low, high = meta.get("min"), meta.get("max")
+    if callable(high):
+        high = high()
     if low is not None and (value < low or (meta.get("min_exclusive") and value == low)):
         relation = "greater than" if meta.get("min_exclusive") else "at least"
-        return f"'{key}' must be {relation} {low:g}, not {value:g}", value
+        return f"'{key}' must be {relation} {_number(low)}, not {_number(value)}", value
     if high is not None and (value > high or (meta.get("max_exclusive") and value == high)):
         relation = "less than" if meta.get("max_exclusive") else "at most"
-        return f"'{key}' must be {relation} {high:g}, not {value:g}", value
+        return f"'{key}' must be {relation} {_number(high)}, not {_number(value)}", value
     return None, value
+
+
+def _short(value: Any) -> str:
+    """A value as the user wrote it, cut short: never expands a whole list or mapping."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = 40
+    shortener.maxlevel = 2
+    try:
+        return shortener.repr(value)
+    except ValueError:  # an integer too long to print
+        return type(value).__name__
+
+
+def _number(value: float) -> str:
+    """A bound or value as a person reads it: 1e-05, 9223372036854775807, a 400-digit number."""
+    if isinstance(value, int):
+        if value.bit_length() > 96:  # str() of a huge integer is slow, and refused past 4,300
+            digits = value.bit_length() * math.log10(2)
+            return f"{'-' if value < 0 else ''}a number of about {digits:,.0f} digits"
+        return str(value)
+    return f"{value:g}"
 
 
 def _yaml11_float(text: str) -> float | str:

@@ -19,6 +19,7 @@ import codecs
 import glob
 import io
 import os
+import shlex
 import sysconfig
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from charrnn import fileio
 from charrnn.errors import CorpusError, UsageError
 
 BLOCK_BYTES = 4 << 20  # read size: large enough for vectorised work, small enough for memory
@@ -135,16 +137,21 @@ def _resolve_one(spec: str) -> list[Source]:
     path = Path(spec).expanduser()
     try:
         is_file, is_dir = path.is_file(), path.is_dir()
+        # A FIFO, a device or a socket: refused without opening it (a FIFO would block).
+        other = not (is_file or is_dir) and path.exists()
     except PermissionError:  # a directory on the way cannot be entered
         raise CorpusError(f"cannot read {spec}: permission denied on a directory in its path; "
                           "fix the permissions or choose another location") from None
+    if other:
+        raise CorpusError(f"cannot read {spec}: it is {fileio.file_kind(path)}, not a regular "
+                          "file; point at text files or a directory of them")
     if is_file:
         _check_readable(path)
         return [Source(str(path), path=path)]
     if is_dir:
         if not os.access(path, os.R_OK | os.X_OK):
             raise CorpusError(f"cannot read the directory {path}: permission denied; fix its "
-                              f"permissions (chmod u+rx {path})")
+                              f"permissions (chmod u+rx {shlex.quote(str(path))})")
         return _walk_directory(path)
     if GLOB_CHARS & set(spec):
         matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
@@ -190,7 +197,7 @@ def _looks_binary(path: Path) -> bool:
 def _check_readable(path: Path) -> None:
     if not os.access(path, os.R_OK):
         raise CorpusError(f"cannot read {path}: permission denied; fix its permissions "
-                          f"(chmod u+r {path})")
+                          f"(chmod u+r {shlex.quote(str(path))})")
 
 
 def _os_problem(name: str, exc: OSError) -> str:
@@ -228,7 +235,7 @@ def _iter_source(source: Source, norm: Normalization, block_bytes: int) -> Itera
                 raise CorpusError(
                     f"{source.name} is not valid UTF-8 (byte offset {offset - pending + exc.start}"
                     f": {exc.reason}); convert it to UTF-8, e.g. "
-                    f"iconv -f LATIN1 -t UTF-8 {source.name}") from None
+                    f"iconv -f LATIN1 -t UTF-8 {shlex.quote(source.name)}") from None
             offset += len(block)
             if first and text:
                 if norm.strip_bom and text.startswith("\ufeff"):
@@ -261,7 +268,7 @@ def _check_first_block(source: Source, block: bytes) -> None:
     for bom, name in _UTF16_32_BOMS.items():
         if block.startswith(bom) and not block.startswith(codecs.BOM_UTF8):
             raise CorpusError(f"{source.name} is {name} text, not UTF-8; convert it, e.g. "
-                              f"iconv -f {name} -t UTF-8 {source.name} > out.txt")
+                              f"iconv -f {name} -t UTF-8 {shlex.quote(source.name)} > out.txt")
 
 
 def _check_no_nul(source: Source, block: bytes, offset: int) -> None:

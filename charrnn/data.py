@@ -15,9 +15,10 @@ import numpy as np
 
 from charrnn.batches import check_window_fits
 from charrnn.config import DataConfig
-from charrnn.corpus import Normalization, iter_text, resolve_sources
+from charrnn.corpus import Normalization, iter_text, resolve_sources, total_bytes
 from charrnn.errors import ConfigError, CorpusError, VocabError
-from charrnn.idcache import build_vocab_cached, encode_cached
+from charrnn.idcache import IDS_FILE, build_vocab_cached, encode_cached, load_encoded
+from charrnn.memory import check_fits
 from charrnn.vocab import UNK_ID, Vocab
 
 
@@ -65,9 +66,29 @@ def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
     return Dataset(vocab, train, val, encoded.unknown, key)
 
 
+def run_validation_split(run_dir: Path, vocab: Vocab, val_fraction: float) -> np.ndarray:
+    """The validation split of the text a run directory holds encoded (ids.bin), for scoring
+    a checkpoint without naming a file: the corpus itself is never read (its path, stored in
+    the checkpoint, is not the user's word)."""
+    encoded = load_encoded(run_dir, vocab)
+    if encoded is None:
+        raise CorpusError(f"{run_dir} holds no encoded text for this checkpoint's vocabulary "
+                          f"({IDS_FILE} is missing, from another run, or damaged); name the text "
+                          "to score: charrnn eval --checkpoint CHECKPOINT FILE...")
+    _, val = encoded.split(val_fraction)
+    return val
+
+
 def encode_files(specs: Sequence[str], vocab: Vocab) -> tuple[np.ndarray, int]:
-    """Text named on a command line, encoded with a model's vocabulary: (ids, unknown count)."""
-    pieces = [vocab.encode(p) for p in iter_text(resolve_sources(specs), vocab.normalization)]
+    """Text named on a command line, encoded with a model's vocabulary: (ids, unknown count).
+
+    Held in memory whole (the pieces, then joined): refused first if that cannot fit.
+    """
+    sources = resolve_sources(specs)
+    size = total_bytes(sources)  # characters are at most bytes
+    check_fits(2 * size * vocab.dtype.itemsize, f"the text to score ({size:,} bytes)",
+               "score less text at a time")
+    pieces = [vocab.encode(p) for p in iter_text(sources, vocab.normalization)]
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=vocab.dtype)
     return ids, int(np.count_nonzero(ids == UNK_ID))
 

@@ -1,8 +1,9 @@
 """Fetching a named corpus: streamed, checked against its published size and SHA-256, atomic.
 
-The bytes go to a hidden temporary file beside the target (`fileio.atomic_open`) and are
+The bytes go to a hidden temporary file beside the target (`fileio.open_output`) and are
 renamed into place only once the size and checksum match. Any failure (network, truncation,
-wrong bytes, Ctrl-C) deletes the temporary file, so nothing that looks finished is left behind.
+wrong bytes, Ctrl-C, SIGTERM) deletes the temporary file, so nothing that looks finished is
+left behind.
 Only the standard library is used for HTTP. A mirror is a base URL or a local directory that
 holds the same file names, for machines without access to the original hosts.
 """
@@ -52,7 +53,7 @@ def fetch(corpus: RemoteCorpus, dest: str | os.PathLike, *, mirror: str | None =
     location = source_location(corpus, mirror)
     _check_writable(dest)
     # The temporary file exists before the first byte arrives, so an unwritable disk fails fast.
-    with fileio.atomic_open(target, "wb") as out, _open(location, corpus, timeout) as stream:
+    with fileio.open_output(target, "wb") as out, _open(location, corpus, timeout) as stream:
         _copy_verified(stream, out, corpus, str(location), on_progress)
     return Fetched(target, str(location), downloaded=True)
 
@@ -87,8 +88,10 @@ def file_sha256(path: Path) -> str:
 
 
 def _check_writable(dest: Path) -> None:
-    if dest.exists() and not dest.is_dir():
-        raise DownloadError(f"--dest {dest} is a file, not a directory; choose a directory")
+    kind = fileio.file_kind(dest)
+    if kind not in ("directory", "missing"):
+        raise DownloadError(f"--dest {dest} is {'a file' if kind == 'file' else kind}, not a "
+                            "directory; choose a directory")
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -102,9 +105,13 @@ def _check_writable(dest: Path) -> None:
 def _open(location: str | Path, corpus: RemoteCorpus, timeout: float) -> BinaryIO:
     """An open stream of the source bytes; every failure is a DownloadError, never an OSError.
 
-    (An OSError escaping into `fileio.atomic_open` would be reported as a disk problem.)
+    (An OSError escaping into `fileio.open_output` would be reported as a disk problem.)
     """
     if isinstance(location, Path):
+        kind = fileio.file_kind(location)
+        if kind not in ("file", "missing"):  # a FIFO would block the open
+            raise DownloadError(f"cannot read {location}: it is {kind}, not a regular file; "
+                                "put the file there or leave out --mirror")
         try:
             return open(location, "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
@@ -139,10 +146,13 @@ def _copy_verified(stream: BinaryIO, out: IO[bytes], corpus: RemoteCorpus, sourc
     """Copy `stream` to `out`, raising unless exactly the published bytes arrived."""
     digest = hashlib.sha256()
     received = 0
+    # read1 returns what has arrived instead of waiting for a whole chunk, so a transfer that
+    # stalls is reported with the bytes that did arrive (read() would drop a partial chunk).
+    read = getattr(stream, "read1", stream.read)
     while True:
         try:
             # Asking for one byte past the expected end is how a longer file shows itself.
-            chunk = stream.read(min(CHUNK_BYTES, corpus.size + 1 - received))
+            chunk = read(min(CHUNK_BYTES, corpus.size + 1 - received))
         except (OSError, http.client.HTTPException) as exc:
             raise DownloadError(f"the transfer from {source} broke off after {received:,} of "
                                 f"{corpus.size:,} bytes ({exc}); nothing was saved: run the "

@@ -69,3 +69,7 @@ class Overloaded(CharRNNError):
 
 class ShuttingDown(CharRNNError):
     """A server that is stopping takes no new requests."""
+
+
+class ResourceError(CharRNNError):
+    """A size this machine cannot hold (memory), refused before anything is allocated."""

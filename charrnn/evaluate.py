@@ -6,6 +6,10 @@ parallel; every segment but the first is preceded by `burn_in` characters that a
 not scored, so its first scored characters already have a warmed-up state, as in one pass.
 `score_windows` instead limits every character to at most `window` characters of context, the
 way transformer evaluations are reported.
+
+The work is bounded by the text, whatever is asked: a window longer than the text is the text,
+no more segments are read than the text has room for, and the segments read at once are
+limited by the memory the machine has (memory.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charrnn import memory
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, map_state
 
@@ -74,8 +79,16 @@ def score_stream(model: CharRNN, ids: np.ndarray, device: torch.device, *,
     if targets < 1:
         return Score(0.0, 0)
     index, parts = part
-    streams = streams or default_streams(targets, burn_in, device, parts)
-    streams = max(1, min(streams, targets))
+    if streams:
+        # More segments than the text has room for, each shorter than its burn-in, only add
+        # reading; asked for explicitly, they must also fit in memory.
+        streams = max(1, min(streams, targets // burn_in if burn_in else targets))
+        _check_rows_fit(model, streams, CHUNK, device)
+    else:
+        streams = default_streams(targets, burn_in, device, parts)
+        if parts == 1:  # processes sharing the segments must all lay them out alike
+            streams = _rows_that_fit(model, streams, CHUNK, device)
+        _check_rows_fit(model, streams // parts or 1, CHUNK, device)
     burn_in = burn_in if streams > 1 else 0
     # Row 0 starts at the text's start and reads `length` inputs, all scored; row s >= 1 reads
     # burn_in unscored inputs and then its own segment. Equal rows: targets =
@@ -97,6 +110,8 @@ def score_windows(model: CharRNN, ids: np.ndarray, window: int, device: torch.de
                   batch: int = 256) -> Score:
     """Each character scored with at most `window` characters of context (0..window-1)."""
     targets = len(ids) - 1
+    window = max(1, min(window, targets))  # more context than the text holds is the text
+    batch = _rows_that_fit(model, batch, min(window, CHUNK), device)
     rows = np.arange(0, targets, window)
     total = 0.0
     for i in range(0, len(rows), batch):
@@ -138,6 +153,23 @@ def _score_rows(model: CharRNN, ids: np.ndarray, rows: np.ndarray, length: int,
         return Score(float(total), count)
     finally:
         model.train(was_training)
+
+
+def _rows_that_fit(model: CharRNN, rows: int, length: int, device: torch.device) -> int:
+    """As many of `rows` read at once as memory holds (at least one, which must fit)."""
+    available = memory.available_bytes() if device.type == "cpu" else None
+    if available is not None:
+        each = memory.scoring_bytes(model.args, 1, length)
+        rows = min(rows, max(1, available // (2 * each)))  # half: the rest is the process's
+    _check_rows_fit(model, rows, length, device)
+    return rows
+
+
+def _check_rows_fit(model: CharRNN, rows: int, length: int, device: torch.device) -> None:
+    if device.type == "cpu":
+        memory.check_fits(memory.scoring_bytes(model.args, rows, length),
+                          f"scoring {rows:,} parallel segment{'s' if rows != 1 else ''} of text",
+                          "lower --streams (1 reads the text as one sequential pass)")
 
 
 def score_text(model: CharRNN, ids: np.ndarray, device: torch.device, *,

@@ -4,6 +4,17 @@ Every file charrnn writes goes to a temporary file in the same directory, is flu
 fsynced, then renamed over the target (rename is atomic on POSIX and Windows). A failed write
 (disk full, permission) removes the temporary file and raises `CharRNNError`.
 
+Two kinds of file are written, each through its own door:
+
+- **A file the user named** (`sample -o`, `vocab build -o`, `plot -o`, `data get`'s target):
+  `open_output`. The path is the user's, and so is whatever it leads to: a symbolic link is
+  written through (the link stays a link), an existing file keeps its permissions, owner and
+  hard links, anything that is not a regular file (a FIFO, a device, a socket, a directory) is
+  refused, and `-` or /dev/stdout means standard output.
+- **A file of charrnn's own** (a run directory's checkpoints, config, caches): `atomic_open`.
+  Its temporary name carries the file's name, so that the run directory's owner can find and
+  remove what a killed process left (`remove_temporaries`).
+
 The one exception is a log such as metrics.jsonl, appended one line at a time (rewriting it
 whole at every record would cost time quadratic in its length): a killed process leaves at
 most a partial last line, which readers skip and a resumed run rewrites away.
@@ -14,7 +25,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import io
 import os
+import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,28 +37,53 @@ from typing import IO
 
 from charrnn.errors import CharRNNError
 
+STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
+TEMP_PREFIX = ".charrnn-"  # open_output's temporary files: .charrnn-XXXXXXXX.tmp
+STDOUT_FIX = "redirect it somewhere writable (e.g. > file, on a disk with room)"
+
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of `path` for writing; on success, move it over `path`."""
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
+                permissions: int | None = None) -> Iterator[IO]:
+    """Open a temporary sibling of `path` for writing; on success, move it over `path`.
+
+    For charrnn's own files; `permissions` (default: what open() would give a new file)
+    lets a cache be no more readable than the files it was made from.
+    """
     path = Path(path)
     ensure_dir(path.parent)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise CharRNNError(_write_problem(path, exc)) from None
+
+    def put_in_place() -> None:
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    # mkstemp's 0600 would make checkpoints private
+    mode_bits = _new_file_mode() if permissions is None else permissions
+    with _through_temporary(fd, tmp, mode, path, lambda: os.fchmod(fd, mode_bits),
+                            put_in_place) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _through_temporary(fd: int, tmp: str, mode: str, shown: Path, prepare: Callable[[], None],
+                       put_in_place: Callable[[], None]) -> Iterator[IO]:
+    """Write the temporary file `tmp` (open as `fd`): `prepare` it, hand it out, sync it to
+    disk, then `put_in_place`. Any failure removes it; an OSError becomes a CharRNNError."""
     try:
-        os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would make checkpoints private
+        prepare()
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline="" if encoding else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        put_in_place()
     except OSError as exc:
         _remove_quietly(tmp)
-        raise CharRNNError(_write_problem(path, exc)) from None
+        raise CharRNNError(_write_problem(shown, exc)) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -54,21 +94,199 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def write_with(path: str | os.PathLike, writer: Callable[[IO], None]) -> None:
+def write_with(path: str | os.PathLike, writer: Callable[[IO], None], *,
+               permissions: int | None = None) -> None:
     """Atomically write `path` by handing a binary file object to `writer`."""
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb", permissions=permissions) as f:
         writer(f)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line; an append of a short line is a single write, flushed to disk."""
+    """Append one line; an append of a short line is a single write, flushed to disk.
+
+    Only to a regular file of the run directory itself: a symbolic link or a FIFO planted
+    under that name is refused rather than followed (or waited on).
+    """
     path = Path(path)
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise CharRNNError(f"cannot write {path}: it is a symbolic link, which charrnn does "
+                               "not follow inside a run directory; remove it")
+        if not stat.S_ISREG(mode):
+            raise CharRNNError(f"cannot write {path}: {_kind(mode)}, not a regular file; "
+                               "remove it")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line.rstrip("\n") + "\n")
-            f.flush()
+        fd = os.open(path, flags, _new_file_mode())
+        try:
+            with open(fd, "a", encoding="utf-8", closefd=False) as f:
+                f.write(line.rstrip("\n") + "\n")
+                f.flush()
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise CharRNNError(_write_problem(path, exc)) from None
+
+
+# ---- files the user named ---------------------------------------------------------------------
+def names_stdout(path: str | os.PathLike) -> bool:
+    """Whether an output path means standard output: `-`, /dev/stdout and its aliases."""
+    return str(path) in STDOUT_NAMES
+
+
+@contextlib.contextmanager
+def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a file the user named for writing (text as UTF-8); it is replaced once whole.
+
+    `-` and /dev/stdout write to standard output instead, as the bytes a file would hold. A
+    symbolic link is followed to the file it names. Anything but a regular file (a FIFO, a
+    device node, a socket, a directory) is refused. An existing file keeps its permissions and,
+    where this process may set it, its owner. The temporary file has a short name of its own
+    in the same directory, so that any name valid for the target is valid here too.
+    """
+    if names_stdout(path):
+        with _standard_output(mode) as f:
+            yield f
+        return
+    shown = Path(path)
+    target = Path(os.path.realpath(Path(path).expanduser()))  # through every symbolic link
+    try:
+        existing = os.stat(target)
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise CharRNNError(_write_problem(shown, exc)) from None
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        raise CharRNNError(_write_problem(shown, IsADirectoryError(
+            errno.EISDIR, os.strerror(errno.EISDIR))))
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        raise CharRNNError(f"cannot write {shown}: {_kind(existing.st_mode)}, not a regular "
+                           "file; name a regular file, or - for standard output")
+    ensure_dir(target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX, suffix=".tmp")
+    except OSError as exc:
+        raise CharRNNError(_write_problem(shown, exc)) from None
+
+    def put_in_place() -> None:
+        if existing is not None and existing.st_nlink > 1:
+            # A rename would give this name a new file and leave the other links with the
+            # old one: the user linked them to share one file, so it is rewritten in place
+            # (from the finished temporary file, so only the copy itself can be cut short).
+            _copy_into(tmp, target)
+            _remove_quietly(tmp)
+        else:
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+
+    with _through_temporary(fd, tmp, mode, shown, lambda: _take_over_identity(fd, existing),
+                            put_in_place) as f:
+        yield f
+
+
+def write_output(path: str | os.PathLike, content: str | bytes) -> None:
+    """Write `content` to a file the user named (see `open_output`)."""
+    with open_output(path, "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+
+
+def write_output_with(path: str | os.PathLike, writer: Callable[[IO], None]) -> None:
+    """Write a file the user named by handing a binary file object to `writer`."""
+    with open_output(path, "wb") as f:
+        writer(f)
+
+
+def _take_over_identity(fd: int, existing: os.stat_result | None) -> None:
+    """Give the temporary file the mode (and owner) of the file it replaces, or a new file's."""
+    if existing is None:
+        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 is not what a new file would get
+        return
+    if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+        with contextlib.suppress(OSError):  # only root may give a file away
+            os.fchown(fd, existing.st_uid, existing.st_gid)
+    os.fchmod(fd, stat.S_IMODE(existing.st_mode))
+
+
+def _copy_into(source: str, target: Path) -> None:
+    with open(source, "rb") as src, open(target, "r+b") as dst:
+        shutil.copyfileobj(src, dst)
+        dst.truncate()
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+@contextlib.contextmanager
+def _standard_output(mode: str) -> Iterator[IO]:
+    """Standard output as a file: the same bytes a file would get (UTF-8 text), not closed.
+
+    A reader that went away (EPIPE) stays a BrokenPipeError, which the command line ends
+    quietly as other Unix tools do; any other failure is a CharRNNError.
+    """
+    if sys.stdout is None:
+        raise CharRNNError("cannot write to standard output: it is closed; redirect it "
+                           "(e.g. > file) or name a file")
+    try:
+        sys.stdout.flush()  # whatever was printed before comes first
+        raw = _Unclosed(sys.stdout.buffer)
+        if "b" in mode:
+            yield raw
+            raw.flush()
+            return
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="", write_through=True)
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise CharRNNError(f"cannot write to standard output: {exc.strerror or exc}; "
+                           f"{STDOUT_FIX}") from None
+
+
+class _Unclosed(io.RawIOBase):
+    """A binary stream that writes through to another and leaves it open when closed."""
+
+    def __init__(self, stream: IO[bytes]):
+        super().__init__()
+        self.stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.stream.write(data)
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What is at `path` (following links): "file", "missing", "directory", or what else,
+    worded for an error message ("a FIFO (named pipe)"), without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return _kind(mode).removeprefix("it is ")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character "
+                       "device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return f"it is {name}"
+    return "it is not a regular file"
 
 
 def _write_problem(path: Path, exc: OSError) -> str:

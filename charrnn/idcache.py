@@ -4,20 +4,26 @@ The ids are stored as uint8/16/32 by vocabulary size in the run directory (`ids.
 `ids.json` saying which corpus and vocabulary they encode), so a 2 GB corpus costs page cache,
 not process memory, and a second run with the same corpus and vocabulary starts at once. The
 vocabulary built from a corpus is cached beside it the same way (`vocab.json`).
+
+The caches are no more readable than the files they were made from: encoding a private corpus
+into a shared directory must not publish it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from charrnn import fileio
+from charrnn import fileio, safeload
 from charrnn.corpus import Normalization, Source, iter_text
+from charrnn.errors import VocabError
 from charrnn.vocab import UNK_ID, CharCounter, Vocab
 
 IDS_FILE, IDS_META = "ids.bin", "ids.json"
@@ -35,13 +41,15 @@ def build_vocab_cached(sources: list[Source], normalization: Normalization, min_
            "normalization": normalization.to_dict(), "min_count": min_count}
     cached = _read_json(cache_dir / VOCAB_META)
     if cached == key and (cache_dir / VOCAB_FILE).is_file():
-        return Vocab.load(cache_dir / VOCAB_FILE)
+        with contextlib.suppress(VocabError):  # a damaged cache is made again
+            return Vocab.load(cache_dir / VOCAB_FILE)
     counter = CharCounter()
     for piece in iter_text(sources, normalization, separator):
         counter.add(piece)
     vocab = counter.to_vocab(normalization, min_count)
     _forget(cache_dir / VOCAB_META)
-    vocab.save(cache_dir / VOCAB_FILE)
+    fileio.write_with(cache_dir / VOCAB_FILE, lambda f: f.write(vocab.to_json().encode()),
+                      permissions=readable_as(sources))
     fileio.write_text(cache_dir / VOCAB_META, json.dumps(key))
     return vocab
 
@@ -62,11 +70,12 @@ def encode_cached(sources: list[Source], vocab: Vocab, separator: str, cache_dir
     """Encode the corpus into cache_dir/ids.bin unless an identical encoding is already there."""
     key = {"corpus": corpus_fingerprint(sources, separator), "vocab": vocab.digest,
            "dtype": vocab.dtype.name}
-    meta = _read_json(cache_dir / IDS_META) or {}
+    meta = _read_json(cache_dir / IDS_META)
     path = cache_dir / IDS_FILE
-    if meta.get("key") == key and path.is_file() and path.stat().st_size == (
-            meta["length"] * vocab.dtype.itemsize):
-        return EncodedCorpus(_map(path, vocab.dtype, meta["length"]), meta["unknown"])
+    if isinstance(meta, dict) and meta.get("key") == key:
+        cached = load_encoded(cache_dir, vocab)
+        if cached is not None:
+            return cached
     length = unknown = 0
 
     def write(f) -> None:
@@ -80,10 +89,51 @@ def encode_cached(sources: list[Source], vocab: Vocab, separator: str, cache_dir
                 on_progress(len(ids))
 
     _forget(cache_dir / IDS_META)
-    fileio.write_with(path, write)
+    fileio.write_with(path, write, permissions=readable_as(sources))
     fileio.write_text(cache_dir / IDS_META,
                       json.dumps({"key": key, "length": length, "unknown": unknown}))
     return EncodedCorpus(_map(path, vocab.dtype, length), unknown)
+
+
+def load_encoded(cache_dir: Path, vocab: Vocab) -> EncodedCorpus | None:
+    """The text cache_dir/ids.bin holds, if `vocab` encoded it; None otherwise.
+
+    Reads only the cache, never the corpus it was made from (whose path the cache's key
+    records, and which need not be the user's to read). The ids are checked to be ids of
+    `vocab`, so a damaged or planted file cannot index past the model's embedding.
+    """
+    meta = _read_json(cache_dir / IDS_META)
+    key = meta.get("key") if isinstance(meta, dict) else None
+    if not isinstance(key, dict) or key.get("vocab") != vocab.digest \
+            or key.get("dtype") != vocab.dtype.name:
+        return None
+    length, unknown = meta.get("length"), meta.get("unknown")
+    if type(length) is not int or type(unknown) is not int or not 0 <= unknown <= length:
+        return None
+    path = cache_dir / IDS_FILE
+    try:
+        info = os.lstat(path)  # the run's own file, not a link to somewhere else
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size != length * vocab.dtype.itemsize:
+        return None
+    ids = _map(path, vocab.dtype, length)
+    if length and int(ids.max()) >= vocab.size:
+        return None
+    return EncodedCorpus(ids, unknown)
+
+
+def readable_as(sources: list[Source]) -> int:
+    """Permissions for a cache of `sources`: what a new file gets, less any read permission
+    one of the sources withholds (a corpus only its owner may read gives an 0600 cache)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    for source in sources:
+        if source.path is not None:
+            with contextlib.suppress(OSError):
+                mode &= stat.S_IMODE(source.path.stat().st_mode) | 0o600
+    return mode | 0o600  # the owner always reads and rewrites its cache
 
 
 def _map(path: Path, dtype: np.dtype, length: int) -> np.ndarray:
@@ -100,7 +150,9 @@ def _forget(meta: Path) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
+    if not path.is_file():  # a FIFO planted under the name would block the read
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return safeload.load_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None

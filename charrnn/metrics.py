@@ -11,13 +11,15 @@ its own, and without one training is silent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 from typing import Protocol
 
-from charrnn import fileio
-from charrnn.errors import UsageError
+from charrnn import fileio, safeload
+from charrnn.errors import CharRNNError, UsageError
+from charrnn.memory import check_fits
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -114,12 +116,27 @@ class MultiLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All records of a run's metrics.jsonl (a partly written last line is skipped)."""
+    """The well-formed records of a run's metrics.jsonl, in order.
+
+    A record is a JSON object whose "step" is an integer; anything else (a partly written last
+    line, a damaged or edited line, bytes that are not UTF-8) is skipped, so that resuming or
+    plotting a run never trips over its log.
+    """
     path = Path(run_dir) / METRICS_FILE
+    with contextlib.suppress(OSError):
+        # Parsed records take about ten times the bytes of their lines.
+        check_fits(12 * path.stat().st_size, f"reading {path}", "plot a shorter log")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CharRNNError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions, "
+                           "or remove it to start the log afresh") from None
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in data.splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = safeload.load_json(line.decode("utf-8"))
+        except ValueError:  # JSON, UTF-8 and nesting errors alike
             continue
+        if isinstance(record, dict) and type(record.get("step")) is int:
+            records.append(record)
     return records

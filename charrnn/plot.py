@@ -13,9 +13,12 @@ from pathlib import Path
 
 from charrnn import fileio
 from charrnn.errors import CharRNNError, UsageError
+from charrnn.memory import check_fits
 from charrnn.metrics import METRICS_FILE, read_metrics
 
 DPI = 100  # pixels per inch, so --width and --height in pixels give the figure size exactly
+MIN_PIXELS = {"--width": 300, "--height": 200}  # room for the four panels and their labels
+MAX_PIXELS = 10_000  # a side; Agg refuses 2**16, and 10,000 x 10,000 is 400 MB of canvas
 BITS_PER_NAT = 1 / math.log(2)
 
 
@@ -24,28 +27,33 @@ class Curves:
     """One run's metrics as the series the figure draws; times in seconds."""
 
     label: str
-    train_step: list[int] = field(default_factory=list)
+    train_step: list[float] = field(default_factory=list)
     train_time: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)  # nats/char
     lr: list[float] = field(default_factory=list)
-    val_step: list[int] = field(default_factory=list)
+    val_step: list[float] = field(default_factory=list)
     val_time: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)  # nats/char
 
 
 def load_curves(run_dir: Path, label: str) -> Curves:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
+    run_dir = Path(run_dir).expanduser()
+    path = run_dir / METRICS_FILE
+    kind = fileio.file_kind(path)
+    if kind == "missing":
         raise CharRNNError(f"{path} not found; pass a run directory written by `charrnn train`")
+    if kind != "file":
+        raise CharRNNError(f"cannot read {path}: it is {kind}, not a regular file; pass a run "
+                           "directory written by `charrnn train`")
     curves = Curves(label)
     for record in read_metrics(run_dir):
         if record.get("kind") == "train":
-            curves.train_step.append(record["step"])
+            curves.train_step.append(_number(record["step"]))
             curves.train_time.append(_number(record.get("elapsed")))
             curves.train_loss.append(_number(record.get("loss")))
             curves.lr.append(_number(record.get("lr")))
         elif record.get("kind") == "eval":
-            curves.val_step.append(record["step"])
+            curves.val_step.append(_number(record["step"]))
             curves.val_time.append(_number(record.get("elapsed")))
             curves.val_loss.append(_number(record.get("val_loss")))
     if not curves.train_step and not curves.val_step:
@@ -57,8 +65,10 @@ def load_curves(run_dir: Path, label: str) -> Curves:
 def plot_runs(run_dirs: list[Path], output: Path, width: int = 1200, height: int = 800) -> None:
     """Draw every run into one 2x2 figure (loss and learning rate x step and wall time)."""
     Figure, FigureCanvasAgg, Line2D = _matplotlib()
+    check_image_size(width, height)
     output = Path(output)
-    image_type = output.suffix.lower().lstrip(".")
+    # Standard output has no suffix to tell the type by: PNG, the default.
+    image_type = "png" if fileio.names_stdout(output) else output.suffix.lower().lstrip(".")
     if image_type not in FigureCanvasAgg.get_supported_filetypes():
         raise UsageError(f"cannot write {output}: unknown image type {output.suffix!r}; "
                          "use .png, .svg or .pdf")
@@ -103,7 +113,18 @@ def plot_runs(run_dirs: list[Path], output: Path, width: int = 1200, height: int
                 Line2D([], [], color="grey", linestyle="--", marker="o", markersize=3,
                        label="validation")]
     loss_by_step.legend(handles=handles, fontsize="small")
-    fileio.write_with(output, lambda f: figure.savefig(f, format=image_type, dpi=DPI))
+    fileio.write_output_with(output, lambda f: figure.savefig(f, format=image_type, dpi=DPI))
+
+
+def check_image_size(width: int, height: int) -> None:
+    """Refuse a figure too big to draw: past MAX_PIXELS a side, or more than memory holds."""
+    for name, value in (("--width", width), ("--height", height)):
+        if not MIN_PIXELS[name] <= value <= MAX_PIXELS:
+            raise UsageError(f"{name} must be between {MIN_PIXELS[name]} and {MAX_PIXELS:,} "
+                             f"pixels, not {value:,}")
+    # The canvas holds 4 bytes a pixel; rendering and encoding need about as much again.
+    check_fits(8 * width * height, f"a {width:,} x {height:,} pixel figure",
+               "lower --width and --height")
 
 
 def _matplotlib():
@@ -134,5 +155,12 @@ def _time_unit(longest_seconds: float) -> tuple[str, float]:
 
 
 def _number(value: object) -> float:
-    # Non-finite values are logged as null; NaN leaves a gap in the line instead.
-    return float(value) if isinstance(value, (int, float)) else math.nan
+    # Non-finite values are logged as null, and an edited log may hold anything: what is not
+    # a number that a float can hold leaves a gap in the line instead (NaN).
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return math.nan
+    try:
+        number = float(value)
+    except OverflowError:
+        return math.nan
+    return number if math.isfinite(number) else math.nan

@@ -11,9 +11,11 @@ the weights, so that a resumed run continues exactly where the stopped one was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
+import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from charrnn import checkpoint, fileio
-from charrnn.config import Config, config_from_dict
+from charrnn.config import Config, config_from_dict, read_yaml_mapping
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.metrics import METRICS_FILE, read_metrics
 
@@ -178,12 +180,10 @@ class RunDir:
 
 def saved_config(run_dir: str | Path) -> Config:
     """The resolved config a run saved, to resume it without naming the original file."""
-    import yaml
-
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
+    path = Path(run_dir).expanduser() / CONFIG_FILE
+    if not path.exists():
         raise CharRNNError(f"{run_dir} has no {CONFIG_FILE}; pass --config as well")
-    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, str(path))
+    return config_from_dict(read_yaml_mapping(path), str(path))  # damage: one clear error
 
 
 class RunLock:
@@ -198,11 +198,18 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        # Never through a symbolic link or into a FIFO planted under the name: the pid
+        # written below would truncate whatever file it leads to.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, flags, 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, "not a regular file")
         except OSError as exc:
-            raise CharRNNError(f"cannot create {self.path}: {exc.strerror}; choose a writable "
-                               "train.out_dir") from None
+            what = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            raise CharRNNError(f"cannot create {self.path}: {what}; remove it, or choose a "
+                               "writable train.out_dir") from None
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

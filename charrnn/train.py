@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from charrnn import autosize, checkpoint, devices, fileio, speed
+from charrnn import autosize, checkpoint, devices, fileio, memory, speed
 from charrnn.batches import make_batches
 from charrnn.config import Config
 from charrnn.data import Dataset, check_named_vocab, load_dataset
@@ -266,7 +267,7 @@ class Trainer:
         raise TrainingStopped(
             f"stopped by {stop.name or 'a signal to another process'} at step {self.step:,}; "
             f"{self.run_dir.path / checkpoint.LAST} saved. Continue with: {self._command()} "
-            f"--resume {self.run_dir.path}", exit_code=stop.exit_code)
+            f"--resume {shlex.quote(str(self.run_dir.path))}", exit_code=stop.exit_code)
 
     # ---- set-up ---------------------------------------------------------------------------
     def _init_payload(self) -> dict | None:
@@ -281,8 +282,9 @@ class Trainer:
     def _build_model(self, inherited: dict | None, resumed: bool) -> CharRNN:
         wanted = self.config.model
         if inherited is None:
-            model = CharRNN(ModelArgs(vocab_size=self.vocab.size, **wanted.shape()))
-            return model.to(self.device)
+            args = ModelArgs(vocab_size=self.vocab.size, **wanted.shape())
+            memory.check_training(args, self.config.data, len(self.data.train), self.device)
+            return CharRNN(args).to(self.device)
         stored = inherited["model_args"]
         differ = [f"'model.{k}' is {getattr(wanted, k)!r} here but {stored[k]!r} in the checkpoint"
                   for k in ARCHITECTURE if getattr(wanted, k) != stored[k]]
@@ -293,6 +295,8 @@ class Trainer:
                               + ", ".join(f"{k}={stored[k]}" for k in ARCHITECTURE) + ")",
                               "note")
         args = ModelArgs(**{**stored, "dropout": wanted.dropout})
+        memory.check_training(args, self.config.data, len(self.data.train), self.device,
+                              inherited=True)
         model, _ = checkpoint.model_from({**inherited, "model_args": args.to_dict()})
         return model.to(self.device)
 

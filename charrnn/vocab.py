@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn import fileio
+from charrnn import fileio, safeload
 from charrnn.corpus import Normalization
 from charrnn.errors import UsageError, VocabError
 
@@ -27,6 +28,7 @@ FORMAT = "charrnn-vocab"
 VERSION = 1
 _CODE_POINTS = 0x110000  # every Unicode code point
 MIN_CHARS = 2  # a vocabulary of one character has nothing to learn
+MAX_COUNT = 2**63  # counts are int64
 
 
 def code_points(text: str) -> np.ndarray:
@@ -144,13 +146,17 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        path = Path(path)
-        if not path.is_file():
+        path = Path(path).expanduser()
+        kind = fileio.file_kind(path)
+        if kind == "missing":
             raise VocabError(f"vocabulary file not found: {path}; build one with "
-                             f"`charrnn vocab build CORPUS -o {path}`")
+                             f"`charrnn vocab build CORPUS -o {shlex.quote(str(path))}`")
+        if kind != "file":
+            raise VocabError(f"cannot read vocabulary {path}: it is {kind}, not a regular "
+                             "file; name a vocab.json file")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = safeload.load_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # JSON, UTF-8 and nesting errors alike
             raise VocabError(f"cannot read vocabulary {path}: {exc}; rebuild it with "
                              "`charrnn vocab build`") from None
         return cls.from_dict(data, origin=str(path))
@@ -173,12 +179,15 @@ def _validate_dict(data: object) -> list[str]:
         problems.append("'chars' is not sorted")
     elif len(chars) + 1 < MIN_CHARS:
         problems.append("'chars' is empty")
-    if not isinstance(counts, list) or not all(type(n) is int and n >= 0 for n in counts):
+    # Counts are 64-bit when counted; past that they are not counts (nor would sums of them
+    # convert to a float for a percentage).
+    if not isinstance(counts, list) or not all(type(n) is int and 0 <= n < MAX_COUNT
+                                               for n in counts):
         problems.append("'counts' must be a list of non-negative integers")
     elif isinstance(chars, list) and len(counts) != len(chars):
         problems.append("'counts' and 'chars' differ in length")
     for key in ("unk_count", "min_count"):
-        if key in data and (type(data[key]) is not int or data[key] < 0):
+        if key in data and (type(data[key]) is not int or not 0 <= data[key] < MAX_COUNT):
             problems.append(f"'{key}' must be a non-negative integer")
     norm = data.get("normalization", {})
     try:
@@ -211,10 +220,14 @@ class CharCounter:
             raise VocabError("the corpus holds only whitespace: nothing to learn; point at a "
                              "file with text in it")
         if len(kept) + (1 if dropped else 0) < MIN_CHARS:
+            if dropped:
+                raise VocabError(f"only {len(kept)} of the corpus's {len(seen)} distinct "
+                                 f"characters occur at least min_count ({min_count}) times; "
+                                 "a language model needs at least two: lower min_count "
+                                 "(--min-count, data.min_count) or use more text")
             raise VocabError(f"the corpus has only {len(seen)} distinct character"
-                             f"{'s' if len(seen) != 1 else ''} (at min_count {min_count}); "
-                             "a language model needs at least two: use more varied text"
-                             + (" or a lower --min-count" if dropped else ""))
+                             f"{'s' if len(seen) != 1 else ''}; a language model needs at "
+                             "least two: use more varied text")
         chars = tuple(chr(p) for p in kept.tolist())
         return Vocab(chars=chars, counts=tuple(self.counts[kept].tolist()),
                      unk_count=dropped, min_count=min_count, normalization=normalization)

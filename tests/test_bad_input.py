@@ -87,6 +87,56 @@ def copy_of_run(tmp: Path, run: Path) -> Path:
     return copy
 
 
+def damaged_run(tmp: Path, run: Path, name: str, content: bytes) -> Path:
+    copy = copy_of_run(tmp, run)
+    (copy / name).write_bytes(content)
+    return copy
+
+
+def altered_checkpoint(tmp: Path, run: Path, change) -> Path:
+    """A copy of the run's best.pt, `change`d, as someone handing over a file might do."""
+    payload = checkpoint.load(run / "best.pt")
+    payload = {**payload, "model": dict(payload["model"]),
+               "model_args": dict(payload["model_args"])}
+    change(payload)
+    path = tmp / "altered.pt"
+    torch.save(payload, path)
+    return path
+
+
+def nan_weight(payload: dict) -> None:
+    payload["model"]["head.bias"] = payload["model"]["head.bias"].clone()
+    payload["model"]["head.bias"][3] = float("nan")
+
+
+def alias_bomb(levels: int = 40) -> list:
+    """A structure of 2**levels leaves made of `levels` shared lists: a few hundred bytes."""
+    bomb: list = ["x"]
+    for _ in range(levels):
+        bomb = [bomb, bomb]
+    return bomb
+
+
+YAML_ALIAS_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+    f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, "
+    f"*a{i - 1}, *a{i - 1}]" for i in range(1, 9)] + ["data: {separator: *a8}"]) + "\n"
+
+
+def with_run(command: str, *options):
+    """`charrnn COMMAND -k RUN OPTIONS...` for the tiny run."""
+    return lambda t, run: [command, "-k", run, *options]
+
+
+def fifo(tmp: Path, name: str = "fifo") -> Path:
+    path = tmp / name
+    os.mkfifo(path)
+    return path
+
+
+def deep_json(tmp: Path) -> Path:
+    return write(tmp / "deep.json", "[" * 100_000 + "]" * 100_000)
+
+
 BAD_INPUTS = {
     # ---- the corpus
     "empty file": (lambda t, run: train_on(write(t / "e.txt", ""), t), 1,
@@ -158,6 +208,127 @@ BAD_INPUTS = {
     # ---- sampling
     "infinite temperature": (lambda t, run: ["sample", "-k", run, "--temperature", "inf"], 2,
                              ["temperature must be a finite number"]),
+    # ---- what is not a regular file, as any input: reported for what it is, never opened
+    "a FIFO as corpus": (lambda t, run: train_on(fifo(t), t), 1,
+                         ["fifo: it is a FIFO (named pipe), not a regular file"]),
+    "/dev/null as corpus": (lambda t, run: ["vocab", "build", "/dev/null", "-o", t / "v.json"], 1,
+                            ["/dev/null: it is a character device, not a regular file"]),
+    "a FIFO as config": (lambda t, run: ["train", "--config", fifo(t)], 2,
+                         ["it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO as vocabulary": (lambda t, run: ["vocab", "show", fifo(t)], 1,
+                             ["it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO as checkpoint": (lambda t, run: ["sample", "-k", fifo(t, "x.pt")], 1,
+                             ["x.pt: it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO in a mirror directory": (lambda t, run: [
+        "data", "get", "nietzsche", "--mirror", fifo(t, "nietzsche.txt").parent, "--dest",
+        t / "dl"], 1, ["nietzsche.txt: it is a FIFO (named pipe), not a regular file"]),
+    "a FIFO as --dest": (lambda t, run: ["data", "get", "nietzsche", "--dest", fifo(t)], 1,
+                         ["is a FIFO (named pipe), not a directory"]),
+    "a FIFO as data.vocab": (lambda t, run: train_on(poem(t), t, **{"data.vocab": fifo(t)}), 1,
+                             ["not a regular file"]),
+    # ---- configs with bounded work: size, nesting, aliases, values YAML cannot build
+    "YAML alias bomb": (lambda t, run: ["train", "--config", write(t / "c.yaml",
+                                                                  YAML_ALIAS_BOMB)], 2,
+                        ["holds more than 10,000 values", "YAML aliases"]),
+    "--set alias bomb": (lambda t, run: ["train", "--set", "data.separator=" + YAML_ALIAS_BOMB
+                                         .replace("\n", ", ").join("{}")], 2,
+                         ["holds more than 10,000 values"]),
+    "YAML nested 100,000 deep": (lambda t, run: ["train", "--config", write(
+        t / "c.yaml", "a: " + "[" * 100_000 + "]" * 100_000)], 2, ["nests too deeply"]),
+    "YAML 30th of February": (lambda t, run: ["train", "--config", write(
+        t / "c.yaml", "train: {max_time: 2001-02-30}")], 2, ["a value cannot be read"]),
+    "YAML 5,000-digit integer": (lambda t, run: ["train", "--config", write(
+        t / "c.yaml", "model: {hidden_size: " + "9" * 5000 + "}")], 2,
+        ["a value cannot be read"]),
+    "config not UTF-8": (lambda t, run: ["train", "--config", write(t / "c.yaml",
+                                                                   b"train: {out_dir: \xff}")],
+                         2, ["not UTF-8 text (byte offset 17)"]),
+    "config of 2 MB": (lambda t, run: ["train", "--config", write(t / "c.yaml", "#" * 2**21)], 2,
+                       ["far more than a config"]),
+    # ---- numbers bounded where they are read, naming the key or option
+    "empty out_dir": (lambda t, run: train_on(poem(t), t, **{"train.out_dir": ""}), 2,
+                      ["'train.out_dir' must not be empty"]),
+    "train.threads 5000": (lambda t, run: train_on(poem(t), t, **{"train.threads": 5000}), 2,
+                           ["'train.threads' must be at most"]),
+    "train.seed 2**64": (lambda t, run: train_on(poem(t), t, **{"train.seed": 2**64}), 2,
+                         ["'train.seed' must be at most 9223372036854775807"]),
+    "train.seed -1": (lambda t, run: train_on(poem(t), t, **{"train.seed": -1}), 2,
+                      ["'train.seed' must be at least 0"]),
+    "num_layers 1000": (lambda t, run: train_on(poem(t), t, **{"model.num_layers": 1000}), 2,
+                        ["'model.num_layers' must be at most 100"]),
+    "hidden_size 10**400": (lambda t, run: train_on(poem(t), t, **{
+        "model.hidden_size": 10**400}), 2,
+        ["'model.hidden_size' must be at most 1000000, not a number of about 400 digits"]),
+    "sample_length 10**9": (lambda t, run: train_on(poem(t), t, **{
+        "train.sample_length": 10**9}), 2, ["'train.sample_length' must be at most 100000"]),
+    "sample --seed 2**64": (with_run("sample", "--seed", 2**64), 2, ["--seed"]),
+    "sample --num-samples 10**6": (with_run("sample", "-N", 10**6), 2, ["--num-samples"]),
+    "sample --length 10**10": (with_run("sample", "-n", 10**10), 2, ["--length"]),
+    "sample --top-k 10**30": (with_run("sample", "--top-k", 10**30), 2, ["--top-k"]),
+    "eval --streams 10**9": (with_run("eval", "--streams", 10**9), 2, ["--streams"]),
+    "eval --window 10**30": (with_run("eval", "--window", 10**30), 2, ["--window"]),
+    "plot --width 100000": (lambda t, run: ["plot", run, "--width", 100_000, "-o",
+                                            t / "p.png"], 2, ["--width"]),
+    "vocab show --top 10**30": (lambda t, run: ["vocab", "show", run / "vocab.json", "--top",
+                                                10**30], 2, ["--top"]),
+    # ---- vocabularies
+    "vocabulary nested 100,000 deep": (lambda t, run: ["vocab", "show", deep_json(t)], 1,
+                                       ["deep.json: it nests too deeply to be read"]),
+    "data.vocab nested 100,000 deep": (lambda t, run: train_on(poem(t), t, **{
+        "data.vocab": deep_json(t)}), 1, ["it nests too deeply to be read"]),
+    "vocabulary counts past 64 bits": (lambda t, run: ["vocab", "show", write(
+        t / "v.json", (run / "vocab.json").read_text().replace('"counts": [', '"counts": [' +
+                                                                "9" * 400 + ", 0, "))], 1,
+        ["not a valid charrnn vocabulary"]),
+    # ---- checkpoints from anyone: validated before anything is built or expanded
+    "a checkpoint claiming 60,000 hidden units": (lambda t, run: ["eval", "-k", altered_checkpoint(
+        t, run, lambda p: p["model_args"].update(hidden_size=60_000))], 1,
+        ["weights do not match the model settings", "expected (240000, 16)"]),
+    "init_from claiming 60,000 hidden units": (lambda t, run: train_on(poem(t), t, **{
+        "train.init_from": altered_checkpoint(t, run, lambda p: p["model_args"].update(
+            hidden_size=60_000))}), 1, ["expected (240000, 16)"]),
+    "NaN weights": (lambda t, run: ["sample", "-k", altered_checkpoint(t, run, nan_weight)], 1,
+                    ["the weight head.bias holds NaN or infinite values"]),
+    "NaN weights for init_from": (lambda t, run: train_on(poem(t), t, **{
+        "train.init_from": altered_checkpoint(t, run, nan_weight)}), 1,
+        ["the weight head.bias holds NaN"]),
+    "string weights": (lambda t, run: ["eval", "-k", altered_checkpoint(
+        t, run, lambda p: p["model"].update({"head.bias": "weights"}))], 1,
+        ["the weight head.bias is str, not a tensor"]),
+    "integer weights": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p["model"].update({"head.bias": torch.zeros(48, dtype=torch.long)}))],
+        1, ["the weight head.bias is a torch.int64 tensor"]),
+    "a weight missing": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p["model"].pop("head.bias"))], 1, ["missing head.bias"]),
+    "model_args missing a key": (lambda t, run: ["sample", "-k", altered_checkpoint(
+        t, run, lambda p: p["model_args"].pop("cell"))], 1, ["lacks model_args cell"]),
+    "model_args of the wrong type": (lambda t, run: ["sample", "-k", altered_checkpoint(
+        t, run, lambda p: p["model_args"].update(num_layers="2"))], 1,
+        ["invalid model settings", "'model.num_layers' must be an integer"]),
+    "a markup model_args cell": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p["model_args"].update(cell="[/]"))], 1,
+        ["'model.cell' must be one of"]),
+    "a step past 64 bits": (lambda t, run: ["info", altered_checkpoint(
+        t, run, lambda p: p.update(step=2**70))], 1, ["has step of the wrong type"]),
+    "a checkpoint alias bomb": (lambda t, run: ["eval", "-k", altered_checkpoint(
+        t, run, lambda p: p.update(config={"data": alias_bomb()}))], 1,
+        ["holds more than", "it is not a charrnn checkpoint"]),
+    "eval without FILE beside no encoded text": (lambda t, run: [
+        "eval", "-k", write(t / "moved.pt", (run / "best.pt").read_bytes())], 1,
+        ["holds no encoded text for this checkpoint's vocabulary", "name the text to score"]),
+    # ---- resuming with a damaged config.yaml: one line, the run untouched
+    "resume: config.yaml with a syntax error": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"train: [\n")], 2,
+        ["config.yaml is not valid YAML at line 2"]),
+    "resume: config.yaml holding a list": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"- 1\n- 2\n")], 2,
+        ["must be a YAML mapping", "(it holds a list)"]),
+    "resume: config.yaml not UTF-8": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"\xff\xfe\x00")], 2,
+        ["config.yaml: it is not UTF-8 text"]),
+    "resume: config.yaml with --set": (lambda t, run: [
+        "train", "--resume", damaged_run(t, run, "config.yaml", b"[1, 2]"), "--set",
+        "train.max_steps=40"], 2, ["must be a YAML mapping"]),
 }
 
 
@@ -256,3 +427,91 @@ def test_more_than_65535_distinct_characters_train(tmp_path):
     model, vocab, _ = checkpoint.load_model(run)
     assert vocab.size == 70_002 and vocab.dtype.name == "uint32"
     assert (run / "ids.bin").stat().st_size == 4 * 2 * 70_001  # four bytes per id
+
+
+# ---- values that overflow float32 --------------------------------------------------------------
+@pytest.mark.parametrize("option", [["--temperature", "1e39"], ["--temperature", "1e-320"],
+                                    ["--top-p", "1e-300"], ["--top-p", "5e-324"]])
+def test_finite_values_past_float32_sample_cleanly(option, tiny_run):
+    result = invoke("sample", "-k", tiny_run, "-n", "20", "--seed", "1", *option)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.rstrip("\n")) == 20
+
+
+# ---- work bounded by the text, not by the number asked for ------------------------------------
+@pytest.fixture
+def forward_calls(monkeypatch):
+    """The batch size of every forward call of any model."""
+    from charrnn.model import CharRNN
+
+    calls: list[int] = []
+    forward = CharRNN.forward
+
+    def counting(self, idx, *args, **kwargs):
+        calls.append(idx.shape[0])
+        return forward(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(CharRNN, "forward", counting)
+    return calls
+
+
+def test_a_window_longer_than_the_text_costs_what_the_text_costs(tiny_run, forward_calls):
+    whole = invoke("eval", "-k", tiny_run, "--window", 2_075)  # the validation split's length
+    calls = len(forward_calls)
+    forward_calls.clear()
+    huge = invoke("eval", "-k", tiny_run, "--window", 10**9)
+    assert huge.exit_code == 0 and huge.stdout == whole.stdout
+    assert len(forward_calls) == calls <= 10  # one pass in chunks, not 10**9 / 256 calls
+
+
+def test_more_streams_than_the_text_has_room_for_are_not_read(tiny_run, forward_calls):
+    result = invoke("eval", "-k", tiny_run, "--streams", 65_536)
+    assert result.exit_code == 0, result.output
+    assert max(forward_calls) == 2  # 2,075 characters to score: room for two 1,024 burn-ins
+    assert result.stdout == invoke("eval", "-k", tiny_run, "--streams", 1).stdout
+
+
+def test_threads_and_seeds_at_their_bounds_work(tmp_path, tiny_run):
+    from charrnn.config import max_threads
+
+    result = invoke(*train_on(poem(tmp_path), tmp_path, **{
+        "train.threads": max_threads(), "train.seed": 2**63 - 1, "train.max_steps": 2,
+        "train.eval_every": 0}))
+    assert result.exit_code == 0, result.output
+    sampled = invoke("sample", "-k", tiny_run, "-n", "5", "--seed", 2**64 - 1)
+    assert sampled.exit_code == 0, sampled.output
+
+
+# ---- small ones --------------------------------------------------------------------------------
+def test_a_tilde_is_expanded_in_every_path_key_and_option(tmp_path, tiny_run, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    poem(home)
+    (home / "vocab.json").write_bytes((tiny_run / "vocab.json").read_bytes())
+    (home / "init.pt").write_bytes((tiny_run / "best.pt").read_bytes())
+    result = invoke("train", *set_args(tmp_path / "unused", tmp_path / "unused", **{
+        "data.path": "~/poem.txt", "data.vocab": "~/vocab.json", "train.init_from": "~/init.pt",
+        "train.out_dir": "~/runs/tuned", "train.max_steps": 2, "train.eval_every": 0}))
+    assert result.exit_code == 0, result.output
+    assert (home / "runs" / "tuned" / "best.pt").is_file()
+    assert not (Path.cwd() / "~").exists()
+    for args in (["sample", "-k", "~/runs/tuned", "-n", "5", "-o", "~/s.txt"],
+                 ["eval", "-k", "~/runs/tuned"], ["info", "~/runs/tuned"],
+                 ["vocab", "show", "~/vocab.json"], ["plot", "~/runs/tuned", "-o", "~/p.png"],
+                 ["train", "--resume", "~/runs/tuned", "--set", "train.max_steps=3"]):
+        assert invoke(*args).exit_code == 0, args
+    assert (home / "s.txt").is_file() and (home / "p.png").is_file()
+
+
+def test_a_fifo_as_corpus_is_refused_without_waiting_for_a_writer(tmp_path):
+    import subprocess
+    import sys
+
+    path = fifo(tmp_path)
+    # In a child with a timeout: opening the FIFO would block forever.
+    child = subprocess.run([sys.executable, "-m", "charrnn", "vocab", "build", str(path), "-o",
+                            str(tmp_path / "v.json")], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 1
+    assert child.stderr.startswith("error: cannot read") and "not a regular file" in child.stderr

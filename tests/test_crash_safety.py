@@ -56,8 +56,8 @@ def failing_writes(monkeypatch):
         writes = [0]
 
         @contextlib.contextmanager
-        def atomic_open(path, mode="wb"):
-            with real(path, mode) as f:
+        def atomic_open(path, mode="wb", **options):
+            with real(path, mode, **options) as f:
                 if Path(path).name == name:
                     writes[0] += 1
                     if writes[0] == after + 1:

@@ -6,8 +6,12 @@ http://127.0.0.1:PORT/corrupt` exercises the real download code end to end.
 """
 
 import http.server
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from functools import partial
 
 import pytest
@@ -23,6 +27,10 @@ NIETZSCHE = REMOTE_CORPORA["nietzsche"]  # the smallest: 0.6 MB keeps these test
 # Errors here are a single line on stderr, nothing else.
 assert_clean_error = partial(assert_clean_error, one_line=True)
 runner = CliRunner()
+
+
+STALL_AFTER = 300_000  # bytes a stalling server sends before it goes quiet
+RELEASE = threading.Event()  # set when the server shuts down: stalled requests end
 
 
 class CorpusHandler(http.server.BaseHTTPRequestHandler):
@@ -44,6 +52,11 @@ class CorpusHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Length", str(announced))
         self.end_headers()
+        if mode == "stall":  # sends STALL_AFTER bytes, then nothing until the tests end
+            self.wfile.write(data[:STALL_AFTER])
+            self.wfile.flush()
+            RELEASE.wait()
+            return
         self.wfile.write(data)
         self.close_connection = True
 
@@ -60,6 +73,7 @@ def server():
                               daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_port}"
+    RELEASE.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -202,3 +216,28 @@ def test_data_get_errors_are_one_red_line(tmp_path, server):
     assert list(tmp_path.iterdir()) == []
     result = invoke("data", "get", "war-and-peace", "--dest", tmp_path)
     assert_clean_error(result, 2, "unknown corpus 'war-and-peace'", "tiny-shakespeare")
+
+
+def test_a_stalled_transfer_reports_the_bytes_that_did_arrive(tmp_path, server):
+    with pytest.raises(DownloadError, match=f"broke off after {STALL_AFTER:,} of 600,901 bytes"):
+        fetch(NIETZSCHE, tmp_path, mirror=f"{server}/stall", timeout=1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_data_get_leaves_no_temporary_file(tmp_path, server):
+    child = subprocess.Popen([sys.executable, "-m", "charrnn", "data", "get", "nietzsche",
+                              "--dest", str(tmp_path), "--mirror", f"{server}/stall"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"})
+    # The stalled transfer holds its temporary file; wait (bounded) until it has bytes in it.
+    for _ in range(6000):
+        partial = [p for p in tmp_path.iterdir() if p.stat().st_size >= STALL_AFTER]
+        if partial or child.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert partial, child.communicate()
+    child.terminate()
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr
+    assert "terminated" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ import typer
 
 from charrnn import __version__
 from charrnn.cli import data, eval, info, plot, sample, serve, train, vocab
-from charrnn.cli.common import CommandGroup, out
+from charrnn.cli.common import CommandGroup, out, sane_terminal_width
 
 app = typer.Typer(cls=CommandGroup, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False, context_settings={"help_option_names":
@@ -45,4 +45,5 @@ def _main(version: Annotated[bool, typer.Option(
 
 
 def main() -> None:
+    sane_terminal_width()  # before Typer draws help with a console of its own
     app(prog_name="charrnn")

@@ -1,13 +1,32 @@
-"""What every command shares: the consoles, option types, and turning errors into one line.
+"""What every command shares: the consoles, option types, and the guard around each command.
 
-Every `CharRNNError` becomes one red `error: ...` line on stderr and its exit code (1 runtime,
-2 usage), never a traceback; usage errors from option parsing look the same.
+`handles_errors` is the one guard every command runs inside. It turns every `CharRNNError`
+into one red `error: ...` line on stderr and its exit code (1 runtime, 2 usage), never a
+traceback (usage errors from option parsing look the same), and it owns the terminal:
+
+- **standard output that fails** (a full disk, a closed descriptor) is one `error:` line; a
+  reader that went away (`charrnn sample | head -c1`) ends the command quietly with exit code
+  141, as a Unix tool killed by SIGPIPE does. Standard output closed before the command
+  starts is refused before anything is done.
+- **characters the output encoding cannot show** (PYTHONIOENCODING=ascii, a cp1252 console)
+  are written as backslash escapes (`\u5b9d`), on stdout as Python already does on stderr;
+  files written with --output are always UTF-8.
+- **a terminal narrower than MIN_WIDTH** (or COLUMNS=0) is drawn as MIN_WIDTH columns wide
+  rather than as nothing.
+- **SIGTERM** unwinds like Ctrl-C, so a half-written temporary file is removed (exit 143).
+- **running out of memory** is one line with advice that fits the command.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +34,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from charrnn import fileio
 from charrnn.errors import CharRNNError, ConfigError
 
 try:  # typer >= 0.23 carries its own copy of click
@@ -26,6 +46,8 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+MIN_WIDTH = 40  # columns: narrower, a table cannot show a word per cell
+MEMORY_HINT = "close other programs or use a machine with more memory"
 
 # Options several commands take, declared once.
 CheckpointOption = Annotated[Path, typer.Option(
@@ -86,35 +108,159 @@ def report(exc: CharRNNError) -> None:
         err.print(f"[bold red]error:[/] {escape(str(exc))}")
 
 
+def sane_terminal_width() -> None:
+    """A width set in the environment below MIN_WIDTH is raised to it: with COLUMNS=0 every
+    table and help page would be drawn as nothing. (Rich ignores a COLUMNS that is not a
+    number; Typer fails on such a TERMINAL_WIDTH, so that one is replaced.)"""
+    for name in ("COLUMNS", "TERMINAL_WIDTH"):
+        value = os.environ.get(name)
+        if value is None or (name == "COLUMNS" and not value.strip().isdigit()):
+            continue
+        if not value.strip().isdigit() or int(value) < MIN_WIDTH:
+            os.environ[name] = str(MIN_WIDTH)
+
+
+def report_written(path: Path, what: str) -> None:
+    """'wrote PATH: WHAT', on stderr when PATH was standard output (which holds the content)."""
+    console = err if fileio.names_stdout(path) else out
+    console.print(f"wrote {escape(str(path))}: {escape(what)}")
+
+
 def warn(text: str) -> None:
     """A warning on stderr, for messages the library passes up."""
     err.print(f"[yellow]warning:[/] {escape(text)}")
 
 
-def handles_errors(command):
-    """Turn the errors users can cause into one red line and an exit code."""
+def handles_errors(command: Callable | None = None, *, memory_hint: str = MEMORY_HINT):
+    """Run a command inside the guard described above; `memory_hint` is the advice given
+    when it runs out of memory (`@handles_errors(memory_hint="lower --width")`)."""
+    if command is None:
+        return functools.partial(handles_errors, memory_hint=memory_hint)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with _guarded_terminal():
+                return command(*args, **kwargs)
+        except _OutputFailed as failure:
+            _report_output_failure(failure.error)
+        except BrokenPipeError as exc:  # standard output as a file (--output -) lost its reader
+            _report_output_failure(exc)
         except CharRNNError as exc:
             # Under torchrun every process raises the error (see distributed.py): shown once.
             if speaks_for_the_run():
-                report(exc)
+                _quietly(report, exc)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]")
+            _quietly(err.print, "[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except _Terminated:
+            _quietly(err.print, "[bold red]terminated[/]")
+            raise typer.Exit(143) from None
         except MemoryError:
-            err.print("[bold red]error:[/] out of memory; lower data.batch_size, data.seq_len "
-                      "or model.hidden_size")
+            _quietly(err.print, f"[bold red]error:[/] out of memory; {escape(memory_hint)}")
             raise typer.Exit(1) from None
         except RuntimeError as exc:
-            if "out of memory" not in str(exc).lower():
+            message = str(exc).lower()
+            if "out of memory" not in message and "can't allocate memory" not in message:
                 raise
-            err.print("[bold red]error:[/] the device ran out of memory; lower data.batch_size, "
-                      "data.seq_len or model.hidden_size")
+            what = "the device ran out of memory" if "cuda" in message or "mps" in message \
+                else "out of memory"
+            _quietly(err.print, f"[bold red]error:[/] {what}; {escape(memory_hint)}")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+class _OutputFailed(Exception):
+    """Writing to standard output failed with `error` (an OSError)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that everything unwinds as for Ctrl-C."""
+
+
+class _GuardedOutput:
+    """sys.stdout while a command runs: a failed write is known to be standard output's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _OutputFailed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _OutputFailed(exc) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _guarded_terminal():
+    if sys.stdout is None:  # started with its descriptor closed (`>&-`)
+        raise CharRNNError("standard output is closed; redirect it instead (e.g. > /dev/null "
+                           "or > file)")
+    for stream in (sys.stdout, sys.stderr):
+        # Characters the encoding lacks become \u escapes instead of a UnicodeEncodeError.
+        if getattr(stream, "errors", None) == "strict":
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
+    for console in (out, err):
+        if console.width < MIN_WIDTH:
+            console.width = MIN_WIDTH
+    stdout = sys.stdout
+    sys.stdout = _GuardedOutput(stdout)
+    previous = _on_sigterm(_raise_terminated)
+    try:
+        yield
+        sys.stdout.flush()  # a last buffered write that fails, fails here and not at exit
+    finally:
+        _on_sigterm(previous)
+        sys.stdout = stdout
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM (main thread only); the one it replaces."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _report_output_failure(error: OSError) -> None:
+    _silence_stdout()
+    if error.errno == errno.EPIPE:
+        raise typer.Exit(141)  # the reader has all it wanted: nothing to report
+    _quietly(err.print, f"[bold red]error:[/] cannot write to standard output: "
+                        f"{escape(error.strerror or str(error))}; {fileio.STDOUT_FIX}")
+    raise typer.Exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point the real standard output at /dev/null, so that the interpreter's last flush of
+    what could not be written fails no more (it would print a second error)."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        fd = sys.stdout.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+
+
+def _quietly(show, *args) -> None:
+    """Report on stderr; if stderr itself cannot be written, the exit code says it all."""
+    with contextlib.suppress(OSError, ValueError):
+        show(*args)

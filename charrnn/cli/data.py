@@ -6,6 +6,7 @@ download.py; this module only parses, shows a progress bar on stderr and prints 
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -58,7 +59,8 @@ def get(
     else:
         out.print(f"{path} is already here and verified ({corpus.size:,} bytes, SHA-256 "
                   f"{corpus.sha256[:12]}); nothing to do")
-    out.print(f"train on it with: charrnn train --set data.path={path}")
+    quoted = escape(shlex.quote(f"data.path={fetched.path}"))  # a command to paste
+    out.print(f"train on it with: charrnn train --set {quoted}")
 
 
 def corpora_table() -> Table:

@@ -4,6 +4,7 @@ elsewhere. Both are a `TrainingView` (metrics.py), so the trainer never asks whi
 
 from __future__ import annotations
 
+import math
 import time
 
 from rich.console import Console
@@ -15,6 +16,8 @@ LABELS = {"note": "[yellow]note:[/] ", "warning": "[yellow]warning:[/] "}
 
 
 def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)

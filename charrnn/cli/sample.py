@@ -15,8 +15,23 @@ from typing import Annotated
 
 import typer
 
-from charrnn.cli.common import CheckpointOption, DeviceOption, handles_errors, out, report
+from charrnn.cli.common import (
+    CheckpointOption,
+    DeviceOption,
+    handles_errors,
+    out,
+    report,
+    report_written,
+)
 from charrnn.errors import CharRNNError, UsageError
+
+MAX_LENGTH = 100_000_000  # characters per sample: hours of generation already
+MAX_SAMPLES = 100_000  # drawn as one batch
+MAX_SEED = 2**64 - 1  # what torch's generators accept
+MAX_BEAM = 1024  # beams kept at every step: each one is a stream
+# Bytes per generated character kept until the end: as str pieces, and for JSON with its
+# log-probability as a Python float in a list.
+HELD_TEXT, HELD_JSON = 16, 64
 
 
 class OutputFormat(str, Enum):
@@ -24,13 +39,13 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-@handles_errors
+@handles_errors(memory_hint="lower --num-samples or --length, or use a shorter --prime")
 def sample(
     checkpoint: CheckpointOption,
     temperature: Annotated[str, typer.Option(
         "--temperature", "-t", help="Randomness: >0 scales logits, 0 is greedy. Several, "
         "comma-separated (0.2,0.5,1.0), give one labelled sample each.")] = "1.0",
-    length: Annotated[int, typer.Option("--length", "-n",
+    length: Annotated[int, typer.Option("--length", "-n", min=0, max=MAX_LENGTH,
                                         help="Characters to generate (prime not counted).")]
         = 500,
     prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from.")] = "",
@@ -38,24 +53,27 @@ def sample(
         "--prime-file", metavar="FILE", show_default=False,
         help="Start from the text in FILE (UTF-8, any number of lines) instead of --prime.")]
         = None,
-    seed: Annotated[int | None, typer.Option(help="Same seed, same text.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED,
+                                             help="Same seed, same text.")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Sample among the k most likely.")]
+        = None,
     top_p: Annotated[float | None, typer.Option(
         help="Sample among the most likely characters whose probabilities add up to p "
              "(0 < p <= 1).")] = None,
     stop: Annotated[str | None, typer.Option(
         metavar="TEXT", help="End each sample at the first TEXT after the prime (TEXT kept); "
         "\\n and \\t are understood, so '\\n\\n' stops at a blank line.")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-N",
+    num_samples: Annotated[int, typer.Option("--num-samples", "-N", min=1, max=MAX_SAMPLES,
                                              help="Samples, drawn as one batch.")] = 1,
     beam: Annotated[int | None, typer.Option(
-        metavar="N", show_default=False,
+        min=1, max=MAX_BEAM, metavar="N", show_default=False,
         help="Beam search with N beams: the most probable continuation under the model "
              "(with -N K: the K best), deterministic; no temperature, top-k or top-p.")]
         = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE", dir_okay=False, show_default=False,
-        help="Write the samples to FILE (whole, once all are done) instead of printing them.")]
+        help="Write the samples to FILE (whole, once all are done) instead of printing them; "
+             "- is standard output.")]
         = None,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="text, or json: a list of {temperature, prime, text, logprobs}, "
@@ -109,6 +127,9 @@ def run_sample(request: SampleRequest) -> None:
     from charrnn.sample import Sampler, SampleSettings, parse_stop, parse_temperatures
 
     temperatures = parse_temperatures(request.temperatures)
+    if request.interactive and sys.stdin is None:
+        raise UsageError("--interactive reads lines from standard input, which is closed; "
+                         "pipe text in or run it in a terminal")
     target = pick_device(request.device, "--device")
     model, vocab, _ = load_model(request.checkpoint, target)
     sampler = Sampler(model, vocab, target)
@@ -119,19 +140,37 @@ def run_sample(request: SampleRequest) -> None:
         settings.validate(vocab)
     stop = sampler.prepare_stop(parse_stop(request.stop)) if request.stop is not None else None
     if request.interactive:
-        _sample_interactively(sampler, runs, stop, request.as_json)
+        _sample_interactively(sampler, runs, stop, request.as_json, target)
         return
     prime = request.prime
     sampler.encode_prime(prime)  # reject unknown prime characters before printing anything
-    if request.output is None:
+    to_file = request.output is not None
+    _check_memory(model, runs, prime, request.as_json, to_file, target)
+    if not to_file:
         _emit(sampler, runs, prime, stop, request.as_json, _write_stdout, _print_label)
         return
     parts: list[str] = []
     count = _emit(sampler, runs, prime, stop, request.as_json, parts.append,
                   lambda label: parts.append(label + "\n"))
-    fileio.write_text(request.output, "".join(parts))
-    out.print(f"wrote {request.output}: {count} sample{'s' if count != 1 else ''} "
-              f"({'json' if request.as_json else 'text'})")
+    fileio.write_output(request.output, "".join(parts))
+    report_written(request.output, f"{count} sample{'s' if count != 1 else ''} "
+                   f"({'json' if request.as_json else 'text'})")
+
+
+def _check_memory(model, runs, prime: str, as_json: bool, to_file: bool, device) -> None:
+    """Refuse a batch of samples the machine cannot hold before drawing any."""
+    from charrnn import memory
+
+    count, length = runs[0].num_samples, runs[0].length
+    # A lone text sample streams out; a batch is kept until it is written, and a file or JSON
+    # until every temperature's samples are done. The text is in host memory on any device.
+    streamed = not (to_file or as_json or count > 1)
+    per_char = 0 if streamed else (HELD_JSON if as_json else HELD_TEXT)
+    need = count * length * per_char * (len(runs) if to_file or as_json else 1)
+    if device.type == "cpu":  # elsewhere the model's work is in device memory
+        need += memory.sampling_bytes(model.args, count, len(prime))
+    memory.check_fits(need, f"{count:,} sample{'s' if count > 1 else ''} of {length:,} "
+                      "characters", "lower --num-samples or --length, or use a shorter --prime")
 
 
 def _emit(sampler, runs, prime: str, stop: str | None, as_json: bool, write, write_label,
@@ -181,8 +220,12 @@ def _print_label(label: str) -> None:
     out.print(label, style="bold")
 
 
-def _sample_interactively(sampler, runs, stop: str | None, as_json: bool) -> None:
+def _sample_interactively(sampler, runs, stop: str | None, as_json: bool, device) -> None:
     """Continue each line read from stdin until end of input, the model staying loaded."""
+    if getattr(sys.stdin, "errors", None) == "strict":
+        # Bytes that are not UTF-8 become U+FFFD, which the prime check then reports.
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            sys.stdin.reconfigure(errors="replace")
     prompt = ""
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
@@ -195,8 +238,11 @@ def _sample_interactively(sampler, runs, stop: str | None, as_json: bool) -> Non
             line = input(prompt).rstrip("\r")
         except EOFError:
             break
+        except OSError as exc:
+            raise CharRNNError(f"cannot read standard input: {exc.strerror or exc}") from None
         try:
             sampler.encode_prime(line)
+            _check_memory(sampler.model, runs, line, as_json, False, device)
             _emit(sampler, runs, line, stop, as_json, _write_stdout, _print_label,
                   one_line=True)
         except CharRNNError as exc:  # a bad line is reported; the session goes on

@@ -1,4 +1,9 @@
-"""Rich tables of charrnn objects, for `charrnn info` and `charrnn vocab show`."""
+"""Rich tables of charrnn objects, for `charrnn info` and `charrnn vocab show`.
+
+Every title and cell is a `Text`, never markup: paths, characters and whatever a checkpoint
+says are shown as they are (a run in `runs/[draft]` is not a style, `[/]` is not a tag).
+A checkpoint's values are shown defensively: it can come from anyone.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from charrnn.cli.progress import format_duration
 from charrnn.errors import CheckpointError, VocabError
@@ -26,8 +32,18 @@ def printable(char: str) -> str:
     return char
 
 
+class _PlainTable(Table):
+    """A table whose title and cells are plain text (see above)."""
+
+    def __init__(self, *columns, title: str | None = None, **options):
+        super().__init__(*columns, title=None if title is None else Text(title), **options)
+
+    def add_row(self, *cells, **options) -> None:
+        super().add_row(*(Text(str(cell)) for cell in cells), **options)
+
+
 def vocab_tables(vocab: Vocab, top: int, title: str = "vocabulary") -> list[Table]:
-    summary = Table(title=title, show_header=False)
+    summary = _PlainTable(title=title, show_header=False)
     summary.add_column("what", style="bold")
     summary.add_column("value")
     total = vocab.total
@@ -44,7 +60,7 @@ def vocab_tables(vocab: Vocab, top: int, title: str = "vocabulary") -> list[Tabl
 
     order = sorted(range(len(vocab.chars)), key=lambda i: (-vocab.counts[i], vocab.chars[i]))
     most, least = order[:top], order[::-1][:top]
-    freq = Table(title=f"most and least frequent (of {len(vocab.chars):,})")
+    freq = _PlainTable(title=f"most and least frequent (of {len(vocab.chars):,})")
     for side in ("most frequent", "least frequent"):
         freq.add_column(side)
         freq.add_column("count", justify="right")
@@ -69,15 +85,16 @@ def checkpoint_table(payload: dict, path: Path, preview: int = 60) -> Table:
     except VocabError as exc:
         raise CheckpointError(str(exc)) from None
     args = payload["model_args"]
-    table = Table(title=str(path), show_header=False)
+    table = _PlainTable(title=str(path), show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("file size", _file_size(path.stat().st_size))
-    dropout = f", dropout {args['dropout']:g}" if args.get("dropout") else ""
+    dropout = args.get("dropout")
+    dropout = f", dropout {dropout:g}" if isinstance(dropout, float) and dropout else ""
     table.add_row("model", f"{args.get('cell', '?')}, {args.get('num_layers', '?')} layers x "
                   f"{args.get('hidden_size', '?')} hidden units, "
                   f"{args.get('embedding_dim', '?')}-dim embedding{dropout}")
-    parameters = sum(weights.numel() for weights in payload["model"].values())
+    parameters = sum(w.numel() for w in payload["model"].values() if hasattr(w, "numel"))
     table.add_row("parameters", f"{parameters:,}")
     table.add_row("vocabulary", f"{vocab.size:,} ids ({len(vocab.chars):,} characters + <unk>)")
     shown = " ".join(printable(c) for c in vocab.chars[:preview])
@@ -95,10 +112,17 @@ def checkpoint_table(payload: dict, path: Path, preview: int = 60) -> Table:
     table.add_row("saved with", f"torch {payload.get('torch_version', '?')}, charrnn "
                   f"{payload.get('charrnn_version', '?')}")
     table.add_row("saved at", str(payload.get("saved_at", "?")))
-    config = payload.get("config")
-    table.add_row("config", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
-                  if config else "(none saved)")
+    table.add_row("config", _config_text(payload.get("config")))
     return table
+
+
+def _config_text(config: object) -> str:
+    if not config:
+        return "(none saved)"
+    try:
+        return yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
+    except yaml.YAMLError:  # values YAML cannot represent: not a config charrnn wrote
+        return "(unreadable: it holds values that are not plain data)"
 
 
 def _loss(nats: float | None, chars: int | None = None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +13,7 @@ from rich.markup import escape
 from charrnn.cli.common import handles_errors, out, speaks_for_the_run
 
 
-@handles_errors
+@handles_errors(memory_hint="lower data.batch_size, data.seq_len or model.hidden_size")
 def train(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="YAML config (see configs/).", show_default=False)] = None,
@@ -38,11 +40,19 @@ def train(
 
     resume_target: bool | str = False
     if resume is not None:
-        resume_target = resume or True
+        resume_target = os.path.expanduser(resume) if resume else True
     if config is None and isinstance(resume_target, str):
         cfg = saved_config(resume_target)
         if overrides:
             cfg = load_config(Path(resume_target) / "config.yaml", overrides)
+        if speaks_for_the_run() and not quiet:
+            # The run directory's config says what is read: say it, since no file the user
+            # named on this command line does.
+            named = [f"{key} {value}" for key, value in (
+                ("data.path", cfg.data.path), ("data.vocab", cfg.data.vocab),
+                ("train.init_from", cfg.train.init_from)) if value]
+            out.print(f"resuming with {escape(str(Path(resume_target) / 'config.yaml'))}: "
+                      f"{escape(', '.join(named))}", style="dim")
     else:
         cfg = load_config(config, overrides)
     view = make_view(out, quiet) if speaks_for_the_run() else None
@@ -51,5 +61,6 @@ def train(
         return
     final = f"; val {result.final.line()}" if result.final is not None else ""
     run_dir = escape(str(result.run_dir))
+    quoted = escape(shlex.quote(str(result.run_dir)))  # a command to paste into a shell
     out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s{final}; "
-              f"checkpoints in {run_dir}. Sample with: charrnn sample --checkpoint {run_dir}")
+              f"checkpoints in {run_dir}. Sample with: charrnn sample --checkpoint {quoted}")

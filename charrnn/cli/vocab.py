@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from charrnn.cli.common import CommandGroup, handles_errors, out
+from charrnn.cli.common import CommandGroup, handles_errors, out, report_written
 
 app = typer.Typer(cls=CommandGroup, no_args_is_help=True,
                   help="Build and inspect character vocabularies.")
@@ -35,8 +34,8 @@ def build(
     inputs: Annotated[list[str], typer.Argument(
         help="UTF-8 files, directories (read recursively), globs or builtin:NAME.",
         show_default=False)],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the JSON.")]
-        = Path("data/vocab.json"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the JSON; - "
+                                         "is standard output.")] = Path("data/vocab.json"),
     min_count: Annotated[int, typer.Option(
         min=1, help="Characters seen fewer times become <unk>.")] = 1,
     lowercase: Annotated[bool, typer.Option(help="Fold case first.")] = False,
@@ -47,6 +46,7 @@ def build(
     strip_bom: Annotated[bool, typer.Option(help="Drop a leading byte-order mark.")] = True,
 ) -> None:
     """Count the characters of a corpus into a vocabulary (JSON)."""
+    from charrnn import fileio
     from charrnn.corpus import Normalization, iter_text, resolve_sources, total_bytes
     from charrnn.vocab import Vocab
 
@@ -54,18 +54,19 @@ def build(
     norm = Normalization(lowercase=lowercase, newline=newline.value, unicode=unicode.value,
                          strip_bom=strip_bom)
     vocab = Vocab.build(iter_text(sources, norm), norm, min_count)
-    vocab.save(output)
+    fileio.write_output(output, vocab.to_json())
     files = f"{len(sources)} file{'s' if len(sources) != 1 else ''}"
     dropped = f", {vocab.unk_count:,} rare characters -> <unk>" if vocab.unk_count else ""
-    out.print(f"wrote {escape(str(output))}: {len(vocab.chars):,} characters + <unk> from "
-              f"{vocab.total:,} characters ({files}, {total_bytes(sources):,} bytes){dropped}")
+    report_written(output, f"{len(vocab.chars):,} characters + <unk> from {vocab.total:,} "
+                   f"characters ({files}, {total_bytes(sources):,} bytes){dropped}")
 
 
 @app.command("show")
 @handles_errors
 def show(
     vocab_path: Annotated[Path, typer.Argument(metavar="VOCAB", help="A vocab.json file.")],
-    top: Annotated[int, typer.Option(min=1, help="How many most/least frequent to list.")] = 10,
+    top: Annotated[int, typer.Option(min=1, max=0x110000,
+                                     help="How many most/least frequent to list.")] = 10,
 ) -> None:
     """Size, coverage and the most and least frequent characters of a vocabulary."""
     from charrnn.cli.tables import vocab_tables
