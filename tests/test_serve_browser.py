@@ -81,3 +81,14 @@ def test_the_playground_streams_text_into_the_page(tiny_run, browser_page, tmp_p
         engine = models["run"].engine
         wait_until(lambda: engine.load()["rows"] == 0, 10, "the row to be freed")
         assert page.is_enabled("#generate") and not page.is_enabled("#stop")
+
+
+def test_the_api_documents_itself_without_the_internet(tiny_run, browser_page):
+    page = browser_page
+    with running_server(load(tiny_run)) as url:
+        page.goto(url + "/docs")
+        page.wait_for_function("document.querySelectorAll('.operation').length >= 3")
+        text = page.inner_text("#api")
+        for part in ("POST /v1/generate", "GET /v1/models", "GET /healthz", "temperature",
+                     "num_samples", "422"):
+            assert part in text, part

@@ -136,8 +136,11 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
     """The ASGI app serving these models (the first is the default)."""
     if not models:
         raise ValueError("no models to serve")
+    # /docs is our own page reading /openapi.json: FastAPI's Swagger UI loads from a CDN, and
+    # the server must work where no CDN can be reached.
     app = FastAPI(title="charrnn", version=__version__, summary="Character-level language "
-                  "models: generate text, streamed as it is written.")
+                  "models: generate text, streamed as it is written.", docs_url=None,
+                  redoc_url=None)
     app.state.models = models
     default = next(iter(models))
     any_engine = models[default].engine
@@ -158,6 +161,10 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def _docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html")
 
     @app.get("/healthz", summary="Whether every model can generate")
     async def healthz() -> JSONResponse:
@@ -426,9 +433,10 @@ async def _disconnected(request: Request) -> None:
 
 # ---- the API key --------------------------------------------------------------------------------
 class BearerKey:
-    """Every request but the playground's static files needs `Authorization: Bearer KEY`."""
+    """Every request but the playground's files and the API's documentation needs
+    `Authorization: Bearer KEY`."""
 
-    OPEN = ("/", "/favicon.ico")
+    OPEN = ("/", "/favicon.ico", "/docs", "/openapi.json")  # the page and what documents it
 
     def __init__(self, app, key: str):
         self.app = app
