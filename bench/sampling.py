@@ -108,9 +108,9 @@ def main() -> None:
     device = pick_device(args.device)
     torch.manual_seed(0)
     vocab = Vocab.build(["".join(chr(c) for c in range(32, 97)) + "\n"])  # 66 ids, as Shakespeare
-    args = ModelArgs(vocab_size=vocab.size, cell="lstm", embedding_dim=EMBEDDING,
-                     hidden_size=HIDDEN, num_layers=LAYERS, dropout=0.0)
-    model = CharRNN(args).to(device).eval()
+    shape = ModelArgs(vocab_size=vocab.size, cell="lstm", embedding_dim=EMBEDDING,
+                      hidden_size=HIDDEN, num_layers=LAYERS, dropout=0.0)
+    model = CharRNN(shape).to(device).eval()
     sampler = Sampler(model, vocab, device)
     flops = rnn_flops_per_char("lstm", EMBEDDING, HIDDEN, LAYERS, training=False)
     peak = matmul_flops(torch.float32, device)

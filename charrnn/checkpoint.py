@@ -275,8 +275,10 @@ def model_from(payload: dict, path: str | Path = "checkpoint") -> tuple[CharRNN,
                               f"vocabulary has {vocab.size} ids; the checkpoint is inconsistent")
     check_weights(payload["model"], args, path)
     memory.check_model(args, f"the model in {path}", fix="use a machine with more memory")
-    # Built without memory or random initial weights: the stored ones replace them.
-    with torch.device("meta"):
+    # Built on the CPU and overwritten: building on the "meta" device would skip the random
+    # initial weights, but makes torch import its compiler (about a second of start-up).
+    # Drawing them must not move the global random numbers (a resumed run restores those).
+    with torch.random.fork_rng(devices=[]):
         model = CharRNN(args)
     try:
         model.load_state_dict(payload["model"], strict=True, assign=True)

@@ -113,6 +113,12 @@ class DrawRules:
     top_k: torch.Tensor | None = None  # (B,) int64, V for rows without a limit; None: no row
     top_p: torch.Tensor | None = None  # (B,) float32, 2.0 for rows without; None: no row
 
+    def __post_init__(self) -> None:
+        # Computed once per batch, not once per character: drawing is on the per-step path.
+        self.greedy = self.temperature < GREEDY_BELOW  # (B,)
+        self.any_greedy = bool(self.greedy.any())
+        self.scale = (1.0 / self.temperature.clamp(min=GREEDY_BELOW))[:, None]  # (B, 1)
+
     @classmethod
     def of(cls, settings: SampleSettings, rows: int, vocab_size: int,
            device: torch.device) -> DrawRules:
@@ -160,20 +166,33 @@ def draw(logits: torch.Tensor, rules: DrawRules, uniforms: torch.Tensor,
     logits[:, UNK_ID] = -math.inf  # <unk> stands for "some character": never emit it
     # Shifted to a maximum of 0 first, so that a tiny temperature cannot overflow to inf/inf.
     shifted = logits - logits.amax(dim=-1, keepdim=True)  # (B, V)
-    greedy = rules.temperature < GREEDY_BELOW  # (B,)
-    scaled = shifted / rules.temperature.clamp(min=GREEDY_BELOW)[:, None]  # sharper or flatter
+    scaled = shifted * rules.scale  # sharper or flatter
     if rules.top_k is not None or rules.top_p is not None:
         scaled = _keep_most_likely(scaled, rules)
-    probs = torch.softmax(scaled, dim=-1)  # (B, V)
-    cdf = probs.cumsum(dim=-1)
-    # 1 - u lies in (0, 1]: never 0, so a character of probability 0 is never chosen.
-    target = (1.0 - uniforms)[:, None] * cdf[:, -1:]  # (B, 1)
+    # Inverse CDF on unnormalised probabilities (the largest is 1): normalising is one more
+    # pass over the row, and the target is scaled by the total instead.
+    cdf = scaled.exp().cumsum(dim=-1)
+    total = cdf[:, -1:]
+    # (1 - u) * total lies in (0, total]: never 0, so a character of probability 0 is never
+    # chosen.
+    target = torch.addcmul(total, uniforms[:, None], total, value=-1.0)  # (B, 1)
     nxt = torch.searchsorted(cdf, target).squeeze(1).clamp_(max=logits.shape[1] - 1)
-    nxt = torch.where(greedy, shifted.argmax(dim=-1), nxt)
+    if rules.any_greedy:
+        nxt = torch.where(rules.greedy, shifted.argmax(dim=-1), nxt)
     if not with_logprobs:
         return nxt, None
-    under = torch.where(greedy[:, None], shifted, scaled)
+    under = torch.where(rules.greedy[:, None], shifted, scaled)
     return nxt, torch.log_softmax(under, dim=-1).gather(1, nxt[:, None]).squeeze(1)
+
+
+def draw_uniforms(generator: torch.Generator, steps: int, rows: int, device: torch.device
+                  ) -> torch.Tensor:
+    """(steps, rows) uniforms: the same numbers as `steps` successive draws of `rows` (what
+    the server relies on to give a request the same text whoever shares its batch)."""
+    if device.type == "cpu":  # the CPU generator fills a tensor in order: one call will do
+        return torch.rand(steps, rows, generator=generator)
+    return torch.stack([torch.rand(rows, generator=generator, device=device)
+                        for _ in range(steps)])
 
 
 def _keep_most_likely(scaled: torch.Tensor, rules: DrawRules) -> torch.Tensor:
@@ -353,9 +372,9 @@ class Sampler:
         while done < settings.length:
             n = min(FLUSH_EVERY, settings.length - done)
             finite = streams.finite()
+            uniforms = draw_uniforms(generator, n, rows, self.device)
             for i in range(n):
-                uniforms = torch.rand(rows, generator=generator, device=self.device)
-                out[:, i], lp = streams.advance(stepper, uniforms, with_logprobs)
+                out[:, i], lp = streams.advance(stepper, uniforms[i], with_logprobs)
                 if lp is not None:
                     logp[:, i] = lp
             done += n

@@ -227,8 +227,7 @@ def test_a_slow_reader_gets_the_text_merged(engine):
 
 
 def test_random_numbers_drawn_ahead_are_the_ones_drawn_step_by_step():
-    from charrnn.sample import new_generator
-    from charrnn.serve.engine import draw_uniforms
+    from charrnn.sample import draw_uniforms, new_generator
 
     cpu = torch.device("cpu")
     ahead, step_by_step = new_generator(9, cpu), new_generator(9, cpu)

@@ -45,6 +45,7 @@ from charrnn.sample import (
     StopWatch,
     Streams,
     beam_search,
+    draw_uniforms,
     new_generator,
 )
 
@@ -188,16 +189,6 @@ class RequestStream:
         self._reasons = reasons
         self._error = error
         self._ended = True
-
-
-def draw_uniforms(generator: torch.Generator, steps: int, rows: int, device: torch.device
-                  ) -> torch.Tensor:
-    """(steps, rows) uniforms: the same numbers as `steps` successive draws of `rows`, which is
-    how `Sampler.generate` draws them (one draw per step)."""
-    if device.type == "cpu":  # the CPU generator fills a tensor in order: one call will do
-        return torch.rand(steps, rows, generator=generator)
-    return torch.stack([torch.rand(rows, generator=generator, device=device)
-                        for _ in range(steps)])
 
 
 def _set_ready(streams: list[RequestStream]) -> None:
