@@ -26,7 +26,11 @@ Sphinx of black quartz, judge my vow?
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """About 20 kB of English-like text with a small alphabet."""
-    path = tmp_path / "corpus.txt"
+    return write_corpus(tmp_path)
+
+
+def write_corpus(directory: Path) -> Path:
+    path = directory / "corpus.txt"
     path.write_text(POEM * 120, encoding="utf-8")
     return path
 

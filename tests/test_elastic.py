@@ -30,7 +30,7 @@ from charrnn.errors import CharRNNError, TrainingStopped
 from charrnn.metrics import read_metrics
 from charrnn.rundir import RunDir
 from charrnn.train import train
-from conftest import POEM, StopAfter, errors_in, set_args, tiny_overrides, torchrun
+from conftest import StopAfter, errors_in, set_args, tiny_overrides, torchrun, write_corpus
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                 reason="finds torchrun's workers in /proc")
@@ -44,16 +44,10 @@ FRESH_STORE = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(POEM * 120, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory):
-    """Two processes under torchrun, never interrupted."""
+def reference(tmp_path_factory):
+    """Two processes under torchrun, never interrupted (on the same text as `corpus`)."""
     run = tmp_path_factory.mktemp("reference") / "run"
+    corpus = write_corpus(run.parent)
     with Launch(torchrun(*set_args(corpus, run, **RUN)), run.parent) as launch:
         assert launch.finish() == 0, launch.stderr
     return run
