@@ -11,7 +11,11 @@ Processes must never disagree about what comes next, or one of them waits foreve
 collective the others skipped. So every decision that could differ between them (stop on a
 signal, the time budget, a non-finite loss, a failure) is reduced across all processes before
 it is acted on, and a `CharRNNError` on one process is raised on every process: rank 0 prints
-it, the others stop quietly.
+it, the others stop quietly. Any other failure ends its own process at once, with its
+traceback; the others find their peer gone at their next collective and stop too.
+
+torchrun's elastic agent outlives the workers: when one fails (or a node joins or leaves) it
+stops them all and starts them again, up to --max-restarts times, as one `ElasticJob`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -34,6 +39,38 @@ T = TypeVar("T")
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@dataclass(frozen=True)
+class ElasticJob:
+    """The torchrun job a process runs in: the same across torchrun's restarts of its workers."""
+
+    run_id: str  # the rendezvous id: --rdzv-id, or a new one for every --standalone launch
+    restarts: int  # how many times torchrun has restarted the workers so far
+    max_restarts: int  # --max-restarts
+    # The workers' store is torchrun's own, kept across restarts (PyTorch's default since 2.5):
+    # restarted workers can then read their predecessors' addresses and fail to connect
+    # (pytorch/pytorch#135712). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun avoids it.
+    shares_torchrun_store: bool = False
+
+    @classmethod
+    def from_environment(cls) -> ElasticJob | None:
+        """The job torchrun started this process in; None without torchrun."""
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+        if run_id is None:
+            return None
+        return cls(run_id, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+                   int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")),
+                   os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
+
+    @property
+    def restarted(self) -> bool:
+        return self.restarts > 0
+
+    @property
+    def has_own_id(self) -> bool:
+        """False for torchrun's default --rdzv-id ("none"), which every job without one shares."""
+        return self.run_id != "none"
 
 
 PEER_LOST = ("another process of this run failed (its error is printed above, or in torchrun's "
@@ -51,6 +88,7 @@ class World:
         self.device = device or torch.device("cpu")  # where this process trains
         self.backend = ""  # what carries the gradients: gloo or nccl
         self.broken = False  # a collective failed: another process is gone
+        self.job: ElasticJob | None = None  # the torchrun job, when torchrun started it
 
     @property
     def is_main(self) -> bool:
@@ -69,8 +107,11 @@ class World:
     @classmethod
     def from_environment(cls, device_name: str) -> World:
         """The world torchrun started this process in; a world of one without torchrun."""
+        job = ElasticJob.from_environment()  # also for torchrun's world of one process
         if not launched_by_torchrun():
-            return cls(device=devices.training_device(device_name))
+            world = cls(device=devices.training_device(device_name))
+            world.job = job
+            return world
         if not dist.is_available():
             raise UsageError("this PyTorch build has no torch.distributed, which torchrun "
                              "training needs; run `charrnn train` without torchrun")
@@ -80,6 +121,7 @@ class World:
         # NCCL, GPU to GPU, which starts only if they are used.
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
         world = cls(rank, size, local_rank)
+        world.job = job
         try:
             # Joined first, so that a device one machine lacks is reported like any error.
             world.device = world.run_on_all(
@@ -90,18 +132,24 @@ class World:
         world.backend = "nccl" if world.device.type == "cuda" else "gloo"
         return world
 
-    def close(self, reported_by_main: bool = False) -> None:
-        """Leave the process group.
+    def close(self, error: BaseException | None = None) -> None:
+        """Leave the process group, after a normal end or after `error`.
 
         After a failure, torchrun stops every process as soon as one of them exits. When rank
         0 is to print the error that stopped them all, it must be the first to go.
         """
         if self.size == 1 or not dist.is_initialized():
             return
-        if reported_by_main and self.is_main:
+        if error is not None and not self._agreed(error):
+            # A failure of this process alone (a bug, a lost peer, a second Ctrl-C): the others
+            # may be inside a collective this one will never join, so waiting for them in a
+            # barrier would hang both. Leave now: they find this one gone and stop too.
+            _leave()
+            return
+        if error is not None and self.is_main:
             atexit.register(_leave)  # when the interpreter exits, after the error is printed
             return
-        if reported_by_main:
+        if error is not None:
             # Rank 0 leaving closes its connections, which ends this wait with an error.
             with contextlib.suppress(RuntimeError):
                 dist.irecv(torch.zeros(1), src=0).wait(REPORT_GRACE)
@@ -112,13 +160,15 @@ class World:
                 dist.barrier()
         _leave()
 
+    def _agreed(self, error: BaseException) -> bool:
+        """Whether every process raised `error` too (run_on_main, run_on_all, in_turns)."""
+        return isinstance(error, CharRNNError) and not self.broken
+
     def __enter__(self) -> World:
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
-        # Errors are agreed on (raised on every process) unless a process is gone; anything
-        # else, a bug say, is reported by its own traceback on the process that hit it.
-        self.close(reported_by_main=isinstance(exc, CharRNNError) and not self.broken)
+        self.close(exc)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model as the training step calls it: under DDP, which averages the gradients."""
@@ -131,12 +181,9 @@ class World:
             return DistributedDataParallel(model, device_ids=ids)
 
     # ---- agreeing on values -------------------------------------------------------------------
-    def any(self, flag: bool) -> bool:
-        """True on every process if it is true on one."""
-        return bool(self._reduce([float(flag)], dist.ReduceOp.MAX)[0]) if self.size > 1 else flag
-
-    def max(self, value: float) -> float:
-        return self._reduce([value], dist.ReduceOp.MAX)[0] if self.size > 1 else value
+    def max(self, values: list[float]) -> list[float]:
+        """The element-wise maximum over processes."""
+        return self._reduce(values, dist.ReduceOp.MAX) if self.size > 1 else values
 
     def sum(self, values: list[float]) -> list[float]:
         return self._reduce(values, dist.ReduceOp.SUM) if self.size > 1 else values
@@ -218,6 +265,22 @@ class World:
         raise ProcessFailed(f"{message} (on rank {first})", exit_code)
 
     @contextlib.contextmanager
+    def averaging_gradients(self) -> Iterator[None]:
+        """Around a training step, whose backward pass is a collective under DDP.
+
+        A peer that died mid-step shows there as an error of the transport (gloo's "Connection
+        closed by peer"): this process stops like any collective that lost a peer. Every other
+        error is this process's own and keeps its traceback.
+        """
+        try:
+            yield
+        except RuntimeError as exc:
+            if self.size == 1 or not _transport_failure(exc):
+                raise
+            self.broken = True
+            raise ProcessFailed(PEER_LOST) from exc
+
+    @contextlib.contextmanager
     def _collective(self) -> Iterator[None]:
         # A process that exits mid-run closes its connections: the others' next collective
         # fails. Their tracebacks would bury the error that matters, printed by that process.
@@ -231,6 +294,13 @@ class World:
 def _leave() -> None:
     with contextlib.suppress(RuntimeError):  # a group that a dead process broke
         dist.destroy_process_group()
+
+
+def _transport_failure(exc: RuntimeError) -> bool:
+    """Whether `exc` comes from the connections between processes rather than the step itself."""
+    # DDP re-raises gloo's errors as plain RuntimeErrors that name their source file.
+    return isinstance(exc, dist.DistError) or any(
+        source in str(exc) for source in ("gloo", "NCCL", "ProcessGroup"))
 
 
 def _attempt(work: Callable[[], T]) -> tuple[T | None, CharRNNError | None]:

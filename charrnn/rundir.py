@@ -6,6 +6,10 @@ weights so far), optional `step-*.pt` (train.keep_last), `config.yaml` (the reso
 what a killed run left, and either finds the checkpoint to resume from or makes sure a new run
 clobbers nothing unless --overwrite was given. `TrainState` is what `last.pt` holds besides
 the weights, so that a resumed run continues exactly where the stopped one was.
+
+When torchrun restarts the workers of a job, it runs the same command line again, --resume or
+not, --overwrite or not. last.pt names the torchrun job that wrote it, so the restarted workers
+continue from their own job's last.pt and never take an older run's for it, nor overwrite it.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class TrainState:
     best_step: int | None = None  # the step whose weights best.pt holds
     evaluations: int = 0  # evaluations so far (train.sample_every counts them)
     rng_per_rank: list[dict] | None = None  # under torchrun: every process's own RNG state
+    torchrun_job: str | None = None  # the torchrun job (its rendezvous id) that wrote it
 
     def to_dict(self) -> dict:
         state = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -92,17 +97,23 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def open(self, locks: contextlib.ExitStack, resume: bool, overwrite: bool) -> dict | None:
+    def open(self, locks: contextlib.ExitStack, resume: bool, overwrite: bool,
+             restarted_job: str | None = None) -> dict | None:
         """Lock the directory and tidy it; the checkpoint payload to resume from, if any.
 
         The lock is held until `locks` closes. A new run (nothing to resume) is refused where
-        a run already is, unless `overwrite`.
+        a run already is, unless `overwrite`. `restarted_job`: the torchrun job whose workers
+        torchrun restarted; they resume from the last.pt it wrote, if it wrote one.
         """
         fileio.ensure_dir(self.path)
         locks.enter_context(RunLock(self.path))
         # What a killed process was writing; holding the lock, no one else writes these now.
         fileio.remove_temporaries(self.path, ("*.pt", METRICS_FILE, CONFIG_FILE))
-        payload = self._resume_payload() if resume else None
+        payload = None
+        if resume:
+            payload = self._resume_payload()
+        elif restarted_job is not None:
+            payload = self._checkpoint_of(restarted_job)
         if payload is None:
             self._refuse_to_clobber(overwrite)
         return payload
@@ -122,6 +133,19 @@ class RunDir:
             raise CharRNNError(f"{path} holds weights but no training state; start a new run "
                                f"with train.init_from: {path}")
         return payload
+
+    def _checkpoint_of(self, job: str) -> dict | None:
+        """last.pt, if torchrun job `job` wrote it; None if no run or another run did.
+
+        Another run's last.pt is what this job found when it first started: it refused it or
+        overwrote it then (--overwrite), and does the same again now.
+        """
+        path = self.path / checkpoint.LAST
+        if not path.is_file():
+            return None
+        payload = checkpoint.load(path)
+        written_by = (payload.get("train_state") or {}).get("torchrun_job")
+        return payload if written_by == job else None
 
     def _refuse_to_clobber(self, overwrite: bool) -> None:
         existing = [name for name in (checkpoint.LAST, checkpoint.BEST)

@@ -1,15 +1,16 @@
 """Training: stateful truncated-BPTT over contiguous streams, AdamW, evaluation, checkpoints.
 
 `Trainer.run` is the loop: per step a learning rate, one training step, one reading of the
-clock, then logging, evaluation and a stop request when they are due; at the end a final
-evaluation. Each step takes the next window of every stream, carries the (detached) hidden
-state over from the previous window, and updates the model. Losses stay on the device and are
-read once per log interval, so the loop never waits on the GPU in between. Evaluations score
-the validation text and write `last.pt` and, when it improves, `best.pt`; the run directory
-(rundir.py) keeps everything needed to resume exactly.
+clock and the signals, then logging, evaluation, a timed save and a stop when they are due; at
+the end a final evaluation. Each step takes the next window of every stream, carries the
+(detached) hidden state over from the previous window, and updates the model. Losses stay on
+the device and are read once per log interval, so the loop never waits on the GPU in between.
+Evaluations score the validation text and write `last.pt` and, when it improves, `best.pt`;
+the run directory (rundir.py) keeps everything needed to resume exactly.
 
 Under torchrun, every process runs a `Trainer` on its own share of the streams (see
-distributed.py); rank 0 alone writes the run directory and reports.
+distributed.py); rank 0 alone writes the run directory and reports. When torchrun restarts the
+workers after a fault, they resume from the last.pt their job wrote (rundir.py).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from charrnn import autosize, checkpoint, devices, fileio, memory, speed
 from charrnn.batches import make_batches
 from charrnn.config import Config
 from charrnn.data import Dataset, check_named_vocab, load_dataset
-from charrnn.distributed import World
+from charrnn.distributed import ElasticJob, World
 from charrnn.errors import CharRNNError, ConfigError, TrainingStopped
 from charrnn.evaluate import Score, score_stream
-from charrnn.interrupts import StopRequest
+from charrnn.interrupts import StopRequest, exit_code, signal_name
 from charrnn.metrics import (
     JsonlLogger,
     MetricsLogger,
@@ -62,23 +63,24 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
     """Train as `config` says, or continue the run in `resume` (True: config's out_dir).
 
     `view` shows progress and messages (silent when None); `stop` is asked after every step
-    whether to stop (by default: Ctrl-C or SIGTERM). Under torchrun every process calls this,
-    and rank 0 reports for all of them.
+    whether to stop (by default: Ctrl-C, SIGTERM or SIGUSR1, with train.preempt_grace seconds
+    to save and exit). Under torchrun every process calls this, and rank 0 reports for all of
+    them; when torchrun restarts the workers, they resume from the last.pt their job wrote.
     """
     if resume not in (False, None, True):
         config = config.replace(train={"out_dir": str(resume)})
     run_dir = RunDir(config.train.out_dir)
     fileio.ensure_dir(run_dir.path)  # on every machine: each encodes its corpus copy there
-    stop = stop or StopRequest()
     with World.from_environment(config.train.device) as world, \
-            contextlib.ExitStack() as locks, stop:
+            contextlib.ExitStack() as scope:
         if not world.is_main or view is None:
             view = SilentView()
+        stop = scope.enter_context(stop or _stop_on_signals(config, run_dir, view))
+        restarted_job = world.job.run_id if world.job and world.job.restarted else None
         # Rank 0 alone locks, tidies and reads the run directory, and passes on what it read.
-        resume_from = world.run_on_main(lambda: run_dir.open(locks, bool(resume), overwrite))
-        if resume and resume_from is None:
-            view.message(f"nothing to resume in {run_dir.path} yet (no {checkpoint.LAST}): "
-                         "starting a new run")
+        resume_from = world.run_on_main(lambda: run_dir.open(
+            scope, bool(resume), overwrite, restarted_job))
+        _report_start(view, run_dir, world.job, resume=bool(resume), found=resume_from)
         # Rank 0 measures what `auto` leaves open, and every process trains as it decided.
         plan = world.run_on_main(lambda: _plan(config, run_dir, resume_from, world))
         if plan.measured:
@@ -105,6 +107,39 @@ def _plan(config: Config, run_dir: RunDir, resume_from: dict | None,
         vocab = Vocab.from_dict(checkpoint.load(config.train.init_from)["vocab"])
     data = load_dataset(config.data, run_dir.path, vocab, warn=lambda text: None)
     return autosize.plan(config, data.vocab.size, len(data.train), world.device, world.size)
+
+
+def _stop_on_signals(config: Config, run_dir: RunDir, view: TrainingView) -> StopRequest:
+    grace = config.train.preempt_grace
+
+    def out_of_time(name: str) -> None:
+        view.message(f"still running {grace:g} s after {name} (train.preempt_grace): exiting "
+                     f"now; {run_dir.path / checkpoint.LAST}, if there, is the last complete "
+                     "checkpoint", "warning")
+
+    return StopRequest(grace, on_expiry=out_of_time)
+
+
+def _report_start(view: TrainingView, run_dir: RunDir, job: ElasticJob | None, *,
+                  resume: bool, found: dict | None) -> None:
+    """What a new run must know of what it found (a resumed run's line comes with the rest)."""
+    if found is None and resume:
+        view.message(f"nothing to resume in {run_dir.path} yet (no {checkpoint.LAST}): "
+                     "starting a new run")
+    elif found is None and job is not None and job.restarted:
+        view.message(f"torchrun restarted the workers (restart {job.restarts} of this job) "
+                     f"before the job wrote {checkpoint.LAST}: starting the run afresh")
+    if job is None or not job.max_restarts or job.restarted:
+        return
+    # What makes restarts less safe, said once, before the first one.
+    if not job.has_own_id:
+        view.message("torchrun has no --rdzv-id: after a restart, charrnn cannot tell this "
+                     "job's last.pt from one another job without an id left in train.out_dir; "
+                     "pass --rdzv-id=JOB_ID (e.g. $SLURM_JOB_ID)", "warning")
+    if job.shares_torchrun_store:
+        view.message("torchrun shares its store with the workers: a restart can fail to "
+                     "connect and use up another of --max-restarts (pytorch/pytorch#135712); "
+                     "start torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", "warning")
 
 
 class Trainer:
@@ -158,20 +193,24 @@ class Trainer:
         self._announce()
         self.clock = Clock(self.elapsed)
         self.speed_from = (self.step, self.elapsed)  # where the current speed window starts
+        self.saved_at = (self.step, self.elapsed)  # the last write of last.pt (or the resume)
         with self.view:
             while (fraction := self._budget_used()) < 1.0:
                 lr = self._set_lr(fraction)
-                self.losses.add(*self.train_step())
+                with self.world.averaging_gradients():
+                    self.losses.add(*self.train_step())
                 self.step += 1
-                self._read_clock()
+                signum = self._read_clock_and_signals(stop)
                 if self.step % t.log_every == 0:
                     self._log(fraction, lr)
                 # The last step of a step budget is scored once, by the final evaluation.
                 if t.eval_every and self.step % t.eval_every == 0 and self.step != t.max_steps:
                     self._evaluate(final=False)
-                # A signal reaches the processes at different steps: they stop at the same one.
-                if self.world.any(stop.requested):
-                    self._stop(stop)
+                elif self._save_is_due():
+                    self._check_finite()
+                    self._save(self.last_eval, timed=True)
+                if signum:
+                    self._stop(signum)
             final = self._evaluate(final=True)
         self.logger.close()
         return RunResult(self.run_dir.path, self.step, self.elapsed, final, self.best_val_loss)
@@ -201,12 +240,24 @@ class Trainer:
         t = self.config.train
         return budget_fraction(self.step, self.elapsed, t.max_steps, t.max_time)
 
-    def _read_clock(self) -> None:
-        """The step's one look at the clock."""
-        self.elapsed = self.clock.read()
-        if self.config.train.max_time:
-            # All processes must end at the same step: the slowest clock decides.
-            self.elapsed = self.world.max(self.elapsed)
+    def _read_clock_and_signals(self, stop: StopRequest) -> int:
+        """The step's one look at the clock and at the stop signals: the signal to stop on, or 0.
+
+        A signal reaches the processes at different steps, and their clocks differ, yet they
+        must all stop, save and end at the same step: one collective agrees on both, with the
+        slowest clock and any signal deciding.
+        """
+        elapsed, signum = self.world.max([self.clock.read(), float(stop.signum or 0)])
+        self.elapsed = elapsed
+        return int(signum)
+
+    def _save_is_due(self) -> bool:
+        """Whether train.save_every_time has passed since last.pt was written (the same answer
+        on every process: they share the clock reading)."""
+        every = self.config.train.save_every_time
+        # The end of the budget is near: the final evaluation saves at once.
+        return (every is not None and self.elapsed - self.saved_at[1] >= every
+                and self._budget_used() < 1.0)
 
     def _set_lr(self, fraction: float) -> float:
         o = self.config.optim
@@ -261,13 +312,14 @@ class Trainer:
         self.speed_from = (self.step, self.clock.read())
         return score
 
-    def _stop(self, stop: StopRequest) -> None:
-        self._check_finite()
-        self._save(self.last_eval)
+    def _stop(self, signum: int) -> None:
+        if self.saved_at[0] != self.step:  # else an evaluation at this step has just saved
+            self._check_finite()
+            self._save(self.last_eval)
         raise TrainingStopped(
-            f"stopped by {stop.name or 'a signal to another process'} at step {self.step:,}; "
+            f"stopped by {signal_name(signum)} at step {self.step:,}; "
             f"{self.run_dir.path / checkpoint.LAST} saved. Continue with: {self._command()} "
-            f"--resume {shlex.quote(str(self.run_dir.path))}", exit_code=stop.exit_code)
+            f"--resume {shlex.quote(str(self.run_dir.path))}", exit_code=exit_code(signum))
 
     # ---- set-up ---------------------------------------------------------------------------
     def _init_payload(self) -> dict | None:
@@ -344,8 +396,15 @@ class Trainer:
                           f"{self.model.num_parameters():,} parameters | vocabulary: "
                           f"{self.vocab.size:,} | train {len(self.data.train):,} chars, "
                           f"val {len(self.data.val):,} chars")
-        if self.step:
-            self.view.message(f"resuming at step {self.step:,} ({self.elapsed:.0f} s trained)")
+        if not self.step:
+            return
+        where = f"at step {self.step:,} ({self.elapsed:.0f} s trained)"
+        job = self.world.job
+        if job is not None and job.restarted:
+            self.view.message(f"torchrun restarted the workers (restart {job.restarts} of this "
+                              f"job): resuming from {self.run_dir.path / checkpoint.LAST} {where}")
+        else:
+            self.view.message(f"resuming {where}")
 
     # ---- the step's helpers ---------------------------------------------------------------
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
@@ -403,10 +462,15 @@ class Trainer:
         return "torchrun ... -m charrnn train" if self.world.size > 1 else "charrnn train"
 
     # ---- checkpoints and resuming ---------------------------------------------------------
-    def _save(self, score: Score | None, improved: bool = False) -> None:
-        """last.pt (and best.pt when `improved`); callers have checked the run is finite."""
+    def _save(self, score: Score | None, improved: bool = False, timed: bool = False) -> None:
+        """last.pt (and best.pt when `improved`); callers have checked the run is finite.
+
+        A `timed` save (train.save_every_time) writes last.pt alone: train.keep_last keeps the
+        step checkpoints of evaluations, which timed saves would crowd out.
+        """
         state = self._train_state()  # every process takes part: each has its own streams
-        keep_last = self.config.train.keep_last
+        keep_last = 0 if timed else self.config.train.keep_last
+        self.saved_at = (self.step, self.elapsed)
 
         def write() -> None:
             last = self._payload(score, state)
@@ -441,7 +505,8 @@ class Trainer:
             hidden=hidden, rng=every[0]["rng"], data_key=self.data.key,
             batch_layout=self._batch_layout(), best_step=self.best_step,
             evaluations=self.evaluations,
-            rng_per_rank=[own["rng"] for own in every] if len(every) > 1 else None)
+            rng_per_rank=[own["rng"] for own in every] if len(every) > 1 else None,
+            torchrun_job=self.world.job and self.world.job.run_id)
 
     def _restore(self, payload: dict) -> None:
         state = TrainState.from_dict(payload["train_state"])

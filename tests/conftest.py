@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,11 @@ Sphinx of black quartz, judge my vow?
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     """About 20 kB of English-like text with a small alphabet."""
-    path = tmp_path / "corpus.txt"
+    return write_corpus(tmp_path)
+
+
+def write_corpus(directory: Path) -> Path:
+    path = directory / "corpus.txt"
     path.write_text(POEM * 120, encoding="utf-8")
     return path
 
@@ -97,8 +104,8 @@ def assert_clean_error(result, code: int, *fragments: str, one_line: bool = Fals
 class StopAfter:
     """Stands in for interrupts.StopRequest: a signal that arrives during the n-th step."""
 
-    def __init__(self, steps: int, name: str = "SIGINT", exit_code: int = 130):
-        self.left, self.name, self.exit_code = steps, name, exit_code
+    def __init__(self, steps: int, signum: int = signal.SIGINT):
+        self.left, self.sent = steps, signum
 
     def __enter__(self):
         return self
@@ -107,6 +114,28 @@ class StopAfter:
         pass
 
     @property
-    def requested(self) -> bool:  # asked once after every step
+    def signum(self) -> int | None:  # asked once after every step
         self.left -= 1
-        return self.left <= 0
+        return self.sent if self.left <= 0 else None
+
+
+# ---- torchrun -----------------------------------------------------------------------------------
+def torchrun(*args: str, processes: int = 2, script: str | None = None,
+             launcher: tuple[str, ...] = ("--standalone",)) -> list[str]:
+    """The command line of `torchrun LAUNCHER --nproc_per_node=N -m charrnn train ARGS`."""
+    # --standalone picks a free port: tests running side by side do not collide.
+    program = [script] if script else ["-m", "charrnn"]
+    return [sys.executable, "-m", "torch.distributed.run", *launcher,
+            f"--nproc_per_node={processes}", *program, "train", *args]
+
+
+def run_torchrun(*args: str, processes: int = 2, script: str | None = None
+                 ) -> subprocess.CompletedProcess:
+    return subprocess.run(torchrun(*args, processes=processes, script=script),
+                          capture_output=True, text=True, timeout=300)
+
+
+def errors_in(stderr: str) -> list[str]:
+    """charrnn's error lines. All processes share torchrun's stderr, and a line another
+    process writes at the same moment may run into one: found anywhere in a line."""
+    return [line[line.index("error:"):] for line in stderr.splitlines() if "error:" in line]

@@ -7,7 +7,6 @@ trains; rank 0 alone writes and prints; a stopped run resumes exactly under torc
 import re
 import signal
 import subprocess
-import sys
 from functools import partial
 
 import numpy as np
@@ -23,7 +22,7 @@ from charrnn.evaluate import score_stream
 from charrnn.metrics import read_metrics
 from charrnn.model import CharRNN, ModelArgs
 from charrnn.train import train
-from conftest import POEM, set_args, tiny_overrides
+from conftest import POEM, errors_in, run_torchrun, set_args, tiny_overrides, torchrun
 
 # fp32 and no dropout: how the batch is split is the only difference between the runs compared.
 RUN = {"data.batch_size": 8, "model.dropout": 0.0, "train.threads": 1, "train.max_steps": 12,
@@ -36,26 +35,6 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text(POEM * 120, encoding="utf-8")
     return path
-
-
-def torchrun(*args: str, processes: int = 2, script: str | None = None) -> list[str]:
-    """The command line of `torchrun --nproc_per_node=N -m charrnn train ARGS`."""
-    # --standalone picks a free port: tests running side by side do not collide.
-    program = [script] if script else ["-m", "charrnn"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={processes}", *program, "train", *args]
-
-
-def run_torchrun(*args: str, processes: int = 2, script: str | None = None
-                 ) -> subprocess.CompletedProcess:
-    return subprocess.run(torchrun(*args, processes=processes, script=script),
-                          capture_output=True, text=True, timeout=300)
-
-
-def errors_in(stderr: str) -> list[str]:
-    """charrnn's error lines. All processes share torchrun's stderr, and a line another
-    process writes at the same moment may run into one: found anywhere in a line."""
-    return [line[line.index("error:"):] for line in stderr.splitlines() if "error:" in line]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +99,7 @@ def test_a_process_without_torchrun_is_a_world_of_one_that_changes_nothing():
     assert (world.rank, world.size, world.is_main, world.part) == (0, 1, True, (0, 1))
     model, tensor = torch.nn.Linear(2, 2), torch.ones(3)
     assert world.wrap(model) is model and world.mean(tensor) is tensor
-    assert world.any(True) and not world.any(False) and world.max(2.5) == 2.5
+    assert world.max([2.5, 1]) == [2.5, 1]
     assert world.sum([1.0, 2]) == [1.0, 2] and world.gather("x") == ["x"]
     assert world.run_on_main(lambda: 7) == 7 and world.in_turns(lambda: 8) == 8
 

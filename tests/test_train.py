@@ -6,6 +6,7 @@ prints nothing itself), and stops cleanly when asked.
 """
 
 import math
+import signal
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_without_a_view_training_is_silent(tmp_path, corpus, capsys):
 def test_a_stop_request_saves_the_step_and_says_how_to_continue(tmp_path, corpus):
     run = tmp_path / "run"
     with pytest.raises(TrainingStopped) as stopped:
-        train(config_for(corpus, run), stop=StopAfter(7, "SIGTERM", 143))
+        train(config_for(corpus, run), stop=StopAfter(7, signal.SIGTERM))
     assert stopped.value.exit_code == 143
     assert "stopped by SIGTERM at step 7" in str(stopped.value)
     assert f"charrnn train --resume {run}" in str(stopped.value)

@@ -8,13 +8,15 @@ data.py. To add a command, write it in a module of its own and attach it here.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
 import typer
 
 from charrnn import __version__
 from charrnn.cli import data, eval, info, plot, sample, serve, train, vocab
-from charrnn.cli.common import CommandGroup, out, sane_terminal_width
+from charrnn.cli.common import CommandGroup, one_of_several_processes, out, sane_terminal_width
 
 app = typer.Typer(cls=CommandGroup, no_args_is_help=True, rich_markup_mode="rich",
                   pretty_exceptions_enable=False, context_settings={"help_option_names":
@@ -46,4 +48,19 @@ def _main(version: Annotated[bool, typer.Option(
 
 def main() -> None:
     sane_terminal_width()  # before Typer draws help with a console of its own
-    app(prog_name="charrnn")
+    if not one_of_several_processes():
+        app(prog_name="charrnn")
+        return
+    # One of several torchrun processes leaves without Python's teardown. DDP keeps the process
+    # group, and gloo's threads, alive past destroy_process_group (torch 2.13); one of them
+    # still dropping a finished collective's tensors while the interpreter shuts down aborts
+    # the process ("terminate called without an active exception") after a run that went
+    # well, and torchrun reports it failed. Everything is written and left by now.
+    try:
+        app(prog_name="charrnn")
+        code = 0
+    except SystemExit as finished:
+        code = finished.code if isinstance(finished.code, int) else int(bool(finished.code))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -91,12 +91,17 @@ class _usage_errors_as_one_line:
         return False
 
 
-def speaks_for_the_run() -> bool:
-    """False in the processes torchrun starts besides rank 0, which reports for all of them.
+def one_of_several_processes() -> bool:
+    """True in a process torchrun started with others (a world of more than one).
 
     Read from torchrun's variables rather than charrnn.distributed, which would import torch.
     """
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def speaks_for_the_run() -> bool:
+    """False in the processes torchrun starts besides rank 0, which reports for all of them."""
+    return not one_of_several_processes() or os.environ.get("RANK", "0") == "0"
 
 
 def report(exc: CharRNNError) -> None:
