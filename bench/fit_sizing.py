@@ -10,11 +10,11 @@ a cosine schedule over those steps, and scores the whole validation split; a job
 skipped, so a stopped run continues.
 
 `fit` finds the constants of autosize.py's rule,
-    loss = E + A / N^alpha + B / D^beta,
-N the parameters, D the characters read counted at a discount once they repeat the corpus
-(REPEAT_HALF_LIFE), by least squares: E, A and B exactly for each alpha, beta and half-life
-on a grid. It prints the constants, each run's residual, and the leave-one-shape-out error:
-how well the rule predicts a shape it was not fitted to.
+    loss = E + A / N^alpha + B / D^beta + DEPTH * (layers - 1),
+N the parameters, D the characters read counted at a discount once they repeat the
+corpus (REPEAT_HALF_LIFE), by least squares: E, A, B and DEPTH exactly for each alpha, beta
+and half-life on a grid. It prints the constants, each run's residual, and the
+leave-one-shape-out error: how well the rule predicts a shape it was not fitted to.
 """
 
 from __future__ import annotations
@@ -94,21 +94,22 @@ def fit(results_path: Path, corpus_chars: int = 1_003_854) -> None:
             r["parameters"] = CharRNN(args).num_parameters()
     n = np.array([r["parameters"] for r in records], dtype=float)
     d = np.array([r["chars"] for r in records], dtype=float)
+    depth = np.array([r["layers"] - 1 for r in records], dtype=float)
     loss = np.array([r["val"] for r in records])
     best = None
-    for alpha, beta, half_life in itertools.product(np.arange(0.05, 1.01, 0.025),
+    for alpha, beta, half_life in itertools.product(np.arange(0.05, 1.21, 0.025),
                                                     np.arange(0.05, 1.01, 0.025),
                                                     (2, 4, 8, 12, 20, 40, 1e9)):
-        constants, error = _solve(n, d, loss, alpha, beta, half_life, corpus_chars)
+        constants, error = _solve(n, d, depth, loss, alpha, beta, half_life, corpus_chars)
         if constants is not None and (best is None or error < best[0]):
             best = (error, alpha, beta, half_life, constants)
-    error, alpha, beta, half_life, (e, a, b) = best
+    error, alpha, beta, half_life, (e, a, b, per_layer) = best
     print(f"E={e:.4f} A={a:.4g} alpha={alpha:.3f} B={b:.4g} beta={beta:.3f} "
+          f"DEPTH={per_layer:.4f} "
           f"half_life={half_life:g} epochs; rms error {error:.4f} nats/char over "
           f"{len(records)} runs")
     for r in records:
-        predicted = _predict(r["parameters"], r["chars"], e, a, alpha, b, beta, half_life,
-                             corpus_chars)
+        predicted = _predict(r, (e, a, b, per_layer), alpha, beta, half_life, corpus_chars)
         print(f"  {r['layers']}x{r['hidden']:<5} {r['chars'] / 1e6:6.1f}M chars  batch "
               f"{r['batch']:>3}  lr {r['lr']:<7g} dropout {r['dropout']:<4g} val {r['val']:.4f}"
               f"  predicted {predicted:.4f}  ({predicted - r['val']:+.4f})")
@@ -116,32 +117,34 @@ def fit(results_path: Path, corpus_chars: int = 1_003_854) -> None:
     held_out = []
     for shape in shapes:
         train_rows = np.array([(r["layers"], r["hidden"]) != shape for r in records])
-        constants, _ = _solve(n[train_rows], d[train_rows], loss[train_rows], alpha, beta,
-                              half_life, corpus_chars)
+        constants, _ = _solve(n[train_rows], d[train_rows], depth[train_rows], loss[train_rows],
+                              alpha, beta, half_life, corpus_chars)
         if constants is None:
             continue
         for r in (r for r in records if (r["layers"], r["hidden"]) == shape):
-            held_out.append(_predict(r["parameters"], r["chars"], *constants[:2], alpha,
-                                     constants[2], beta, half_life, corpus_chars) - r["val"])
+            held_out.append(_predict(r, constants, alpha, beta, half_life, corpus_chars)
+                            - r["val"])
     if held_out:
         print(f"leave-one-shape-out rms error: {np.sqrt(np.mean(np.square(held_out))):.4f}")
 
 
-def _solve(n, d, loss, alpha, beta, half_life, corpus_chars):
-    if len(loss) < 4:
+def _solve(n, d, depth, loss, alpha, beta, half_life, corpus_chars):
+    if len(loss) < 5:
         return None, np.inf
     autosize.REPEAT_HALF_LIFE = half_life
     effective = np.array([autosize.effective_chars(c, corpus_chars) for c in d])
-    design = np.stack([np.ones_like(n), n ** -alpha, effective ** -beta], axis=1)
+    design = np.stack([np.ones_like(n), n ** -alpha, effective ** -beta, depth], axis=1)
     constants, *_ = np.linalg.lstsq(design, loss, rcond=None)
     if constants[1] < 0 or constants[2] < 0:
         return None, np.inf
     return constants, float(np.sqrt(np.mean(np.square(design @ constants - loss))))
 
 
-def _predict(parameters, chars, e, a, alpha, b, beta, half_life, corpus_chars):
+def _predict(record, constants, alpha, beta, half_life, corpus_chars):
+    e, a, b, per_layer = constants
     autosize.REPEAT_HALF_LIFE = half_life
-    return e + a / parameters ** alpha + b / autosize.effective_chars(chars, corpus_chars) ** beta
+    return (e + a / record["parameters"] ** alpha + per_layer * (record["layers"] - 1)
+            + b / autosize.effective_chars(record["chars"], corpus_chars) ** beta)
 
 
 def main() -> None:

@@ -105,6 +105,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def serving_threads() -> int:
+    """CPU threads for a server's models: all cores but one. The HTTP loop, the generation
+    loop's own Python and the connections need a core; model threads competing with them for
+    it wait on each other (on 2 cores with 64 streaming clients, 1 thread served 22k chars/s
+    where 2 served 15k)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(cores - 1, 1)
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)

@@ -39,7 +39,8 @@ def serve(
         help="Require 'Authorization: Bearer KEY' on every request but the playground's "
              "page.")] = None,
     threads: Annotated[int | None, typer.Option(
-        show_default=False, help="CPU threads for the models (default: all cores).")] = None,
+        show_default=False, help="CPU threads for the models (default: all cores but one, "
+                                 "which the HTTP side and its clients' connections need).")] = None,
 ) -> None:
     """Serve models over HTTP: POST /v1/generate (JSON or streamed events), a playground at /.
 
@@ -50,7 +51,7 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError:
         raise CharRNNError(f"charrnn serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
-    from charrnn.devices import set_threads
+    from charrnn.devices import serving_threads, set_threads
     from charrnn.serve.models import close_models, load_models
     from charrnn.serve.server import bind, url_of
     from charrnn.serve.server import serve as run
@@ -61,7 +62,7 @@ def serve(
             raise UsageError(f"{name} must be at least {least}, not {value}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
-    set_threads(threads)
+    set_threads(threads or serving_threads())
     sock = bind(host, port)
     try:
         models = load_models(checkpoints, device, max_streams=max_streams, max_queue=max_queue,
