@@ -83,7 +83,8 @@ def sweep_run(corpus: Path, budget: float, precision: str, extra: list[str]) -> 
                 "loss": result.final.loss, "steps": result.step}
 
 
-def sweep(corpus: Path, budgets: list[float], precisions: list[str]) -> None:
+def sweep(corpus: Path, budgets: list[float], precisions: list[str],
+          shapes: list[str] | None = None) -> None:
     from charrnn.speed import precisions_to_try
 
     probe = precisions_to_try("auto", ModelArgs(vocab_size=66), 16, torch.device("cpu"))
@@ -96,6 +97,8 @@ def sweep(corpus: Path, budgets: list[float], precisions: list[str]) -> None:
                 continue
             grid = {}
             for name, (layers, hidden, lr) in GRID.items():
+                if shapes and name not in shapes:
+                    continue
                 grid[name] = sweep_run(corpus, budget, precision, [
                     *SWEEP_BASE, "model.size=fixed", f"model.num_layers={layers}",
                     f"model.hidden_size={hidden}", f"optim.lr={lr}"])
@@ -104,7 +107,7 @@ def sweep(corpus: Path, budgets: list[float], precisions: list[str]) -> None:
             print(budget, precision, "auto", auto, flush=True)
             best = min(grid, key=lambda name: grid[name]["loss"])
             rows.append([f"{budget:g} s", precision,
-                         *(f"{grid[name]['loss']:.4f}" for name in GRID),
+                         *(f"{grid[name]['loss']:.4f}" if name in grid else "–" for name in GRID),
                          f"{best} {grid[best]['loss']:.4f}",
                          f"{auto['shape']} {auto['loss']:.4f}",
                          f"{auto['loss'] - grid[best]['loss']:+.4f}"])
@@ -137,11 +140,14 @@ def main() -> None:
                         help="the budget sweep: a hand grid against model.size: auto")
     parser.add_argument("--budgets", default="60,165,600", help="seconds, comma-separated")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated")
+    parser.add_argument("--grid", help="only these of the hand grid, e.g. 1x256,1x512 "
+                        f"(default: all of {','.join(GRID)})")
     args = parser.parse_args()
     corpus = shakespeare()
     print(f"machine: {machine()}")
     if args.sweep:
-        sweep(corpus, [float(b) for b in args.budgets.split(",")], args.precisions.split(","))
+        sweep(corpus, [float(b) for b in args.budgets.split(",")], args.precisions.split(","),
+              args.grid.split(",") if args.grid else None)
         return
     results = [run_charrnn(args.config, corpus, args.time)]
     print(results[-1], flush=True)

@@ -220,7 +220,8 @@ def main() -> None:
         args.seconds, args.clients, args.rss_requests = 2.0, "1,8", 300
     levels = [int(c) for c in args.clients.split(",")]
     extra = ["--threads", str(args.threads)] if args.threads else []
-    print(f"machine: {machine()}; servers' torch threads: {args.threads or 'all cores'}")
+    threads = args.threads or "the default (all cores but one)"
+    print(f"machine: {machine()}; servers' torch threads: {threads}")
     with tempfile.TemporaryDirectory() as tmp:
         model = args.checkpoint or random_checkpoint(Path(tmp))
         results = {}

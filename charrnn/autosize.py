@@ -22,6 +22,7 @@ run's config.yaml, so a resume or a rerun from it trains the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ class Plan:
         return (f"model.size auto: {cfg.model.cell} {c.name} ({c.parameters:,} parameters, "
                 f"{c.precision}) at {c.chars_per_s:,.0f} chars/s reads {c.chars / 1e6:.1f}M "
                 f"chars ({epochs:.1f} epochs) in {cfg.train.max_time:g} s; predicted "
-                f"{c.predicted:.3f} nats/char{others}; batch {cfg.data.batch_size}x"
+                f"{c.predicted:.3f} nats/char on text like Shakespeare's{others}; "
+                f"batch {cfg.data.batch_size}x"
                 f"{cfg.data.seq_len}, lr {cfg.optim.lr:.2g}, dropout {cfg.model.dropout:g}, "
                 f"weight decay {cfg.optim.weight_decay:g}; {len(self.measured)} candidates "
                 f"measured in {self.seconds:.1f} s")
@@ -190,9 +192,8 @@ def _shapes(config: Config) -> list[tuple[int, int]]:
 
 def _predict(candidate: Candidate, seconds: float, train_chars: int) -> Candidate:
     chars = candidate.chars_per_s * seconds
-    return Candidate(candidate.layers, candidate.hidden, candidate.precision,
-                     candidate.chars_per_s, candidate.parameters, chars,
-                     predicted_loss(candidate.parameters, chars, train_chars, candidate.layers))
+    return dataclasses.replace(candidate, chars=chars, predicted=predicted_loss(
+        candidate.parameters, chars, train_chars, candidate.layers))
 
 
 def _apply(config: Config, chosen: Candidate, batch: int, seq_len: int) -> Config:

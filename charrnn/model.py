@@ -150,11 +150,12 @@ class Stepper:
     MAX_TABLE_BYTES = 64 << 20
 
     @torch.no_grad()
-    def __init__(self, model: CharRNN):
+    def __init__(self, model: CharRNN, fused: bool | None = None):
+        """`fused`: one fused cell call per layer (default: on accelerators only)."""
         args, rnn = model.args, model.rnn
         self.args = args
         self.lstm = args.cell == "lstm"
-        self.fused = model.embedding.weight.device.type != "cpu"
+        self.fused = model.embedding.weight.device.type != "cpu" if fused is None else fused
         self.embedding = model.embedding.weight.detach()
         self.head = (model.head.weight.detach(), model.head.bias.detach())
         weights = [tuple(getattr(rnn, f"{name}_l{layer}").detach()

@@ -17,16 +17,19 @@ def test_output_shapes_and_loss_for_every_cell(cell):
     assert isinstance(state, tuple) == (cell == "lstm")
 
 
+@pytest.mark.parametrize("fused", [False, True])  # the CPU's way, and the accelerators'
 @pytest.mark.parametrize("batch", [1, 2, 64])  # one stream looks its input up in a table
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch):
+def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch, fused):
+    from charrnn.model import Stepper
+
     torch.manual_seed(0)
     model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=16,
                               num_layers=3)).eval()
     idx = torch.randint(0, 9, (batch, 12))
     with torch.no_grad():
         full, _, full_state = model(idx)
-        state, steps, stepper = None, [], model.stepper()
+        state, steps, stepper = None, [], Stepper(model, fused=fused)
         for t in range(12):
             logits, state = stepper(idx[:, t], state)
             steps.append(logits)

@@ -80,3 +80,14 @@ def test_serving_beyond_this_machine_without_a_key_is_warned_about():
     assert "no authentication" in exposure_warning("0.0.0.0", None)
     assert exposure_warning("0.0.0.0", "k3y") is None
     assert exposure_warning("127.0.0.1", None) is None
+
+
+def test_the_models_leave_one_core_to_the_http_side(monkeypatch):
+    import os
+
+    from charrnn.devices import serving_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert serving_threads() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert serving_threads() == 1  # never none
