@@ -72,26 +72,26 @@ def describe(device: torch.device) -> str:
     return device.type
 
 
-def bf16_runs(device: torch.device) -> bool:
-    """Whether training in bf16 autocast works on this device at all (fast or not: speed.py
-    measures that). MPS's bf16 recurrent kernels are not reliable enough to try."""
-    if device.type == "cuda":
-        return _cuda_rnn_runs_in_bf16(device)
-    return device.type == "cpu"
+def bf16_runs(device: torch.device, cell: str = "lstm") -> bool:
+    """Whether training this cell in bf16 autocast works on this device at all (fast or not:
+    speed.py measures that). MPS's bf16 recurrent kernels are not reliable enough to try."""
+    if device.type not in ("cuda", "cpu"):
+        return False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return False
+    return _rnn_trains_in_bf16(device, cell)
 
 
 @functools.cache
-def _cuda_rnn_runs_in_bf16(device: torch.device) -> bool:
-    """Whether cuDNN's recurrent kernels accept bf16 here (cuDNN >= 9.13 on Ampere or newer).
-
-    Older stacks raise inside nn.LSTM under bf16 autocast; a tiny trial step tells, and the
-    run falls back to fp32 instead of failing.
-    """
-    if not torch.cuda.is_bf16_supported():
-        return False
+def _rnn_trains_in_bf16(device: torch.device, cell: str) -> bool:
+    """A tiny trial step under bf16 autocast. Some stacks raise inside the recurrent module
+    instead: cuDNN before 9.13 or before Ampere, and oneDNN's LSTM on CPUs without bf16
+    instructions (an AVX2-only EPYC: "could not create a primitive descriptor"), where its
+    GRU and RNN run. The run then trains in fp32 instead of failing."""
+    module = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
     try:
-        rnn = torch.nn.LSTM(8, 8, batch_first=True).to(device)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        rnn = module(8, 8, batch_first=True).to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             out, _ = rnn(torch.randn(2, 3, 8, device=device))
         out.float().sum().backward()
         return True

@@ -76,7 +76,7 @@ def precisions_to_try(name: str, args: ModelArgs, batch: int, device: torch.devi
     """The precisions worth timing for `train.precision: name` on this device."""
     if name != "auto":
         return [name]
-    if not devices.bf16_runs(device):
+    if not devices.bf16_runs(device, args.cell):
         return ["fp32"]
     # A quick look at the recurrent step's own matrix product first: where bf16 is emulated
     # it is a hundred times slower, and timing whole training steps in it would take minutes.

@@ -356,6 +356,10 @@ class Trainer:
         """train.precision, measured here if nothing decided it before (a Trainer made
         directly, or resuming a run saved before precision was measured)."""
         precision = self.config.train.precision
+        if precision == "bf16" and not devices.bf16_runs(self.device, self.model.args.cell):
+            raise ConfigError([f"'train.precision' is bf16, but {self.model.args.cell.upper()} "
+                               f"layers do not train in bf16 on this {self.device.type} (its "
+                               "kernels refuse it); use fp32 or auto"])
         if precision == "auto":
             d = self.config.data
             precision, _ = speed.fastest_precision(self.model.args, d.batch_size, d.seq_len,

@@ -120,3 +120,25 @@ def test_precision_auto_is_measured_and_recorded(tmp_path, corpus):
           view=view)
     assert any(text.startswith("precision auto:") for text in view.lines)
     assert saved_config(run).train.precision in ("fp32", "bf16")
+
+
+def test_bf16_where_the_kernels_refuse_it_is_a_config_error_and_auto_keeps_fp32(
+        tmp_path, corpus, monkeypatch):
+    from charrnn import devices
+
+    monkeypatch.setattr(devices, "bf16_runs", lambda device, cell="lstm": False)
+    with pytest.raises(ConfigError, match="do not train in bf16"):
+        train(load_config(None, tiny_overrides(corpus, tmp_path / "a",
+                                               **{"train.precision": "bf16"})))
+    args = ModelArgs(vocab_size=30, hidden_size=16)
+    assert speed.precisions_to_try("auto", args, 4, torch.device("cpu")) == ["fp32"]
+
+
+def test_the_bf16_trial_matches_what_training_does():
+    from charrnn import devices
+
+    for cell in ("rnn", "lstm", "gru"):
+        runs = devices.bf16_runs(torch.device("cpu"), cell)
+        if runs:  # then a real bf16 step of that cell trains
+            args = ModelArgs(vocab_size=30, cell=cell, hidden_size=16)
+            assert speed.training_speed(args, 4, 8, torch.device("cpu"), "bf16", 0.0) > 0
