@@ -14,8 +14,17 @@ from typing import Annotated
 
 import typer
 
+# Each command module by its full name: importing them through the package (`from
+# charrnn.cli import ...`) would make the package and this module import each other.
+import charrnn.cli.data as data
+import charrnn.cli.eval as eval
+import charrnn.cli.info as info
+import charrnn.cli.plot as plot
+import charrnn.cli.sample as sample
+import charrnn.cli.serve as serve
+import charrnn.cli.train as train
+import charrnn.cli.vocab as vocab
 from charrnn import __version__
-from charrnn.cli import data, eval, info, plot, sample, serve, train, vocab
 from charrnn.cli.common import CommandGroup, one_of_several_processes, out, sane_terminal_width
 
 app = typer.Typer(cls=CommandGroup, no_args_is_help=True, rich_markup_mode="rich",
