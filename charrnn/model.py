@@ -140,7 +140,8 @@ class Stepper:
     precomputed into a table (an embedding followed by a matrix is a lookup, biases included),
     and on the CPU each layer is two matrix products on weights stored the way they are read
     (x @ W, not x @ W.T) followed by the gate arithmetic. That was measured faster than the
-    fused cell calls on every CPU we tried: about half the time at 64 streams, where the cells'
+    fused cell calls on the Zen 3 of BENCHMARKS.md (the only CPU it has been timed on so far):
+    about half the time at 64 streams, where the cells'
     transposed products run at a fraction of the matmul peak, and a third less per call for
     one stream, where their fixed cost per call dominates. On accelerators the fused cells
     (one kernel for the gate arithmetic) are kept.
