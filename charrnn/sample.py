@@ -30,7 +30,8 @@ import torch
 
 from charrnn import speed
 from charrnn.errors import CheckpointError, UsageError
-from charrnn.model import CharRNN, State, Stepper, join_streams, map_state
+from charrnn.model import CharRNN, join_streams, map_state
+from charrnn.stepper import Carry, Stepper, stepper_for
 from charrnn.vocab import UNK_ID, Vocab
 
 FLUSH_EVERY = 32  # generated steps between hand-offs to the caller (bounds device syncs)
@@ -213,9 +214,10 @@ def _keep_most_likely(scaled: torch.Tensor, rules: DrawRules) -> torch.Tensor:
 
 @dataclass
 class Streams:
-    """Rows generating together: their recurrent state, next-character scores and rules."""
+    """Rows generating together: their recurrent state (the stepper's carry, rows on
+    dimension 1), next-character scores and rules."""
 
-    state: State
+    state: Carry
     logits: torch.Tensor  # (B, V): scores for each row's next character
     rules: DrawRules
 
@@ -263,6 +265,7 @@ class Sampler:
         self.vocab = vocab
         self.device = torch.device(device)
         self._threads: dict[int, int] = {}  # streams -> the CPU threads fastest for them
+        self._stepper: Stepper | None = None
 
     def encode_prime(self, prime: str) -> list[int]:
         text = self.vocab.normalize(prime)
@@ -298,8 +301,11 @@ class Sampler:
         return [1 + max(range(len(counts)), key=counts.__getitem__)]
 
     def stepper(self) -> Stepper:
-        """The model's one-character step, prepared from its current weights."""
-        return self.model.stepper()
+        """The model's one-character step, prepared from its weights when first asked for (a
+        Sampler is built for weights that no longer change: training builds one per preview)."""
+        if self._stepper is None:
+            self._stepper = stepper_for(self.model)
+        return self._stepper
 
     @torch.inference_mode()
     def start(self, settings: SampleSettings, prime: str = "") -> Streams:
@@ -309,7 +315,7 @@ class Sampler:
         rows = settings.num_samples
         prime_t = torch.tensor(ids, device=self.device).unsqueeze(0).expand(rows, -1)
         logits, _, state = self.model(prime_t)  # (B, P, V): the whole prime in one call
-        return Streams(state, logits[:, -1].float(),
+        return Streams(self.stepper().from_state(state), logits[:, -1].float(),
                        DrawRules.of(settings, rows, self.vocab.size, self.device))
 
     def threads_for(self, stepper: Stepper, rows: int) -> int:
@@ -343,6 +349,7 @@ class Sampler:
                                  for i, n in zip(members, counts, strict=True)])  # (rows, P)
             logits, _, state = self.model(prime_t)
             logits = logits[:, -1].float()  # (rows, V)
+            state = self.stepper().from_state(state)
             first = 0
             for i, n in zip(members, counts, strict=True):
                 rows = slice(first, first + n)
@@ -475,6 +482,7 @@ def beam_search(sampler: Sampler, settings: SampleSettings, prime: str = "",
     stepper, device, vocab = sampler.stepper(), sampler.device, sampler.vocab
     ids = sampler.start_ids(sampler.encode_prime(prime))
     logits, _, state = sampler.model(torch.tensor([ids], device=device))
+    state = stepper.from_state(state)
     logits = logits[:, -1].float()  # (1, V): a single beam to start from
     beams = [_Beam(0.0, [], [], StopWatch(stop, vocab.normalize(prime)) if stop else None)]
     finished: list[_Beam] = []
@@ -496,7 +504,7 @@ def beam_search(sampler: Sampler, settings: SampleSettings, prime: str = "",
         if not beams or (len(finished) >= wanted and finished[wanted - 1].score >= beams[0].score):
             break
         keep = torch.tensor(alive, dtype=torch.long, device=device)
-        state = map_state(lambda s, rows=parents[keep]: s[:, rows], state)  # (L, beams, H)
+        state = map_state(lambda s, rows=parents[keep]: s[:, rows], state)  # beams on dimension 1
         logits, state = stepper(chars[keep], state)
     best = sorted(finished + beams, key=_Beam.rank)[:wanted]
     return [Sample(settings.temperature, prime, vocab.decode(b.ids), b.logprobs) for b in best]

@@ -18,10 +18,10 @@ def test_output_shapes_and_loss_for_every_cell(cell):
 
 
 @pytest.mark.parametrize("fused", [False, True])  # the CPU's way, and the accelerators'
-@pytest.mark.parametrize("batch", [1, 2, 64])  # one stream looks its input up in a table
+@pytest.mark.parametrize("batch", [1, 2, 64])
 @pytest.mark.parametrize("cell", sorted(CELLS))
 def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch, fused):
-    from charrnn.model import Stepper
+    from charrnn.stepper import stepper_for
 
     torch.manual_seed(0)
     model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=16,
@@ -29,14 +29,41 @@ def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch, fused):
     idx = torch.randint(0, 9, (batch, 12))
     with torch.no_grad():
         full, _, full_state = model(idx)
-        state, steps, stepper = None, [], Stepper(model, fused=fused)
+        stepper = stepper_for(model, fused=fused)
+        carry, steps = None, []
         for t in range(12):
-            logits, state = stepper(idx[:, t], state)
+            logits, carry = stepper(idx[:, t], carry)
             steps.append(logits)
+        expected = stepper.from_state(full_state)
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
-    for a, b in zip(map_state(lambda s: s, state), map_state(lambda s: s, full_state),
+    for a, b in zip(map_state(lambda s: s, carry), map_state(lambda s: s, expected),
                     strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_a_carry_continues_a_read_prime_and_its_rows_can_be_selected_and_joined(cell):
+    from charrnn.model import join_streams
+    from charrnn.stepper import stepper_for
+
+    torch.manual_seed(1)
+    model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=16,
+                              num_layers=2)).eval()
+    idx = torch.randint(0, 9, (4, 10))
+    with torch.no_grad():
+        full, _, _ = model(idx)
+        _, _, state = model(idx[:, :6])
+        stepper = stepper_for(model)
+        carry = stepper.from_state(state)
+        # Rows 3 and 1 leave and come back in another order: each row keeps its own context.
+        parts = [map_state(lambda s: s[:, [3]], carry), map_state(lambda s: s[:, [0, 1, 2]], carry)]
+        carry, order = join_streams(parts), [3, 0, 1, 2]
+        steps = []
+        for t in range(6, 10):
+            logits, carry = stepper(idx[order, t], carry)
+            steps.append(logits)
+    # Step t's logits score character t+1: the whole sequence's positions 6..9.
+    torch.testing.assert_close(torch.stack(steps, 1), full[order, 6:10], rtol=1e-4, atol=1e-5)
 
 
 def test_state_carries_context_between_calls():
@@ -73,19 +100,21 @@ def test_byte_dropout_drops_the_right_share_and_keeps_the_mean():
     assert byte_dropout(x, 0.001) is x  # rounds to no dropout at all
 
 
-def test_a_vocabulary_too_large_for_a_table_steps_without_one(monkeypatch):
-    from charrnn.model import Stepper
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_a_vocabulary_too_large_for_a_table_steps_without_one(monkeypatch, cell):
+    from charrnn import stepper as steppers
 
     torch.manual_seed(0)
-    model = CharRNN(ModelArgs(vocab_size=9, embedding_dim=8, hidden_size=16)).eval()
-    monkeypatch.setattr(Stepper, "MAX_TABLE_BYTES", 0)
-    stepper = model.stepper()
-    assert stepper.table is None
-    idx = torch.randint(0, 9, (1, 5))
-    with torch.no_grad():
-        full, _, _ = model(idx)
-        state, steps = None, []
-        for t in range(5):
-            logits, state = stepper(idx[:, t], state)
-            steps.append(logits)
-    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)
+    model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=16)).eval()
+    monkeypatch.setattr(steppers, "MAX_TABLE_BYTES", 0)
+    for fused in (False, True):
+        stepper = steppers.stepper_for(model, fused=fused)
+        assert stepper.table is None
+        idx = torch.randint(0, 9, (2, 5))
+        with torch.no_grad():
+            full, _, _ = model(idx)
+            carry, steps = None, []
+            for t in range(5):
+                logits, carry = stepper(idx[:, t], carry)
+                steps.append(logits)
+        torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-5)

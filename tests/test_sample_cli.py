@@ -108,10 +108,16 @@ def test_generation_stops_once_every_sample_has_stopped(sampler):
     steps = 0
     step = sampler.stepper()
 
-    def counting_step(*args):
-        nonlocal steps
-        steps += 1
-        return step(*args)
+    class CountingStep:
+        def __call__(self, *args):
+            nonlocal steps
+            steps += 1
+            return step(*args)
+
+        def __getattr__(self, name):  # everything else is the real stepper's
+            return getattr(step, name)
+
+    counting_step = CountingStep()
 
     sampler.threads_for(step, 2)  # measured once per batch size: not counted below
     sampler.stepper = lambda: counting_step
