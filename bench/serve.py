@@ -93,6 +93,11 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far, all its threads (Linux)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -139,6 +144,7 @@ async def _stream_once(client: httpx.AsyncClient, length: int, stats: dict) -> N
 async def load_level(url: str, clients: int, length: int, seconds: float) -> dict:
     """`clients` clients, each streaming request after request for `seconds`."""
     stats = {"chars": 0, "requests": 0, "ttfc": []}
+    started = time.perf_counter()  # for the CPU shares: warm-up and wind-down included
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(
             seconds + 60)) as client:
@@ -157,7 +163,14 @@ async def load_level(url: str, clients: int, length: int, seconds: float) -> dic
         await asyncio.gather(*tasks, return_exceptions=True)
     ttfc = sorted(stats["ttfc"])
     return {"chars_per_s": stats["chars"] / elapsed, "requests": stats["requests"],
+            "elapsed": time.perf_counter() - started,
             "p50": percentile(ttfc, 50), "p99": percentile(ttfc, 99)}
+
+
+def _own_cpu_seconds() -> float:
+    """CPU time this process (the load generator) has used so far."""
+    times = os.times()
+    return times.user + times.system
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -210,6 +223,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=500, help="characters per request")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each level")
     parser.add_argument("--threads", type=int, help="the servers' --threads")
+    parser.add_argument("--lanes", type=int, help="the servers' --lanes")
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--rss-length", type=int, default=100)
     parser.add_argument("--rss-seconds", type=float, default=900.0)
@@ -219,22 +233,29 @@ def main() -> None:
     if args.smoke:
         args.seconds, args.clients, args.rss_requests = 2.0, "1,8", 300
     levels = [int(c) for c in args.clients.split(",")]
-    extra = ["--threads", str(args.threads)] if args.threads else []
+    extra = (["--threads", str(args.threads)] if args.threads else []) \
+        + (["--lanes", str(args.lanes)] if args.lanes else [])
     threads = args.threads or "the default (all cores but one)"
-    print(f"machine: {machine()}; servers' torch threads: {threads}")
+    lanes = args.lanes or "the default (2 on a CPU with 2+ cores)"
+    print(f"machine: {machine()}; servers' torch threads: {threads}; lanes: {lanes}")
     with tempfile.TemporaryDirectory() as tmp:
         model = args.checkpoint or random_checkpoint(Path(tmp))
         results = {}
         for label, options in (("batched", []), ("one at a time", ["--max-streams", "1"])):
             with Server(model, *options, *extra) as server:
                 for clients in levels:
+                    server_cpu, client_cpu = server.cpu_seconds(), _own_cpu_seconds()
                     result = asyncio.run(load_level(server.url, clients, args.length,
                                                     args.seconds))
+                    result["server_cpu"] = (server.cpu_seconds() - server_cpu) / result["elapsed"]
+                    result["client_cpu"] = (_own_cpu_seconds() - client_cpu) / result["elapsed"]
                     results[label, clients] = result
                     print(f"{label:>13}, {clients:>2} clients: {result['chars_per_s']:>9,.0f} "
                           f"chars/s, {result['requests']:>5} requests, first character "
-                          f"p50 {1000 * result['p50']:,.0f} ms, p99 {1000 * result['p99']:,.0f} ms",
-                          flush=True)
+                          f"p50 {1000 * result['p50']:,.0f} ms, "
+                          f"p99 {1000 * result['p99']:,.0f} ms; "
+                          f"cores busy: server {result['server_cpu']:.2f}, "
+                          f"load generator {result['client_cpu']:.2f}", flush=True)
         rows = []
         for clients in levels:
             ours, single = results["batched", clients], results["one at a time", clients]

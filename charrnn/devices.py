@@ -105,16 +105,26 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def serving_threads() -> int:
-    """CPU threads for a server's models: all cores but one. The HTTP loop, the generation
-    loop's own Python and the connections need a core; model threads competing with them for
-    it wait on each other (on 2 cores with 64 streaming clients, 1 thread served 22k chars/s
-    where 2 served 15k)."""
+def serving_layout(device: torch.device, threads: int | None = None,
+                   lanes: int | None = None) -> tuple[int, int]:
+    """(lanes, torch threads) for a server's models on `device`; `threads` is the total the
+    user allows the models (default: all cores but one).
+
+    On a CPU with two or more cores a large batch is stepped as two halves in two threads
+    (lanes, see serve/engine.py), each with half the model threads. On 2 cores with 64
+    streaming clients and the load generator on the same cores, one thread stepping the
+    whole batch served about 20k chars/s, two torch threads 15k (they wait on each other at
+    every operation when a core is busy elsewhere), and two lanes of one thread each
+    (BENCHMARKS.md). Accelerators do the arithmetic themselves: one lane.
+    """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(cores - 1, 1)
+    if lanes is None:
+        lanes = 2 if device.type == "cpu" and cores >= 2 else 1
+    total = threads or max(cores - 1, 1)
+    return lanes, max(total // lanes, 1)
 
 
 def set_threads(threads: int | None) -> None:

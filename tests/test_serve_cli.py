@@ -82,12 +82,20 @@ def test_serving_beyond_this_machine_without_a_key_is_warned_about():
     assert exposure_warning("127.0.0.1", None) is None
 
 
-def test_the_models_leave_one_core_to_the_http_side(monkeypatch):
+def test_the_models_leave_one_core_to_the_http_side_in_two_lanes_on_cpus(monkeypatch):
     import os
 
-    from charrnn.devices import serving_threads
+    import torch
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    assert serving_threads() == 3
+    from charrnn.devices import serving_layout
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert serving_layout(cpu) == (2, 7)  # 15 threads for the models, halved
+    assert serving_layout(cpu, threads=4) == (2, 2)
+    assert serving_layout(cpu, lanes=1) == (1, 15)
+    assert serving_layout(cuda) == (1, 15)  # the accelerator does the arithmetic
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert serving_layout(cpu) == (2, 1)  # one thread each: never none
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert serving_threads() == 1  # never none
+    assert serving_layout(cpu) == (1, 1)  # one core: nothing to run side by side

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from charrnn.errors import UsageError
 from charrnn.serve.engine import Engine
 
@@ -38,10 +40,11 @@ def _as_name(text: str, spec: str) -> str:
     return name
 
 
-def load_models(specs: list[str], device: str = "auto", *, max_streams: int = 64,
-                max_queue: int = 256, max_length: int = 10_000) -> dict[str, ServedModel]:
-    """Load each checkpoint (-k RUN or -k NAME=RUN) and start its engine; the first is the
-    default model."""
+def load_models(specs: list[str], device: str | torch.device = "auto", *,
+                max_streams: int = 64, max_queue: int = 256, max_length: int = 10_000,
+                lanes: int = 1) -> dict[str, ServedModel]:
+    """Load each checkpoint (-k RUN or -k NAME=RUN) and start its engine (`lanes`: see
+    Engine); the first is the default model."""
     from charrnn.checkpoint import load_model
     from charrnn.devices import pick_device
     from charrnn.sample import Sampler
@@ -54,13 +57,14 @@ def load_models(specs: list[str], device: str = "auto", *, max_streams: int = 64
     if twice:
         raise UsageError(f"two checkpoints are named {', '.join(twice)}; name them apart: "
                          "-k NAME=RUN")
-    target = pick_device(device, "--device")
+    target = device if isinstance(device, torch.device) else pick_device(device, "--device")
     loaded = [(name, path, *load_model(path, target)) for name, path in named]
     models: dict[str, ServedModel] = {}
     try:
         for name, path, model, vocab, payload in loaded:
             engine = Engine(Sampler(model, vocab, target), max_streams=max_streams,
-                            max_queue=max_queue, max_length=max_length, name=name).start()
+                            max_queue=max_queue, max_length=max_length, name=name,
+                            lanes=lanes).start()
             args = model.args
             models[name] = ServedModel(name, engine, {
                 "name": name, "checkpoint": str(path), "cell": args.cell,
