@@ -164,7 +164,7 @@ def draw(logits: torch.Tensor, rules: DrawRules, uniforms: torch.Tensor,
     distribution the row drew from; a greedy row's is under the model's own (temperature 1).
     """
     logits = logits.float()
-    logits[:, UNK_ID] = -math.inf  # <unk> stands for "some character": never emit it
+    logits.select(1, UNK_ID).fill_(-math.inf)  # <unk> stands for "some character": never emit it
     # Shifted to a maximum of 0 first, so that a tiny temperature cannot overflow to inf/inf.
     shifted = logits - logits.amax(dim=-1, keepdim=True)  # (B, V)
     scaled = shifted * rules.scale  # sharper or flatter

@@ -67,16 +67,26 @@ class BlockStepper:
         weights = _layer_weights(model)
         if args.cell == "lstm":
             weights = [_doubled_cell_gate(*w) for w in weights]
-        # Layer l's blocks: W_hh_l's gates, then layer l+1's W_ih gates (none after the last).
+        head_weight, head_bias = model.head.weight.detach(), model.head.bias.detach()
+        self.vocab_size = head_weight.shape[0]
+        # With at most H characters, the output layer is one more block of the last layer,
+        # padded to H columns: one product fewer per character.
+        self.folded_head = self.vocab_size <= hidden
+        if self.folded_head:
+            padding = hidden - self.vocab_size
+            head = (F.pad(head_weight, (0, 0, 0, padding)), F.pad(head_bias, (0, padding)), 1)
+        else:
+            self.head_weight, self.head_bias = head_weight.t().contiguous(), head_bias  # (H, V)
+        # Layer l's blocks: W_hh_l's gates, then layer l+1's W_ih gates, or after the last
+        # layer the output layer's block (if folded).
         self.blocks, self.biases = [], []
         for layer, (_, w_hh, _, b_hh) in enumerate(weights):
-            above = weights[layer + 1] if layer + 1 < len(weights) else None
+            above = (weights[layer + 1][0], weights[layer + 1][2], gates) \
+                if layer + 1 < len(weights) else head if self.folded_head else None
             self.blocks.append(torch.cat([_blocks(w_hh, gates)]
-                                         + ([_blocks(above[0], gates)] if above else [])))
+                                         + ([_blocks(above[0], above[2])] if above else [])))
             self.biases.append(torch.cat([b_hh.view(gates, 1, hidden)]
-                                         + ([above[2].view(gates, 1, hidden)] if above else [])))
-        self.head_weight = model.head.weight.detach().t().contiguous()  # (H, V)
-        self.head_bias = model.head.bias.detach()
+                                         + ([above[1].view(above[2], 1, hidden)] if above else [])))
         embedding = model.embedding.weight.detach()
         w_ih, _, b_ih, _ = weights[0]
         self.table = None  # (gates, V, H): every character's W_ih x + b_ih
@@ -102,8 +112,8 @@ class BlockStepper:
         return tuple(carry)
 
     def initial_state(self, batch_size: int, device: torch.device | str) -> Carry:
-        h = torch.zeros(self.layers, batch_size, self.head_weight.shape[0], device=device,
-                        dtype=self.head_weight.dtype)
+        h = torch.zeros(self.layers, batch_size, self.blocks[0].shape[1], device=device,
+                        dtype=self.blocks[0].dtype)
         return self.from_state((h, h) if self.cell == "lstm" else h)
 
     def _recurrent(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -131,8 +141,8 @@ class BlockStepper:
             if self.cell == "lstm":
                 # The cell gate's weights are doubled (`_doubled_cell_gate`), so one sigmoid
                 # serves all four gates: tanh(g) = 2 sigmoid(2g) - 1, several times cheaper.
-                i, f, doubled_g, o = x.add_(recurrent).sigmoid_().split(1)  # (1, B, H) each
-                c = torch.mul(f, carry[per_layer * layer + 1]).sub_(i)  # f c - i ...
+                i, f, doubled_g, o = x.add_(recurrent).sigmoid_()  # (B, H) each
+                c = torch.mul(f, carry[per_layer * layer + 1]).sub_(i)  # f c - i ..., (1, B, H)
                 c.addcmul_(i, doubled_g, value=2.0)  # ... + 2 i sigmoid(2g) = f c + i tanh(g)
                 h = c.tanh().mul_(o)
                 kept = (c,)
@@ -148,7 +158,9 @@ class BlockStepper:
             rows = self.blocks[layer].shape[0]
             out = torch.baddbmm(self.biases[layer], h.expand(rows, -1, -1), self.blocks[layer])
             new += [out[:gates], *kept]
-            x = out[gates:]  # the next layer's input projection (empty after the last)
+            x = out[gates:]  # the next layer's input projection, or after the last the output
+        if self.folded_head:
+            return x[0, :, :self.vocab_size], tuple(new)  # (B, V), a view of the product
         logits = torch.addmm(self.head_bias, h[0], self.head_weight)  # (B, V)
         return logits, tuple(new)
 

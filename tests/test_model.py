@@ -20,11 +20,12 @@ def test_output_shapes_and_loss_for_every_cell(cell):
 @pytest.mark.parametrize("fused", [False, True])  # the CPU's way, and the accelerators'
 @pytest.mark.parametrize("batch", [1, 2, 64])
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch, fused):
+@pytest.mark.parametrize("hidden", [16, 8])  # 8 < 9 characters: the output layer apart
+def test_one_step_at_a_time_equals_the_whole_sequence(cell, batch, fused, hidden):
     from charrnn.stepper import stepper_for
 
     torch.manual_seed(0)
-    model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=16,
+    model = CharRNN(ModelArgs(vocab_size=9, cell=cell, embedding_dim=8, hidden_size=hidden,
                               num_layers=3)).eval()
     idx = torch.randint(0, 9, (batch, 12))
     with torch.no_grad():
