@@ -121,8 +121,8 @@ def serving_layout(device: torch.device, threads: int | None = None,
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    if lanes is None:
-        lanes = 2 if device.type == "cpu" and cores >= 2 else 1
+    if lanes is None:  # two lanes need two cores, and two threads when the user counts them
+        lanes = 2 if device.type == "cpu" and cores >= 2 and (threads or 2) >= 2 else 1
     total = threads or max(cores - 1, 1)
     return lanes, max(total // lanes, 1)
 

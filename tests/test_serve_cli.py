@@ -93,6 +93,7 @@ def test_the_models_leave_one_core_to_the_http_side_in_two_lanes_on_cpus(monkeyp
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert serving_layout(cpu) == (2, 7)  # 15 threads for the models, halved
     assert serving_layout(cpu, threads=4) == (2, 2)
+    assert serving_layout(cpu, threads=1) == (1, 1)  # asked for one thread: one lane
     assert serving_layout(cpu, lanes=1) == (1, 15)
     assert serving_layout(cuda) == (1, 15)  # the accelerator does the arithmetic
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)

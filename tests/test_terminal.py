@@ -54,6 +54,16 @@ def test_a_closed_standard_output_is_refused_before_anything_is_done(tmp_path, t
     assert not out.exists()
 
 
+def test_a_closed_standard_error_does_not_fail_a_command_that_succeeds(tiny_run):
+    # The command line leaves without Python's teardown; a stream that Python never opened
+    # (None) must not turn success into exit 1 on the way out.
+    child = subprocess.run([*CHARRNN, "sample", "-k", str(tiny_run), "-n", "20", "--seed", "1"],
+                           stdout=subprocess.PIPE, text=True, timeout=300,
+                           preexec_fn=lambda: os.close(2))
+    assert child.returncode == 0
+    assert len(child.stdout.rstrip("\n")) >= 20
+
+
 @pytest.mark.parametrize("command", [
     ["sample", "-n", "100000"],  # streamed text
     ["plot", "-o", "-", "--width", "3000", "--height", "2000"],  # a PNG file on stdout

@@ -85,16 +85,19 @@ def _leave_without_teardown(code: int) -> None:
     process ("terminate called without an active exception") after a run that went well,
     and torchrun reports it failed.
     """
+    several = one_of_several_processes()
     others = [t for t in threading.enumerate()
               if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if others and not one_of_several_processes():
+    if others and not several:
         sys.exit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (BrokenPipeError, ValueError):  # a reader gone, or a stream already closed
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader gone, or a stream already closed
+            pass
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if run_exit_handlers is not None:
+    if run_exit_handlers is not None and not several:  # torchrun's: as it always left
         run_exit_handlers()
     os._exit(code)
