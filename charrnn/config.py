@@ -30,13 +30,17 @@ MAX_CONFIG_VALUES = 10_000  # values in a config, YAML aliases expanded (a real 
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; training adds the process rank to the seed
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def max_threads() -> int:
     """CPU threads worth asking torch for: a few per core this process may use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return 4 * cores
+    return 4 * usable_cores()
 
 
 def _opt(default: Any, help: str, *, min: float | None = None,

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from charrnn.config import usable_cores
 from charrnn.errors import UsageError
 
 
@@ -117,10 +118,7 @@ def serving_layout(device: torch.device, threads: int | None = None,
     every operation when a core is busy elsewhere), and two lanes of one thread each
     (BENCHMARKS.md). Accelerators do the arithmetic themselves: one lane.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     if lanes is None:  # two lanes need two cores, and two threads when the user counts them
         lanes = 2 if device.type == "cpu" and cores >= 2 and (threads or 2) >= 2 else 1
     total = threads or max(cores - 1, 1)

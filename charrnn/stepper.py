@@ -89,10 +89,9 @@ class BlockStepper:
                                          + ([above[1].view(above[2], 1, hidden)] if above else [])))
         embedding = model.embedding.weight.detach()
         w_ih, _, b_ih, _ = weights[0]
-        self.table = None  # (gates, V, H): every character's W_ih x + b_ih
-        if embedding.shape[0] * w_ih.shape[0] * embedding.element_size() <= MAX_TABLE_BYTES:
-            self.table = F.linear(embedding, w_ih, b_ih).view(-1, gates, hidden) \
-                .transpose(0, 1).contiguous()
+        self.table = _input_table(embedding, w_ih, b_ih)  # (V, gates*H)
+        if self.table is not None:  # as (gates, V, H): one block of rows per gate
+            self.table = self.table.view(-1, gates, hidden).transpose(0, 1).contiguous()
         else:
             self.embedding = embedding
             self.input_blocks = _blocks(w_ih, gates)  # (gates, E, H)
@@ -176,10 +175,7 @@ class CellStepper:
         self.embedding = model.embedding.weight.detach()
         self.head = (model.head.weight.detach(), model.head.bias.detach())
         w_ih, _, b_ih, _ = self.layers[0]
-        self.table = None  # (V, gates*H): every character's W_ih x + b_ih
-        if self.embedding.shape[0] * w_ih.shape[0] * self.embedding.element_size() \
-                <= MAX_TABLE_BYTES:
-            self.table = F.linear(self.embedding, w_ih, b_ih)
+        self.table = _input_table(self.embedding, w_ih, b_ih)  # (V, gates*H)
         # A fused cell whose input is empty computes input @ W_ih + b_ih as just b_ih.
         self.no_input = self.embedding.new_empty(1, 0)
         self.no_weight = w_ih.new_empty(w_ih.shape[0], 0)
@@ -214,6 +210,15 @@ class CellStepper:
         logits = F.linear(x, *self.head)  # (B, V)
         return logits, ((torch.stack(new_h), torch.stack(new_c)) if self.lstm
                         else torch.stack(new_h))
+
+
+def _input_table(embedding: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor
+                 ) -> torch.Tensor | None:
+    """Every character's first-layer input projection W_ih x + b_ih, (V, gates*H); None
+    where it would be larger than MAX_TABLE_BYTES."""
+    if embedding.shape[0] * w_ih.shape[0] * embedding.element_size() > MAX_TABLE_BYTES:
+        return None
+    return F.linear(embedding, w_ih, b_ih)
 
 
 def _blocks(weight: torch.Tensor, gates: int) -> torch.Tensor:

@@ -72,7 +72,7 @@ def serve(
     set_threads(per_lane)
     sock = bind(host, port)
     try:
-        models = load_models(checkpoints, target, max_streams=max_streams, max_queue=max_queue,
+        models = load_models(checkpoints, device, max_streams=max_streams, max_queue=max_queue,
                              max_length=max_length, lanes=lanes)
     except BaseException:
         sock.close()

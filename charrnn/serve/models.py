@@ -6,8 +6,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from charrnn.errors import UsageError
 from charrnn.serve.engine import Engine
 
@@ -40,7 +38,7 @@ def _as_name(text: str, spec: str) -> str:
     return name
 
 
-def load_models(specs: list[str], device: str | torch.device = "auto", *,
+def load_models(specs: list[str], device: str = "auto", *,
                 max_streams: int = 64, max_queue: int = 256, max_length: int = 10_000,
                 lanes: int = 1) -> dict[str, ServedModel]:
     """Load each checkpoint (-k RUN or -k NAME=RUN) and start its engine (`lanes`: see
@@ -57,7 +55,7 @@ def load_models(specs: list[str], device: str | torch.device = "auto", *,
     if twice:
         raise UsageError(f"two checkpoints are named {', '.join(twice)}; name them apart: "
                          "-k NAME=RUN")
-    target = device if isinstance(device, torch.device) else pick_device(device, "--device")
+    target = pick_device(device, "--device")
     loaded = [(name, path, *load_model(path, target)) for name, path in named]
     models: dict[str, ServedModel] = {}
     try:
