@@ -158,10 +158,12 @@ class Trainer:
         vocab = Vocab.from_dict(inherited["vocab"]) if inherited else None
         if vocab is not None:
             check_named_vocab(config.data, vocab)
+        if resume_from is not None:  # before the corpus is read: refusing must cost nothing
+            self._check_same_architecture(resume_from)
         self.data: Dataset = load_dataset(config.data, run_dir.path, vocab,
                                           warn=lambda text: view.message(text, "warning"))
         self.vocab = self.data.vocab
-        self.model = self._build_model(inherited, resumed=resume_from is not None)
+        self.model = self._build_model(inherited)
         self.amp = speed.PRECISIONS[self._precision()]
         self.optimizer = self._make_optimizer()
         # The same seed everywhere: every process lays out the same streams, then takes its own.
@@ -331,18 +333,24 @@ class Trainer:
                           f"(step {payload['step']:,})")
         return payload
 
-    def _build_model(self, inherited: dict | None, resumed: bool) -> CharRNN:
+    def _architecture_differences(self, inherited: dict) -> list[str]:
+        wanted, stored = self.config.model, inherited["model_args"]
+        return [f"'model.{k}' is {getattr(wanted, k)!r} here but {stored[k]!r} in the checkpoint"
+                for k in ARCHITECTURE if getattr(wanted, k) != stored[k]]
+
+    def _check_same_architecture(self, resumed: dict) -> None:
+        differ = self._architecture_differences(resumed)
+        if differ:
+            raise ConfigError([*differ[:-1], differ[-1] + " (a resumed run keeps its model)"])
+
+    def _build_model(self, inherited: dict | None) -> CharRNN:
         wanted = self.config.model
         if inherited is None:
             args = ModelArgs(vocab_size=self.vocab.size, **wanted.shape())
             memory.check_training(args, self.config.data, len(self.data.train), self.device)
             return CharRNN(args).to(self.device)
         stored = inherited["model_args"]
-        differ = [f"'model.{k}' is {getattr(wanted, k)!r} here but {stored[k]!r} in the checkpoint"
-                  for k in ARCHITECTURE if getattr(wanted, k) != stored[k]]
-        if differ and resumed:
-            raise ConfigError([*differ[:-1], differ[-1] + " (a resumed run keeps its model)"])
-        if differ:
+        if self._architecture_differences(inherited):  # fine-tuning (a resume was checked)
             self.view.message("fine-tuning keeps the checkpoint's architecture ("
                               + ", ".join(f"{k}={stored[k]}" for k in ARCHITECTURE) + ")",
                               "note")

@@ -432,6 +432,20 @@ def test_resume_with_other_batching_restarts_the_data_and_keeps_the_new_config(t
     assert checkpoint.load(run / "last.pt")["step"] == 14
 
 
+def test_resume_with_another_model_is_refused_before_the_corpus_is_read(tmp_path, corpus):
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
+    run = tmp_path / "run"
+    base = ["train", *set_args(text, run, **{"train.max_steps": 4, "train.eval_every": 0})]
+    assert runner.invoke(app, base).exit_code == 0
+    saved = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    text.unlink()  # reading it now would fail with another error: the check comes first
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "model.hidden_size=48"])
+    assert_clean_error(result, 2, "'model.hidden_size' is 48 here",
+                       "a resumed run keeps its model")
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == saved
+
+
 def test_a_run_with_best_pt_but_no_last_pt_cannot_be_resumed(tmp_path, tiny_run):
     run = tmp_path / "run"
     run.mkdir()
