@@ -301,7 +301,6 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=500, help="characters per request")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each level")
     parser.add_argument("--threads", type=int, help="the servers' --threads")
-    parser.add_argument("--lanes", type=int, help="the servers' --lanes")
     parser.add_argument("--rss-requests", type=int, default=10_000)
     parser.add_argument("--rss-length", type=int, default=100)
     parser.add_argument("--rss-seconds", type=float, default=900.0)
@@ -311,11 +310,9 @@ def main() -> None:
     if args.smoke:
         args.seconds, args.clients, args.rss_requests = 2.0, "1,8", 300
     levels = [int(c) for c in args.clients.split(",")]
-    extra = (["--threads", str(args.threads)] if args.threads else []) \
-        + (["--lanes", str(args.lanes)] if args.lanes else [])
-    threads = args.threads or "the default (all cores but one)"
-    lanes = args.lanes or "the default (2 on a CPU with 2+ cores)"
-    print(f"machine: {machine()}; servers' torch threads: {threads}; lanes: {lanes}")
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    threads = args.threads or "the default (every core)"
+    print(f"machine: {machine()}; servers' torch threads: {threads}")
     with tempfile.TemporaryDirectory() as tmp:
         model = args.checkpoint or random_checkpoint(Path(tmp))
         results = {}

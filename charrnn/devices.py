@@ -106,23 +106,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def serving_layout(device: torch.device, threads: int | None = None,
-                   lanes: int | None = None) -> tuple[int, int]:
-    """(lanes, torch threads) for a server's models on `device`; `threads` is the total the
-    user allows the models (default: all cores but one).
+def serving_threads(models: int, threads: int | None = None) -> int:
+    """Torch threads for each of a server's `models` engines: `threads` in all (default: every
+    usable core), shared out so that together they never hold more threads than that.
 
-    On a CPU with two or more cores a large batch is stepped as two halves in two threads
-    (lanes, see serve/engine.py), each with half the model threads. On 2 cores with 64
-    streaming clients and the load generator on the same cores, one thread stepping the
-    whole batch served about 20k chars/s, two torch threads 15k (they wait on each other at
-    every operation when a core is busy elsewhere), and two lanes of one thread each
-    (BENCHMARKS.md). Accelerators do the arithmetic themselves: one lane.
+    Each engine steps its batch in a thread of its own, and GNU OpenMP (torch's CPU threads)
+    lets the threads of every team give up their cores while they wait once the process
+    holds more OpenMP threads than cores, counting idle teams too: then every operation of
+    every model pays for waking its threads. On 2 cores, a step in the engine's thread with
+    two threads ran 3-4 times slower after the main thread had once run the model with two
+    (BENCHMARKS.md, Serving); so the main thread, which only loads the models and serves
+    HTTP, keeps one thread, and the engines share the rest.
     """
-    cores = usable_cores()
-    if lanes is None:  # two lanes need two cores, and two threads when the user counts them
-        lanes = 2 if device.type == "cpu" and cores >= 2 and (threads or 2) >= 2 else 1
-    total = threads or max(cores - 1, 1)
-    return lanes, max(total // lanes, 1)
+    return max((threads or usable_cores()) // max(models, 1), 1)
 
 
 def set_threads(threads: int | None) -> None:

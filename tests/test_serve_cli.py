@@ -82,21 +82,15 @@ def test_serving_beyond_this_machine_without_a_key_is_warned_about():
     assert exposure_warning("127.0.0.1", None) is None
 
 
-def test_the_models_leave_one_core_to_the_http_side_in_two_lanes_on_cpus(monkeypatch):
+def test_the_models_share_the_threads_so_that_together_they_hold_no_more(monkeypatch):
     import os
 
-    import torch
+    from charrnn.devices import serving_threads
 
-    from charrnn.devices import serving_layout
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert serving_layout(cpu) == (2, 7)  # 15 threads for the models, halved
-    assert serving_layout(cpu, threads=4) == (2, 2)
-    assert serving_layout(cpu, threads=1) == (1, 1)  # asked for one thread: one lane
-    assert serving_layout(cpu, lanes=1) == (1, 15)
-    assert serving_layout(cuda) == (1, 15)  # the accelerator does the arithmetic
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert serving_layout(cpu) == (2, 1)  # one thread each: never none
+    assert serving_threads(1) == 16  # every core the process may use
+    assert serving_threads(3) == 5
+    assert serving_threads(2, threads=6) == 3
+    assert serving_threads(4, threads=2) == 1  # one each: never none
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert serving_layout(cpu) == (1, 1)  # one core: nothing to run side by side
+    assert serving_threads(1) == 1

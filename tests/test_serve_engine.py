@@ -53,12 +53,11 @@ def params(length=100, stop=None, logprobs=False, **settings) -> GenerationParam
     return GenerationParams(SampleSettings(length=length, **settings), stop, logprobs)
 
 
-@pytest.mark.parametrize("lanes", [1, 2])
-def test_requests_batched_together_get_what_each_gets_alone(make_engine, sampler, lanes):
-    """21 requests with mixed options step as one batch (42 rows: two lanes of 21 while
-    enough of them run); each returns exactly the text (and log-probabilities) that the
-    sampler, the same as `charrnn sample`, gives it alone."""
-    engine = make_engine(max_streams=64, max_queue=8, lanes=lanes)
+def test_requests_batched_together_get_what_each_gets_alone(make_engine, sampler):
+    """21 requests with mixed options step as one batch (42 rows); each returns exactly the
+    text (and log-probabilities) that the sampler, the same as `charrnn sample`, gives it
+    alone."""
+    engine = make_engine(max_streams=64, max_queue=8)
     asked = [(f"r{i}", "The " if i % 2 else "", params(
         length=120 + 7 * i, temperature=[0.8, 1.3, 0.0][i % 3], seed=i,
         num_samples=1 + i % 3, top_k=5 if i % 4 == 0 else None,
@@ -216,47 +215,33 @@ def test_a_model_with_broken_weights_fails_its_requests_and_keeps_serving(sample
     assert engine.healthy
 
 
-def test_a_failure_in_either_lane_fails_the_batch_and_the_engine_keeps_serving(
-        sampler, make_engine, monkeypatch):
-    engine = make_engine(max_streams=64, lanes=2)
-    calls = 0
-    real = Engine._steps
+def test_the_engine_thread_takes_its_threads_and_beam_search_one(make_engine, monkeypatch):
+    """Each thread sets its own torch threads; the caller's thread keeps its own."""
+    seen = {}
+    real_window, real_beam = Engine._window, Engine._run_beam
 
-    def failing_steps(self, *args, lane=0, **kwargs):
-        nonlocal calls
-        calls += 1
-        if lane == 1 and calls < 4:
-            raise RuntimeError("lane 1 broke")
-        return real(self, *args, lane=lane, **kwargs)
+    def window(self):
+        seen["engine"] = torch.get_num_threads()
+        return real_window(self)
 
-    monkeypatch.setattr(Engine, "_steps", failing_steps)
+    def beam(self, request):
+        seen["beam"] = torch.get_num_threads()
+        return real_beam(self, request)
+
+    monkeypatch.setattr(Engine, "_window", window)
+    monkeypatch.setattr(Engine, "_run_beam", beam)
+    before = torch.get_num_threads()
+    engine = make_engine(threads=3)
 
     async def scenario():
-        first = await engine.add_request("a", "", params(length=200, num_samples=40)).result()
-        second = await engine.add_request("b", "", params(length=200, num_samples=40)).result()
-        return first, second
+        await engine.add_request("a", "", params(length=20)).result()
+        await engine.add_request("b", "", params(length=20, beam=2)).result()
 
-    first, second = asyncio.run(scenario())
-    assert first.finish_reasons == [ERROR] * 40 and "lane 1 broke" in first.error
-    assert second.finish_reasons == [LENGTH] * 40  # later batches run in both lanes again
-    assert all(len(text) == 200 for text in second.texts)
-    assert engine.healthy and engine.load() == {"rows": 0, "queued": 0, "beams": 0}
-
-
-def test_two_lanes_take_the_same_steps_whichever_ends_the_window():
-    from charrnn.serve.engine import _Window
-
-    window = _Window(5)
-    assert [window.claim(1) for _ in range(3)] == [True] * 3  # the helper ran ahead
-    assert window.claim(0)
-    window.end()  # the engine's lane ends the window: it catches up to the helper's 3
-    assert [window.claim(0) for _ in range(3)] == [True, True, False]
-    assert not window.claim(1)
-    assert window.claimed == [3, 3]
-    failed = _Window(5)
-    failed.claim(0), failed.claim(1), failed.claim(1)
-    failed.end(now=True)  # after a failure: nobody takes another step
-    assert not failed.claim(0) and not failed.claim(1)
+    asyncio.run(scenario())
+    assert seen == {"engine": 3, "beam": 1}
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        Engine(engine.sampler, threads=0)
 
 
 def test_a_slow_reader_gets_the_text_merged(engine):

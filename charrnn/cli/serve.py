@@ -39,13 +39,8 @@ def serve(
         help="Require 'Authorization: Bearer KEY' on every request but the playground's "
              "page.")] = None,
     threads: Annotated[int | None, typer.Option(
-        show_default=False, help="CPU threads for the models (default: all cores but one, "
-                                 "which the HTTP side and its clients' connections need).")] = None,
-    lanes: Annotated[int | None, typer.Option(
-        show_default=False, min=1, max=2,
-        help="Threads that step each model's batch, each taking a share of the rows: 2 keeps "
-             "two cores busy without the model's threads waiting on each other (default: 2 "
-             "on a CPU with two or more cores, else 1).")] = None,
+        show_default=False, help="CPU threads for the models, shared among them (default: "
+                                 "every core the process may use).")] = None,
 ) -> None:
     """Serve models over HTTP: POST /v1/generate (JSON or streamed events), a playground at /.
 
@@ -56,7 +51,7 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError:
         raise CharRNNError(f"charrnn serve needs FastAPI and uvicorn: {INSTALL_HINT}") from None
-    from charrnn.devices import pick_device, serving_layout, set_threads
+    from charrnn.devices import serving_threads, set_threads
     from charrnn.serve.models import close_models, load_models
     from charrnn.serve.server import bind, url_of
     from charrnn.serve.server import serve as run
@@ -67,13 +62,14 @@ def serve(
             raise UsageError(f"{name} must be at least {least}, not {value}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {port}")
-    target = pick_device(device, "--device")
-    lanes, per_lane = serving_layout(target, threads, lanes)
-    set_threads(per_lane)
+    # This thread only loads the models and then serves HTTP: one torch thread, so that it
+    # never forms a team of OpenMP threads of its own (see serving_threads).
+    set_threads(1)
     sock = bind(host, port)
     try:
         models = load_models(checkpoints, device, max_streams=max_streams, max_queue=max_queue,
-                             max_length=max_length, lanes=lanes)
+                             max_length=max_length,
+                             threads=serving_threads(len(checkpoints), threads))
     except BaseException:
         sock.close()
         raise

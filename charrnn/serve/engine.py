@@ -57,10 +57,6 @@ RETRY_AFTER = 1  # seconds a refused caller should wait: rows free up within abo
 NOT_FINITE = ("the model's scores are not numbers (NaN or inf): its weights are damaged or "
               "its training diverged; serve another checkpoint")
 
-# A batch is stepped in two lanes (two threads, each half of the rows) only from this many rows
-# per lane: below it, each step is mostly Python, which the two threads cannot run at once.
-LANE_ROWS = 16
-
 # Why a sample ended.
 LENGTH = "length"  # it generated `length` characters
 STOP = "stop"  # it wrote the stop text
@@ -251,42 +247,23 @@ class _Request:
         self.stream._end(reasons, error)
 
 
-class _Window:
-    """The steps of one window, shared by two lanes that must take the same number of them.
-
-    Each lane claims a step before taking it; `end()` stops both at the larger count already
-    claimed, so the lane behind catches up and neither goes further."""
-
-    def __init__(self, steps: int):
-        self.limit = steps
-        self.claimed = [0, 0]
-        self._lock = threading.Lock()
-
-    def claim(self, lane: int) -> bool:
-        with self._lock:
-            if self.claimed[lane] >= self.limit:
-                return False
-            self.claimed[lane] += 1
-            return True
-
-    def end(self, now: bool = False) -> None:
-        """Stop at the larger count claimed so far (`now`: at each lane's own count, after a
-        failure, when the steps no longer matter)."""
-        with self._lock:
-            self.limit = min(self.claimed) if now else max(self.claimed)
-
-
 class Engine:
     """Continuous batching for one model: `start()`, then `add_request` and `abort` from an
     asyncio event loop; `shutdown()` ends every request, `close()` waits for the thread."""
 
     def __init__(self, sampler: Sampler, *, max_streams: int = 64, max_queue: int = 256,
-                 max_length: int = 10_000, name: str = "model", lanes: int = 1):
-        """`lanes`: 2 steps large batches as two halves in two threads (CPUs; see
-        `_steps_in_lanes`), 1 steps every row in the engine thread."""
-        if max_streams < 1 or max_queue < 0 or max_length < 0 or lanes not in (1, 2):
+                 max_length: int = 10_000, name: str = "model", threads: int | None = None):
+        """`threads`: the torch (CPU) threads of the engine's thread; None keeps what a new
+        thread gets from torch. See `devices.serving_threads` for a good number: on a CPU,
+        a thread that ran the model with several threads before (a notebook's main thread)
+        can make the engine's own threads several times slower.
+
+        Beam search runs on one thread of its own with one torch thread, so that it never
+        forms a second team of OpenMP threads beside the engine's."""
+        if max_streams < 1 or max_queue < 0 or max_length < 0 \
+                or (threads is not None and threads < 1):
             raise ValueError("max_streams must be >= 1, max_queue and max_length >= 0, "
-                             "lanes 1 or 2")
+                             "threads >= 1")
         self.sampler = sampler
         self.vocab = sampler.vocab
         self.device = sampler.device
@@ -294,6 +271,7 @@ class Engine:
         self.max_queue = max_queue
         self.max_length = max_length
         self.name = name
+        self.threads = threads
         self._stepper = sampler.stepper()
         # Shared between the callers' thread and the engine thread, under the lock.
         self._lock = threading.Lock()
@@ -308,9 +286,8 @@ class Engine:
         self._active: list[_Request] = []  # requests in the batch, in row order
         self._streams: Streams | None = None  # their rows
         self._thread: threading.Thread | None = None
-        self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}")
-        self._lanes = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-lane-{name}") \
-            if lanes == 2 else None
+        self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}",
+                                         initializer=torch.set_num_threads, initargs=(1,))
         self._beams_pending = 0  # beam searches queued or running
         self.failure: str | None = None  # set if the loop itself died (a bug)
 
@@ -408,8 +385,6 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._beams.shutdown(wait=True, cancel_futures=True)
-        if self._lanes is not None:
-            self._lanes.shutdown(wait=True)
         with self._lock:  # beam searches cancelled before they started
             left = list(self._requests.values())
         self._end(left, SHUTDOWN)
@@ -451,6 +426,8 @@ class Engine:
 
     # ---- the loop (engine thread) -------------------------------------------------------------
     def _run(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # this thread's own (OpenMP keeps it per thread)
         try:
             with torch.inference_mode():
                 while self._between_windows():
@@ -529,70 +506,23 @@ class Engine:
 
     def _window(self) -> None:
         """Step the batch until a hand-off is due, then hand the characters over."""
-        active, device, streams = self._active, self.device, self._streams
+        active, device, stepper, streams = self._active, self.device, self._stepper, self._streams
         steps = min(FLUSH_STEPS, min(r.steps_left for r in active))
         with_logprobs = any(r.params.logprobs for r in active)
         uniforms = active[0].uniforms(steps, device) if len(active) == 1 \
             else torch.cat([r.uniforms(steps, device) for r in active], dim=1)  # (steps, B)
-        deadline = time.monotonic() + FLUSH_SECONDS
-        if self._lanes is None or streams.rows < 2 * LANE_ROWS:
-            ids, logprobs = self._steps(streams, uniforms, with_logprobs, deadline)
-        else:
-            ids, logprobs = self._steps_in_lanes(streams, uniforms, with_logprobs, deadline)
-        for request in active:
-            request.used(len(ids))
-        self._hand_off(ids, logprobs if with_logprobs else None)
-
-    def _steps(self, streams: Streams, uniforms: torch.Tensor, with_logprobs: bool,
-               deadline: float, window: _Window | None = None, lane: int = 0) -> tuple[list, list]:
-        """Step `streams` (one lane's rows, or the whole batch) through the window: the drawn
-        characters and log-probabilities of each step. The engine thread's lane ends the
-        window early when a request arrives or leaves, at shutdown, or at the deadline."""
         ids, logprobs = [], []
-        for step in range(uniforms.shape[0]):
-            if window is not None and not window.claim(lane):
-                break
-            drawn, logp = streams.advance(self._stepper, uniforms[step], with_logprobs)
+        deadline = time.monotonic() + FLUSH_SECONDS
+        for step in range(steps):
+            drawn, logp = streams.advance(stepper, uniforms[step], with_logprobs)
             ids.append(drawn)
             logprobs.append(logp)
             # Arrivals and aborts are read without the lock: a stale look costs one step.
-            if lane == 0 and (self._arrivals or self._aborts or self._stopping
-                              or time.monotonic() > deadline):
-                if window is None:
-                    break
-                window.end()
-        return ids, logprobs
-
-    def _steps_in_lanes(self, streams: Streams, uniforms: torch.Tensor, with_logprobs: bool,
-                        deadline: float) -> tuple[list, list]:
-        """`_steps` with the batch's rows in two halves, each stepped by its own thread.
-
-        Rows are independent, so each half runs the window's steps on its own, and the
-        halves meet once per window (the hand-off), not once per step: a thread that the
-        machine delays (a busy core) holds the other up once per window at most, where the
-        model's own threads would wait for each other at every operation.
-        """
-        half = streams.rows // 2
-        parts = (streams.select(slice(0, half)), streams.select(slice(half, None)))
-        window = _Window(uniforms.shape[0])
-        second = self._lanes.submit(self._steps_in_helper, parts[1], uniforms[:, half:],
-                                    with_logprobs, deadline, window)
-        try:
-            first = self._steps(parts[0], uniforms[:, :half], with_logprobs, deadline, window)
-        except BaseException:
-            window.end(now=True)  # the helper stops where it is and is waited for
-            second.exception()
-            raise
-        taken = second.result()
-        self._streams = Streams.join(parts)
-        ids = [torch.cat(pair) for pair in zip(first[0], taken[0], strict=True)]
-        logprobs = [None if a is None else torch.cat((a, b))
-                    for a, b in zip(first[1], taken[1], strict=True)]
-        return ids, logprobs
-
-    def _steps_in_helper(self, *args) -> tuple[list, list]:
-        with torch.inference_mode():  # a thread of its own: the mode is per thread
-            return self._steps(*args, lane=1)
+            if self._arrivals or self._aborts or self._stopping or time.monotonic() > deadline:
+                break
+        for request in active:
+            request.used(len(ids))
+        self._hand_off(ids, logprobs if with_logprobs else None)
 
     def _hand_off(self, ids: list[torch.Tensor], logprobs: list[torch.Tensor] | None) -> None:
         """Give each request its new characters; requests whose samples are all done leave."""

@@ -40,8 +40,8 @@ def _as_name(text: str, spec: str) -> str:
 
 def load_models(specs: list[str], device: str = "auto", *,
                 max_streams: int = 64, max_queue: int = 256, max_length: int = 10_000,
-                lanes: int = 1) -> dict[str, ServedModel]:
-    """Load each checkpoint (-k RUN or -k NAME=RUN) and start its engine (`lanes`: see
+                threads: int | None = None) -> dict[str, ServedModel]:
+    """Load each checkpoint (-k RUN or -k NAME=RUN) and start its engine (`threads`: see
     Engine); the first is the default model."""
     from charrnn.checkpoint import load_model
     from charrnn.devices import pick_device
@@ -62,7 +62,7 @@ def load_models(specs: list[str], device: str = "auto", *,
         for name, path, model, vocab, payload in loaded:
             engine = Engine(Sampler(model, vocab, target), max_streams=max_streams,
                             max_queue=max_queue, max_length=max_length, name=name,
-                            lanes=lanes).start()
+                            threads=threads).start()
             args = model.args
             models[name] = ServedModel(name, engine, {
                 "name": name, "checkpoint": str(path), "cell": args.cell,
