@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn import speed
+from charrnn import memory, speed
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.model import CharRNN, join_streams, map_state
 from charrnn.stepper import Carry, Stepper, stepper_for
@@ -313,6 +313,10 @@ class Sampler:
         settings.validate(self.vocab)
         ids = self.start_ids(self.encode_prime(prime))
         rows = settings.num_samples
+        if self.device.type == "cpu":  # a clear refusal, not the allocator's (or the OOM killer)
+            memory.check_fits(memory.sampling_bytes(self.model.args, rows, len(ids)),
+                              f"{rows:,} sample{'s' if rows > 1 else ''} read together",
+                              "ask for fewer samples or use a shorter prime")
         prime_t = torch.tensor(ids, device=self.device).unsqueeze(0).expand(rows, -1)
         logits, _, state = self.model(prime_t)  # (B, P, V): the whole prime in one call
         return Streams(self.stepper().from_state(state), logits[:, -1].float(),

@@ -98,6 +98,21 @@ def test_sizes_the_machine_cannot_hold_are_refused_naming_what_to_lower(
     assert_clean_error(result, 1, *fragments, one_line=True)
 
 
+def test_the_library_sampler_refuses_what_the_machine_cannot_hold(tiny_run, machine_with):
+    """A notebook calling Sampler directly gets the same clear refusal as the command line."""
+    from charrnn.checkpoint import load_model
+    from charrnn.errors import ResourceError
+    from charrnn.sample import Sampler, SampleSettings
+
+    model, vocab, _ = load_model(tiny_run)
+    sampler = Sampler(model, vocab)
+    machine_with(GB)
+    with pytest.raises(ResourceError, match=r"10,000,000 samples read together needs about .* "
+                                            r"ask for fewer samples"):
+        sampler.sample_text(SampleSettings(length=5, num_samples=10_000_000))
+    assert len(sampler.sample_text(SampleSettings(length=5, num_samples=3))) == 3
+
+
 def test_a_model_that_fits_is_not_refused(tmp_path, tiny_run, corpus, machine_with):
     machine_with(GB)
     assert invoke("sample", "-k", tiny_run, "-N", "4", "-n", "50").exit_code == 0
