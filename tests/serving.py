@@ -116,6 +116,7 @@ class ServerProcess:
                 continue
             found = re.search(r"serving at (http://\S+)", seen[-1])
             if found:
+                self.banner = "".join(seen)  # what it printed up to its address
                 return found.group(1)
         self.kill()
         raise AssertionError(f"the server did not start: {''.join(seen)}{self.stderr()}")

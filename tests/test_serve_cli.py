@@ -19,7 +19,9 @@ from serving import ServerProcess, sse_events
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_running_streams_cleanly_and_exits_0(tiny_run, sig):
-    server = ServerProcess("-k", str(tiny_run), "--device", "cpu", "--max-length", "1000000")
+    server = ServerProcess("-k", str(tiny_run), "--device", "cpu", "--max-length", "1000000",
+                           "--threads", "1")
+    assert "characters, on cpu (1 thread)" in server.banner
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client, client.stream(
                 "POST", "/v1/generate", json={"length": 1_000_000, "stream": True}) as response:
