@@ -135,8 +135,8 @@ class DrawRules:
     def rows(self) -> int:
         return self.temperature.shape[0]
 
-    def select(self, rows: torch.Tensor | slice) -> DrawRules:
-        """The rules of some rows (a (R,) index, or a slice), in that order."""
+    def select(self, rows: torch.Tensor) -> DrawRules:
+        """The rules of some rows (a (R,) index), in that order."""
         return DrawRules(self.temperature[rows],
                          None if self.top_k is None else self.top_k[rows],
                          None if self.top_p is None else self.top_p[rows])
@@ -232,8 +232,8 @@ class Streams:
         self.logits, self.state = stepper(nxt, self.state)
         return nxt, logprobs
 
-    def select(self, rows: torch.Tensor | slice) -> Streams:
-        """Only some rows, in that order (finished ones leave); a slice of rows is a view."""
+    def select(self, rows: torch.Tensor) -> Streams:
+        """Only some rows, in that order (finished ones leave)."""
         return Streams(map_state(lambda s: s[:, rows], self.state), self.logits[rows],
                        self.rules.select(rows))
 

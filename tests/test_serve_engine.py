@@ -53,11 +53,9 @@ def params(length=100, stop=None, logprobs=False, **settings) -> GenerationParam
     return GenerationParams(SampleSettings(length=length, **settings), stop, logprobs)
 
 
-def test_requests_batched_together_get_what_each_gets_alone(make_engine, sampler):
-    """21 requests with mixed options step as one batch (42 rows); each returns exactly the
-    text (and log-probabilities) that the sampler, the same as `charrnn sample`, gives it
-    alone."""
-    engine = make_engine(max_streams=64, max_queue=8)
+def test_requests_batched_together_get_what_each_gets_alone(engine, sampler):
+    """21 requests with mixed options step as one batch; each returns exactly the text (and
+    log-probabilities) that the sampler, the same as `charrnn sample`, gives it alone."""
     asked = [(f"r{i}", "The " if i % 2 else "", params(
         length=120 + 7 * i, temperature=[0.8, 1.3, 0.0][i % 3], seed=i,
         num_samples=1 + i % 3, top_k=5 if i % 4 == 0 else None,

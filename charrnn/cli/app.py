@@ -66,12 +66,13 @@ def main() -> None:
         if not isinstance(finished.code, int | None):
             raise  # a message to print: Python's own exit does that
         code = finished.code or 0
-    if "torch" in sys.modules or one_of_several_processes():
-        _leave_without_teardown(code)
+    several = one_of_several_processes()
+    if "torch" in sys.modules or several:
+        _leave_without_teardown(code, several)
     sys.exit(code)
 
 
-def _leave_without_teardown(code: int) -> None:
+def _leave_without_teardown(code: int, several: bool) -> None:
     """Exit once everything is written, skipping the interpreter's teardown of its modules.
 
     With torch loaded, that teardown takes about a third of a second (more than generating
@@ -85,7 +86,6 @@ def _leave_without_teardown(code: int) -> None:
     process ("terminate called without an active exception") after a run that went well,
     and torchrun reports it failed.
     """
-    several = one_of_several_processes()
     others = [t for t in threading.enumerate()
               if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if others and not several:

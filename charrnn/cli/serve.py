@@ -79,10 +79,11 @@ def serve(
     url = url_of(sock)
     for served in models.values():
         info = served.info
-        threads = served.engine.threads if info["device"] == "cpu" else None
+        model_threads = served.engine.threads if info["device"] == "cpu" else None
         out.print(f"model [bold]{escape(served.name)}[/]: {info['cell']} {info['num_layers']}x"
                   f"{info['hidden_size']}, {info['vocab_size']} characters, on {info['device']}"
-                  + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads else ""))
+                  + (f" ({model_threads} thread{'s' if model_threads != 1 else ''})"
+                     if model_threads else ""))
     out.print(f"serving at {url}  (playground {url}/, API {url}/v1/generate, docs {url}/docs"
               f"{'; API key required' if api_key else ''}); Ctrl-C stops")
     sys.stdout.flush()  # a supervisor or test reading the pipe sees the address now
