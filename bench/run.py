@@ -23,6 +23,7 @@ FULL = [
     ["learning.py"],
     ["bench_data.py"],
     ["serve.py"],
+    ["openmp_threads.py"],
 ]
 QUICK = [
     ["throughput.py", "--seconds", "1"],
@@ -30,6 +31,7 @@ QUICK = [
     ["learning.py", "--skip-reference", "--time", "10"],
     ["bench_data.py", "--quick"],
     ["serve.py", "--smoke"],
+    ["openmp_threads.py"],
 ]
 
 
