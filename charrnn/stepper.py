@@ -13,7 +13,7 @@ so `map_state` selects and `join_streams` joins rows of either without knowing w
   gate, and carries each layer's recurrent product W_hh h + b_hh instead of h. One batched
   product per layer then gives both that layer's product for the next step and the next
   layer's input for this one (both read the same h), so a 2-layer LSTM makes two products
-  per character (plus the small output layer) instead of four, and the blocks are computed
+  per character (plus the output layer's) instead of four, and the blocks are computed
   in parallel even for one stream, which a single matrix-vector product is not on CPUs
   (BENCHMARKS.md has the timings). The first layer's input projection of each character is
   precomputed as a table: an embedding followed by a matrix is a lookup.
@@ -67,26 +67,19 @@ class BlockStepper:
         weights = _layer_weights(model)
         if args.cell == "lstm":
             weights = [_doubled_cell_gate(*w) for w in weights]
-        head_weight, head_bias = model.head.weight.detach(), model.head.bias.detach()
-        self.vocab_size = head_weight.shape[0]
-        # With at most H characters, the output layer is one more block of the last layer,
-        # padded to H columns: one product fewer per character.
-        self.folded_head = self.vocab_size <= hidden
-        if self.folded_head:
-            padding = hidden - self.vocab_size
-            head = (F.pad(head_weight, (0, 0, 0, padding)), F.pad(head_bias, (0, padding)), 1)
-        else:
-            self.head_weight, self.head_bias = head_weight.t().contiguous(), head_bias  # (H, V)
-        # Layer l's blocks: W_hh_l's gates, then layer l+1's W_ih gates, or after the last
-        # layer the output layer's block (if folded).
+        # The output layer stays a separate product. Folded in as one more block of the last
+        # layer (padded to H columns) it saved nothing for one stream and cost 5% at 64: with
+        # two threads the fifth block is a third round of the batched product.
+        self.head_weight = model.head.weight.detach().t().contiguous()  # (H, V)
+        self.head_bias = model.head.bias.detach()
+        # Layer l's blocks: W_hh_l's gates, then layer l+1's W_ih gates (none after the last).
         self.blocks, self.biases = [], []
         for layer, (_, w_hh, _, b_hh) in enumerate(weights):
-            above = (weights[layer + 1][0], weights[layer + 1][2], gates) \
-                if layer + 1 < len(weights) else head if self.folded_head else None
+            above = weights[layer + 1] if layer + 1 < len(weights) else None
             self.blocks.append(torch.cat([_blocks(w_hh, gates)]
-                                         + ([_blocks(above[0], above[2])] if above else [])))
+                                         + ([_blocks(above[0], gates)] if above else [])))
             self.biases.append(torch.cat([b_hh.view(gates, 1, hidden)]
-                                         + ([above[1].view(above[2], 1, hidden)] if above else [])))
+                                         + ([above[2].view(gates, 1, hidden)] if above else [])))
         embedding = model.embedding.weight.detach()
         w_ih, _, b_ih, _ = weights[0]
         self.table = _input_table(embedding, w_ih, b_ih)  # (V, gates*H)
@@ -157,9 +150,7 @@ class BlockStepper:
             rows = self.blocks[layer].shape[0]
             out = torch.baddbmm(self.biases[layer], h.expand(rows, -1, -1), self.blocks[layer])
             new += [out[:gates], *kept]
-            x = out[gates:]  # the next layer's input projection, or after the last the output
-        if self.folded_head:
-            return x[0, :, :self.vocab_size], tuple(new)  # (B, V), a view of the product
+            x = out[gates:]  # the next layer's input projection (empty after the last layer)
         logits = torch.addmm(self.head_bias, h[0], self.head_weight)  # (B, V)
         return logits, tuple(new)
 
