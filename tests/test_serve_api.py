@@ -293,3 +293,11 @@ def test_several_models_are_served_by_name(tiny_run, tmp_path):
         other = client.post("/v1/generate", json={**body, "model": "other"}).json()
         assert first["model"] == "run" and other["model"] == "other"
         assert first["samples"] == other["samples"]  # the same weights, the same seed
+
+
+def test_events_are_spaced_out_while_many_streams_generate():
+    from charrnn.serve.app import EVENT_INTERVAL, MAX_EVENT_INTERVAL, event_interval
+
+    assert event_interval(0) == event_interval(1) == event_interval(32) == EVENT_INTERVAL
+    assert event_interval(64) == pytest.approx(2 * EVENT_INTERVAL)
+    assert event_interval(10_000) == MAX_EVENT_INTERVAL

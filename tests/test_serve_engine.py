@@ -265,6 +265,26 @@ def test_random_numbers_drawn_ahead_are_the_ones_drawn_step_by_step():
                                            for _ in range(37)]))
 
 
+def test_requests_longer_than_the_numbers_drawn_ahead_get_the_same_text(
+        make_engine, sampler, monkeypatch):
+    """Random numbers are drawn DRAW_AHEAD steps at a time: blocks of 7 used by windows of 5
+    steps (a block's rest carried into the next, a finished sample's numbers skipped) give
+    the text of one long draw."""
+    from charrnn.serve import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "DRAW_AHEAD", 7)
+    monkeypatch.setattr(engine_module, "FLUSH_STEPS", 5)
+    engine = make_engine(max_streams=16)
+    asked = [params(length=90, seed=3, num_samples=3, stop="e"), params(length=61, seed=4)]
+
+    async def together():
+        streams = [engine.add_request(f"r{i}", "", p) for i, p in enumerate(asked)]
+        return await asyncio.gather(*(s.result() for s in streams))
+
+    for p, outcome in zip(asked, asyncio.run(together()), strict=True):
+        assert outcome.texts == [s.text for s in sampler.samples(p.settings, "", p.stop)]
+
+
 def test_primes_read_together_give_what_each_gives_alone(sampler):
     """A burst of new requests reads primes of one length in one call."""
     asked = [(SampleSettings(num_samples=n, top_k=k), prime) for n, k, prime in
