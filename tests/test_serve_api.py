@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
+import time
 
 import httpx
 import pytest
@@ -186,6 +188,76 @@ def test_a_large_body_without_a_length_is_cut_off(client):
 
     response = client.post("/v1/generate", content=chunks())
     assert response.status_code == 413
+
+
+def _raw_exchange(url: str, head: bytes, endless: bytes) -> bytes:
+    """Send `head`, then `endless` over and over (at most 16 MB) until the server answers or
+    closes; return what it answered."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head)
+        sock.setblocking(False)
+        for _ in range((16 << 20) // len(endless)):
+            try:
+                answer = sock.recv(65536)
+            except BlockingIOError:
+                answer = None
+            if answer is not None:
+                break
+            try:
+                sock.send(endless)
+            except BlockingIOError:
+                time.sleep(0.001)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        sock.settimeout(30)
+        received = answer or b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
+
+
+@pytest.mark.parametrize(("head", "endless"), [
+    (b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n", b"X-Pad: " + b"a" * 8000 + b"\r\n"),
+    (b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 8000),  # one endless header
+    (b"GET /v1/models?q=", b"a" * 8000),  # an endless URL
+], ids=["many headers", "one header", "url"])
+def test_an_endless_request_head_is_refused_and_the_server_keeps_serving(server, client,
+                                                                         head, endless):
+    from charrnn.serve.app import MAX_HEAD_BYTES
+
+    answer = _raw_exchange(server[0], head, endless)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["field"] == "headers" and f"{MAX_HEAD_BYTES // 1024} KiB" in error["message"]
+    # Heads within the bound still work, on kept-alive connections too.
+    cookie = {"Cookie": "c" * 20_000}
+    for _ in range(2):
+        response = client.post("/v1/generate", json={"length": 5}, headers=cookie)
+        assert response.status_code == 200 and response.json()["usage"]["generated_chars"] == 5
+
+
+def test_without_httptools_the_h11_parser_gets_the_same_bound(monkeypatch, server):
+    import builtins
+
+    from charrnn.serve.app import MAX_HEAD_BYTES
+    from charrnn.serve.headlimit import BoundedHttpToolsProtocol
+    from charrnn.serve.server import http_protocol, make_server
+
+    assert http_protocol() is BoundedHttpToolsProtocol
+    real_import = builtins.__import__
+
+    def no_httptools(name, *args, **kwargs):
+        if name == "charrnn.serve.headlimit":
+            raise ImportError("No module named 'httptools'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_httptools)
+    assert http_protocol() == "h11"
+    config = make_server(server[1]).config
+    assert config.h11_max_incomplete_event_size == MAX_HEAD_BYTES
 
 
 def test_unknown_paths_and_methods_answer_json(client):

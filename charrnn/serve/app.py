@@ -36,6 +36,9 @@ from charrnn.serve.models import ServedModel
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # a request is a few options and a prime: 1 MB is plenty
+# The request line and headers (server.py bounds them): the API's own take a few hundred
+# bytes, browsers send a few KiB of cookies at most.
+MAX_HEAD_BYTES = 64 * 1024
 MAX_PRIME_CHARS = 10_000  # the prime is read in the generation loop: a long one delays everyone
 MAX_BEAM = 32  # beams cost beam x length steps on one worker; more rarely helps
 DEFAULT_LENGTH = 500  # as `charrnn sample`
@@ -187,7 +190,8 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
                            "max_streams": any_engine.max_streams,
                            "max_queue": any_engine.max_queue,
                            "max_prime_chars": MAX_PRIME_CHARS, "max_beam": MAX_BEAM,
-                           "max_body_bytes": MAX_BODY_BYTES}}
+                           "max_body_bytes": MAX_BODY_BYTES,
+                           "max_head_bytes": MAX_HEAD_BYTES}}
 
     @app.post("/v1/generate", summary="Generate text",
               response_model=GenerateResponse,

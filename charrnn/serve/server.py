@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 
 from charrnn.errors import UsageError
-from charrnn.serve.app import create_app
+from charrnn.serve.app import MAX_HEAD_BYTES, create_app
 from charrnn.serve.models import ServedModel
 
 GRACE_SECONDS = 10.0  # after a signal, connections still open this long are cut
@@ -84,10 +84,21 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def http_protocol() -> type | str:
+    """uvicorn's C parser with the request head bounded (headlimit.py), or its h11 parser
+    where httptools is not installed (bounded by `h11_max_incomplete_event_size`)."""
+    try:
+        from charrnn.serve.headlimit import BoundedHttpToolsProtocol
+    except ImportError:
+        return "h11"
+    return BoundedHttpToolsProtocol
+
+
 def make_server(models: dict[str, ServedModel], api_key: str | None = None) -> Server:
     app = create_app(models, api_key=api_key)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=GRACE_SECONDS)
+                            timeout_graceful_shutdown=GRACE_SECONDS, http=http_protocol(),
+                            h11_max_incomplete_event_size=MAX_HEAD_BYTES)
 
     def stop_engines() -> None:
         for served in models.values():
