@@ -239,6 +239,88 @@ def test_an_endless_request_head_is_refused_and_the_server_keeps_serving(server,
         assert response.status_code == 200 and response.json()["usage"]["generated_chars"] == 5
 
 
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.fixture
+def short_timeouts(monkeypatch):
+    """Heads and bodies must arrive within 0.5 s."""
+    from charrnn.serve import app as app_module
+    from charrnn.serve.headlimit import BoundedHttpToolsProtocol
+
+    monkeypatch.setattr(BoundedHttpToolsProtocol, "head_seconds", 0.5)
+    monkeypatch.setattr(app_module, "BODY_SECONDS", 0.5)
+
+
+@pytest.mark.parametrize(("sent", "drip"), [
+    (b"", b""), (b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nX-A: b", b"b")],
+    ids=["nothing", "a dripping head"])
+def test_a_head_that_does_not_arrive_in_time_is_refused(server, short_timeouts, sent, drip):
+    """A silent or slowly dripping client (slowloris) does not hold its connection."""
+    with _connect(server[0]) as sock:
+        sock.sendall(sent)
+        started = time.monotonic()
+        for _ in range(20):  # a byte every 0.1 s: never a whole head
+            with contextlib.suppress(OSError):
+                sock.send(drip)
+            time.sleep(0.1)
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer[:100]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["field"] == "headers"
+    assert time.monotonic() - started < 10
+
+
+def test_a_body_that_does_not_arrive_in_time_is_refused(server, short_timeouts):
+    with _connect(server[0]) as sock:
+        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 100\r\n\r\n{\"length\": ")
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer[:100]
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert error["field"] == "body" and "11 bytes arrived" in error["message"]
+
+
+def _post_raw(sock: socket.socket, body: dict) -> None:
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+
+
+def _recv(sock: socket.socket) -> bytes:
+    chunk = sock.recv(65536)
+    assert chunk, "the server closed the connection"
+    return chunk
+
+
+def test_the_head_clock_runs_only_while_a_head_is_awaited(server, short_timeouts):
+    """A response that lasts three times the head's time is not cut; once a response has
+    ended, the next head on the kept-alive connection is timed again."""
+    with _connect(server[0]) as sock:
+        _post_raw(sock, {"length": ENDLESS, "stream": True})
+        received, until = b"", time.monotonic() + 1.5
+        while time.monotonic() < until:
+            received += _recv(sock)
+        assert received.startswith(b"HTTP/1.1 200 OK") and b"event: delta" in received
+    with _connect(server[0]) as sock:
+        _post_raw(sock, {"length": 10, "seed": 1})
+        received = b""
+        while b"HTTP/1.1 408" not in received:  # the answer, then nothing sent for 0.5 s
+            received += _recv(sock)
+    answer, _, refusal = received.partition(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b'"generated_chars":10' in answer
+    assert b'"type": "request_timeout"' in refusal
+
+
 def test_without_httptools_the_h11_parser_gets_the_same_bound(monkeypatch, server):
     import builtins
 

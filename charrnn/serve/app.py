@@ -39,6 +39,9 @@ MAX_BODY_BYTES = 1 << 20  # a request is a few options and a prime: 1 MB is plen
 # The request line and headers (server.py bounds them): the API's own take a few hundred
 # bytes, browsers send a few KiB of cookies at most.
 MAX_HEAD_BYTES = 64 * 1024
+# A request's head, and then its body, must arrive within this long: a client sending a byte
+# now and then would otherwise hold its connection (and a task) for ever.
+HEAD_SECONDS = BODY_SECONDS = 30.0
 MAX_PRIME_CHARS = 10_000  # the prime is read in the generation loop: a long one delays everyone
 MAX_BEAM = 32  # beams cost beam x length steps on one worker; more rarely helps
 DEFAULT_LENGTH = 500  # as `charrnn sample`
@@ -238,12 +241,24 @@ async def read_json(request: Request) -> Any:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise _too_large(int(declared))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large(size)
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large(size)
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), BODY_SECONDS)
+    except asyncio.TimeoutError:
+        received = sum(map(len, chunks))
+        raise ApiError(408, "request_timeout", [("body", f"body: {received:,} bytes arrived in "
+                                                         f"{BODY_SECONDS:g} s, not the whole "
+                                                         "body; send it at once")],
+                       {"Connection": "close"}) from None
     body = b"".join(chunks)
     if not body.strip():
         return {}

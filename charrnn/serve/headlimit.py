@@ -1,43 +1,66 @@
-"""uvicorn's C HTTP parser (httptools) with the request head bounded.
+"""uvicorn's C HTTP parser (httptools) with each request's head bounded in size and time.
 
 uvicorn's other parser (h11) refuses a request line and headers over a set size; with
 httptools it keeps whatever arrives until the head is complete, so one client sending
-endless headers (or one endless header) grows the server's memory without bound. This
-protocol counts the bytes of each request's head as they arrive and answers 431 with the
-API's JSON error, closing the connection, once they pass MAX_HEAD_BYTES. Memory per
-connection stays within that plus one read from the socket.
+endless headers (or one endless header) grows the server's memory without bound. Neither
+parser limits how long a head may take, so a client can hold connections open for ever by
+sending nothing, or a byte now and then (slowloris), until the process runs out of them.
+
+This protocol counts the bytes of each request's head as they arrive and answers 431 once
+they pass MAX_HEAD_BYTES, and 408 when a head is not complete HEAD_SECONDS after the
+connection opened or the previous response ended; either way with the API's JSON error,
+closing the connection. Memory per connection stays within the bound plus one socket read.
 
 Imported only where httptools is installed (server.py falls back to h11 otherwise).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from charrnn.serve.app import MAX_HEAD_BYTES
+from charrnn.serve.app import HEAD_SECONDS, MAX_HEAD_BYTES
 
 
-def head_too_large_response() -> bytes:
-    message = (f"headers: the request line and headers are over {MAX_HEAD_BYTES // 1024} KiB; "
-               "send fewer or shorter headers")
-    body = json.dumps({"error": {"type": "headers_too_large", "message": message,
-                                 "field": "headers",
+def refusal(status: str, kind: str, message: str) -> bytes:
+    """A whole HTTP response carrying the API's JSON error about the headers."""
+    body = json.dumps({"error": {"type": kind, "message": message, "field": "headers",
                                  "problems": [{"field": "headers", "message": message}]}})
-    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n"
-            b"connection: close\r\n\r\n" + body.encode())
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}").encode()
+
+
+HEAD_TOO_LARGE = refusal(
+    "431 Request Header Fields Too Large", "headers_too_large",
+    f"headers: the request line and headers are over {MAX_HEAD_BYTES // 1024} KiB; send "
+    "fewer or shorter headers")
+HEAD_TOO_SLOW = refusal(
+    "408 Request Timeout", "request_timeout",
+    f"headers: the request line and headers did not arrive within {HEAD_SECONDS:g} s; "
+    "send the whole request at once")
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol refusing a request whose head passes MAX_HEAD_BYTES."""
+    """HttpToolsProtocol refusing a request whose head passes MAX_HEAD_BYTES or
+    `head_seconds`."""
+
+    head_seconds = HEAD_SECONDS  # a class attribute, so that a test can shorten it
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request's line and headers (or waiting for one)
         self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # noqa: ANN001 - uvicorn's signature
+        super().connection_made(transport)
+        self._start_head_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_clock()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
@@ -46,16 +69,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # still open after it is refused.
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES \
-                and not self.transport.is_closing():
-            self.transport.write(head_too_large_response())
-            self.transport.close()
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(HEAD_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._stop_head_clock()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True  # the next request on this connection starts its own count
         self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._in_head:  # the next request's head is awaited now (uvicorn's keep-alive
+            self._start_head_clock()  # timeout closes the connection sooner if it stays idle)
+
+    def _start_head_clock(self) -> None:
+        self._stop_head_clock()
+        self._head_timer = self.loop.call_later(self.head_seconds, self._head_too_slow)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        # Only while no response is being written: a pipelined request waits for the one
+        # before it, and its head is already complete.
+        if self._in_head and (self.cycle is None or self.cycle.response_complete):
+            self._refuse(HEAD_TOO_SLOW)
+
+    def _refuse(self, response: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(response)
+            self.transport.close()

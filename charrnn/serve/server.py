@@ -85,8 +85,9 @@ def url_of(sock: socket.socket) -> str:
 
 
 def http_protocol() -> type | str:
-    """uvicorn's C parser with the request head bounded (headlimit.py), or its h11 parser
-    where httptools is not installed (bounded by `h11_max_incomplete_event_size`)."""
+    """uvicorn's C parser with each request's head bounded in size and time (headlimit.py),
+    or its h11 parser where httptools is not installed (bounded in size by
+    `h11_max_incomplete_event_size`, not in time)."""
     try:
         from charrnn.serve.headlimit import BoundedHttpToolsProtocol
     except ImportError:
