@@ -16,6 +16,7 @@ from charrnn.cli import app
 from serving import load, running_server, sse_events, wait_until
 
 TIMEOUT = httpx.Timeout(30.0)
+POST_HEAD = b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\n"  # for raw sockets
 ENDLESS = 1_000_000  # characters: a request that runs until the test ends it, on any machine
 
 
@@ -219,8 +220,8 @@ def _raw_exchange(url: str, head: bytes, endless: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("head", "endless"), [
-    (b"POST /v1/generate HTTP/1.1\r\nHost: x\r\n", b"X-Pad: " + b"a" * 8000 + b"\r\n"),
-    (b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nX-Big: ", b"a" * 8000),  # one endless header
+    (POST_HEAD, b"X-Pad: " + b"a" * 8000 + b"\r\n"),
+    (POST_HEAD + b"X-Big: ", b"a" * 8000),  # one endless header
     (b"GET /v1/models?q=", b"a" * 8000),  # an endless URL
 ], ids=["many headers", "one header", "url"])
 def test_an_endless_request_head_is_refused_and_the_server_keeps_serving(server, client,
@@ -263,7 +264,7 @@ def short_timeouts(monkeypatch):
 
 
 @pytest.mark.parametrize(("sent", "drip"), [
-    (b"", b""), (b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nX-A: b", b"b")],
+    (b"", b""), (POST_HEAD + b"X-A: b", b"b")],
     ids=["nothing", "a dripping head"])
 def test_a_head_that_does_not_arrive_in_time_is_refused(server, short_timeouts, sent, drip):
     """A silent or slowly dripping client (slowloris) does not hold its connection."""
@@ -282,7 +283,7 @@ def test_a_head_that_does_not_arrive_in_time_is_refused(server, short_timeouts, 
 
 def test_a_body_that_does_not_arrive_in_time_is_refused(server, short_timeouts):
     with _connect(server[0]) as sock:
-        sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        sock.sendall(POST_HEAD + b"Content-Type: application/json"
                      b"\r\nContent-Length: 100\r\n\r\n{\"length\": ")
         answer = _read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer[:100]
@@ -292,7 +293,7 @@ def test_a_body_that_does_not_arrive_in_time_is_refused(server, short_timeouts):
 
 def _post_raw(sock: socket.socket, body: dict) -> None:
     data = json.dumps(body).encode()
-    sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+    sock.sendall(POST_HEAD + b"Content-Type: application/json"
                  b"\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
 
 
@@ -376,7 +377,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_rows(server):
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps({"length": ENDLESS, "num_samples": 5, "stream": True}).encode()
     with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        raw.sendall(POST_HEAD + b"Content-Type: application/json"
                     b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         assert b"event: delta" in raw.recv(65536) or b"event: delta" in raw.recv(65536)
         assert engine.load()["rows"] == 5
@@ -389,7 +390,7 @@ def test_a_client_that_disconnects_while_waiting_for_json_frees_its_rows(server)
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps({"length": ENDLESS, "num_samples": 3}).encode()
     with socket.create_connection((host, int(port)), timeout=10) as raw:
-        raw.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        raw.sendall(POST_HEAD + b"Content-Length: "
                     + str(len(body)).encode() + b"\r\n\r\n" + body)
         wait_until(lambda: engine.load()["rows"] == 3, 5, "the request to start")
     wait_until(lambda: engine.load()["rows"] == 0, 5, "the rows to be freed")

@@ -38,6 +38,10 @@ def serve(
         envvar="CHARRNN_API_KEY", show_default=False, metavar="KEY",
         help="Require 'Authorization: Bearer KEY' on every request but the playground's "
              "page.")] = None,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        show_default=False, metavar="NAME",
+        help="On a loopback address, also answer requests sent to NAME (a reverse proxy's "
+             "name); only loopback names otherwise. Repeatable.")] = None,
     threads: Annotated[int | None, typer.Option(
         show_default=False, help="CPU threads for the models, shared among them (default: "
                                  "every core the process may use).")] = None,
@@ -88,7 +92,7 @@ def serve(
               f"{'; API key required' if api_key else ''}); Ctrl-C stops")
     sys.stdout.flush()  # a supervisor or test reading the pipe sees the address now
     try:
-        run(models, sock, api_key)
+        run(models, sock, api_key, allow_host or ())
     finally:
         close_models(models)
     out.print("stopped")

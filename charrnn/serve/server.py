@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import uvicorn
 
 from charrnn.errors import UsageError
 from charrnn.serve.app import MAX_HEAD_BYTES, create_app
 from charrnn.serve.models import ServedModel
+from charrnn.serve.siteguard import SiteGuard
 
 GRACE_SECONDS = 10.0  # after a signal, connections still open this long are cut
 # How long a thread may hold the GIL while another waits (Python's default: 5 ms). The engine
@@ -95,8 +97,10 @@ def http_protocol() -> type | str:
     return BoundedHttpToolsProtocol
 
 
-def make_server(models: dict[str, ServedModel], api_key: str | None = None) -> Server:
-    app = create_app(models, api_key=api_key)
+def make_server(models: dict[str, ServedModel], api_key: str | None = None,
+                hosts: Collection[str] | None = ()) -> Server:
+    """`hosts`: the names it answers to besides loopback ones; None: any (see siteguard.py)."""
+    app = SiteGuard(create_app(models, api_key=api_key), hosts)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_SECONDS, http=http_protocol(),
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -108,12 +112,16 @@ def make_server(models: dict[str, ServedModel], api_key: str | None = None) -> S
     return Server(config, stop_engines)
 
 
-def serve(models: dict[str, ServedModel], sock: socket.socket, api_key: str | None = None
-          ) -> None:
-    """Serve on a bound socket until a signal; the engines are closed on the way out."""
+def serve(models: dict[str, ServedModel], sock: socket.socket, api_key: str | None = None,
+          allow_hosts: Collection[str] = ()) -> None:
+    """Serve on a bound socket until a signal; the engines are closed on the way out.
+
+    On a loopback address it answers requests sent to loopback names or to `allow_hosts`."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+    loopback = ipaddress.ip_address(sock.getsockname()[0]).is_loopback
     try:
-        make_server(models, api_key).run(sockets=[sock])
+        make_server(models, api_key, tuple(allow_hosts) if loopback else None).run(
+            sockets=[sock])
     finally:
         sock.close()
         for served in models.values():

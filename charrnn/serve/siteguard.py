@@ -1,0 +1,78 @@
+"""Keeping other web sites out of a server on this machine.
+
+A page on any site the user visits can make the user's browser send requests to
+http://127.0.0.1:8000; two kinds get through unless the server refuses them:
+
+- Cross-site requests: a form or a "simple" fetch POSTs to the API without asking the server's
+  permission first (the page cannot read the answer, but it spends the user's machine). A
+  browser names the page's site in the Origin header; a request whose Origin is another
+  host than the one it was sent to is refused (403). Command-line clients send no Origin.
+- DNS rebinding: a site points its own name at 127.0.0.1, and its page then reads the
+  server's answers as its own (the checkpoints' paths, the text). Such a request is sent to the
+  site's name: a server listening on loopback answers only requests addressed to a loopback
+  name (localhost, *.localhost, 127.x.x.x, [::1]) or to a name given with --allow-host (403
+  otherwise). A server listening on another address has no such list: use --api-key there.
+
+Ports are not compared: behind a TLS proxy a browser's Origin and the Host the server sees
+differ in port, not in name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+from charrnn.serve.app import error_response
+
+
+def hostname(host_header: str) -> str:
+    """The name in a Host header ('example.com:8000', '[::1]:80'), lowercased."""
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0].lower()
+    return host_header.rpartition(":")[0].lower() if ":" in host_header else host_header.lower()
+
+
+def is_loopback_name(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class SiteGuard:
+    """ASGI middleware refusing cross-site requests and, on loopback, other hosts' names."""
+
+    def __init__(self, app, hosts: Collection[str] | None):
+        """`hosts`: names allowed besides loopback ones; None: any name (not on loopback)."""
+        self.app = app
+        self.hosts = None if hosts is None else {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            problem = self._problem(dict(scope["headers"]))
+            if problem is not None:
+                await error_response(403, problem[0], [("headers", problem[1])])(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _problem(self, headers: dict[bytes, bytes]) -> tuple[str, str] | None:
+        host = hostname(headers.get(b"host", b"").decode("latin-1"))
+        if self.hosts is not None and host and not is_loopback_name(host) \
+                and host not in self.hosts:
+            return ("forbidden_host",
+                    f"headers: this server answers to localhost names only, not {host!r} (a "
+                    "web page may be reaching it through its own name: DNS rebinding); to "
+                    f"serve it under that name, start it with --allow-host {host}")
+        origin = headers.get(b"origin")
+        if origin is not None:
+            origin_host = (urlsplit(origin.decode("latin-1")).hostname or "").lower()
+            if origin_host != host:
+                return ("cross_origin",
+                        f"headers: a page of {origin.decode('latin-1')!r} may not use this "
+                        f"server ({host or 'no host'}); open the playground on this server, "
+                        "or call the API from a program (which sends no Origin header)")
+        return None

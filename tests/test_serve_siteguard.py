@@ -1,0 +1,103 @@
+"""Other web sites kept out of a server on this machine: cross-site requests and DNS
+rebinding (charrnn/serve/siteguard.py), on its own and through real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+import httpx
+import pytest
+
+from charrnn.serve.siteguard import SiteGuard, hostname, is_loopback_name
+from serving import ServerProcess, load, running_server
+
+
+def answer(hosts: tuple | None, headers: dict[str, str]) -> tuple[int, dict | None]:
+    """The status a request with these headers gets from SiteGuard(hosts), and the error if
+    refused."""
+    sent = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/generate",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(SiteGuard(app, hosts)(scope, receive, send))
+    status = sent[0]["status"]
+    return status, (json.loads(sent[1]["body"])["error"] if status != 200 else None)
+
+
+def test_names_in_host_headers():
+    assert hostname("127.0.0.1:8000") == "127.0.0.1"
+    assert hostname("[::1]:8000") == hostname("[::1]") == "::1"
+    assert hostname("Example.COM") == "example.com"
+    assert all(map(is_loopback_name, ["localhost", "app.localhost", "127.0.0.1", "127.9.9.9",
+                                      "::1"]))
+    assert not any(map(is_loopback_name, ["evil.example", "localhost.evil.example",
+                                          "10.0.0.1", "0.0.0.0", ""]))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost", "[::1]:80", "a.localhost:9",
+                                  "proxy.example", "PROXY.example:443"])
+def test_loopback_names_and_allowed_hosts_are_answered(host):
+    assert answer(("proxy.example",), {"host": host})[0] == 200
+
+
+def test_another_name_on_loopback_is_refused_naming_the_option():
+    """DNS rebinding: a site's own name, pointed at 127.0.0.1 by the site."""
+    status, error = answer((), {"host": "rebind.evil.example:8000"})
+    assert status == 403 and error["type"] == "forbidden_host"
+    assert "--allow-host rebind.evil.example" in error["message"]
+
+
+def test_beyond_loopback_any_name_is_answered():
+    assert answer(None, {"host": "my-box.lan:8000"})[0] == 200
+
+
+@pytest.mark.parametrize("hosts", [(), None])
+def test_a_page_of_another_site_is_refused(hosts):
+    status, error = answer(hosts, {"host": "127.0.0.1:8000", "origin": "https://evil.example"})
+    assert status == 403 and error["type"] == "cross_origin"
+    assert "https://evil.example" in error["message"]
+    assert answer(hosts, {"host": "127.0.0.1:8000", "origin": "null"})[0] == 403
+
+
+def test_the_servers_own_page_and_programs_without_an_origin_are_answered():
+    assert answer((), {"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"})[0] == 200
+    assert answer((), {"host": "localhost:8000"})[0] == 200
+    # Behind a TLS proxy the port differs: the name is what counts.
+    assert answer(("chat.example",), {"host": "chat.example",
+                                      "origin": "https://chat.example"})[0] == 200
+
+
+def test_a_real_server_refuses_rebinding_and_other_sites(tiny_run):
+    with running_server(load(tiny_run)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/v1/models", headers={"Host": "evil.example"}).status_code == 403
+        refused = client.post("/v1/generate", json={"length": 5},
+                              headers={"Origin": "http://evil.example"})
+        assert refused.status_code == 403 and refused.json()["error"]["field"] == "headers"
+        assert client.post("/v1/generate", json={"length": 5},
+                           headers={"Origin": url}).json()["usage"]["generated_chars"] == 5
+
+
+def test_the_command_lines_allow_host_reaches_the_server(tiny_run):
+    server = ServerProcess("-k", str(tiny_run), "--device", "cpu", "--threads", "1",
+                           "--allow-host", "charrnn.proxy.example")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/healthz",
+                              headers={"Host": "charrnn.proxy.example"}).status_code == 200
+            assert client.get("/healthz", headers={"Host": "other.example"}).status_code == 403
+    finally:
+        server.process.send_signal(signal.SIGTERM)
+        status, _, err = server.wait(timeout=30)
+    assert status == 0, err
