@@ -174,6 +174,9 @@ def test_several_problems_are_reported_together(client):
     (b'{"prime": ', 400, "not valid JSON"),
     (b"\xff\xfe", 400, "not valid JSON"),
     (b"[1, 2]", 400, "a JSON object is expected"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, "nests too deeply"),
+    (b'{"prime": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001, 400, "nests too deeply"),
+    (b'{"seed": ' + b"9" * 5_000 + b"}", 400, "not valid JSON"),  # past Python's int digits
     (b'{"prime": "' + b"a" * (1 << 20) + b'"}', 413, "at most 1,048,576"),
 ])
 def test_bodies_that_are_not_a_request(client, content, status, says):

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from charrnn import __version__
 from charrnn.errors import Overloaded, ShuttingDown, UsageError
+from charrnn.safeload import load_json
 from charrnn.sample import SampleSettings
 from charrnn.serve.engine import ERROR, Delta, GenerationParams, Outcome, RequestStream
 from charrnn.serve.models import ServedModel
@@ -263,8 +264,8 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         return {}
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return load_json(body)  # nesting beyond the parser's recursion: a ValueError too
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError among them
         raise ApiError(400, "invalid_json", [("body", f"body: not valid JSON ({exc}); send a "
                                                       'JSON object such as {"prime": "ROMEO:", '
                                                       '"length": 200}')]) from None
