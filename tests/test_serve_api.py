@@ -170,6 +170,26 @@ def test_several_problems_are_reported_together(client):
     assert set(problems(response)) == {"length", "top_p", "x", "prime", "top_k"}
 
 
+@pytest.mark.parametrize("content", [b'{"\\ud800": 1}', b'{"model": ["\\ud800"]}',
+                                     b'{"stop": "\\ud800"}', b'{"prime": "a\\udfff"}'])
+def test_lone_surrogates_are_named_escaped_not_a_server_error(client, content):
+    """JSON may carry half a UTF-16 pair ("\\ud800"), which UTF-8 cannot write."""
+    response = client.post("/v1/generate", content=content)
+    assert response.status_code == 422
+    assert "\\ud8" in response.text or "\\udf" in response.text
+
+
+def test_an_error_about_a_huge_body_stays_small(client):
+    """80,000 unknown fields, or a 900 KB model name: a few of them are named, the rest
+    counted; the answer stays a few KB."""
+    many = client.post("/v1/generate", json={f"k{i}": 0 for i in range(80_000)})
+    assert many.status_code == 422 and len(many.content) < 4_000
+    found = problems(many)
+    assert "k0" in found and "79,995 more unknown fields" in found["body"]
+    long_name = client.post("/v1/generate", json={"model": "m" * 900_000})
+    assert long_name.status_code == 422 and len(long_name.content) < 4_000
+
+
 @pytest.mark.parametrize(("content", "status", "says"), [
     (b'{"prime": ', 400, "not valid JSON"),
     (b"\xff\xfe", 400, "not valid JSON"),
@@ -292,6 +312,31 @@ def test_a_body_that_does_not_arrive_in_time_is_refused(server, short_timeouts):
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer[:100]
     error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
     assert error["field"] == "body" and "11 bytes arrived" in error["message"]
+
+
+@pytest.mark.parametrize("path", [b"/nothing/here", b"/v1/generate"])
+def test_a_body_answered_before_it_was_read_may_not_trickle_on(server, short_timeouts, path):
+    """A 404 (or a 413 for a declared 2 MB body) is sent at once; the rest of the body, sent a
+    byte at a time, does not keep the connection open."""
+    with _connect(server[0]) as sock:
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: localhost\r\n"
+                     b"Content-Length: 2000000\r\n\r\n{")
+        answer = _recv(sock)
+        assert answer.startswith((b"HTTP/1.1 404", b"HTTP/1.1 413")), answer[:60]
+        started, closed = time.monotonic(), False
+        while not closed and time.monotonic() - started < 10:
+            time.sleep(0.1)
+            try:
+                sock.send(b" ")
+                sock.setblocking(False)
+                closed = sock.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+            finally:
+                sock.setblocking(True)
+    assert closed and time.monotonic() - started < 5
 
 
 def _post_raw(sock: socket.socket, body: dict) -> None:

@@ -54,6 +54,7 @@ EVENT_STREAMS = 32
 MAX_EVENT_INTERVAL = 0.25
 PING_SECONDS = 15.0  # a comment line keeps a queued stream's connection from timing out
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
+MAX_UNKNOWN_SHOWN = 5  # unknown fields named in an error; the rest are counted
 
 
 class GenerateRequest(BaseModel):
@@ -139,10 +140,23 @@ class ApiError(Exception):
 
 def error_response(status: int, kind: str, problems: list[tuple[str | None, str]],
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    # Messages quote what the client sent: a lone surrogate (JSON's "\ud800") cannot be
+    # written as UTF-8, so it is shown escaped.
+    problems = [(None if f is None else _writable(f), _writable(m)) for f, m in problems]
     body = {"error": {"type": kind, "message": "; ".join(m for _, m in problems),
                       "field": problems[0][0] if problems else None,
                       "problems": [{"field": f, "message": m} for f, m in problems]}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _writable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A client's text quoted in a message: repr'd, at most `limit` characters."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) -> FastAPI:
@@ -300,16 +314,21 @@ def parse_request(data: Any) -> tuple[GenerateRequest, list[tuple[str, str]]]:
         raise ApiError(400, "invalid_request", [("body", f"body: a JSON object is expected, not "
                                                          f"{type(data).__name__}; e.g. "
                                                          '{"prime": "ROMEO:"}')])
+    fields = GenerateRequest.model_fields
+    # Unknown fields are reported here, a few by name: a body of 100,000 of them would
+    # otherwise cost as many problems (and a reply many times the body's size).
+    unknown = [key for key in data if key not in fields]
+    problems = [(key[:40], f"{_shown(key)}: unknown field; the fields are {', '.join(fields)}")
+                for key in unknown[:MAX_UNKNOWN_SHOWN]]
+    if len(unknown) > MAX_UNKNOWN_SHOWN:
+        problems.append(("body", f"body: {len(unknown) - MAX_UNKNOWN_SHOWN:,} more unknown "
+                                 "fields"))
+    data = {key: value for key, value in data.items() if key in fields}
     try:
-        return GenerateRequest.model_validate(data), []
+        return GenerateRequest.model_validate(data), problems
     except ValidationError as exc:
-        problems = []
         for error in exc.errors(include_url=False):
             name = ".".join(str(part) for part in error["loc"]) or "body"
-            if error["type"] == "extra_forbidden":
-                problems.append((name, f"{name}: unknown field; the fields are "
-                                       f"{', '.join(GenerateRequest.model_fields)}"))
-                continue
             shown = json.dumps(error.get("input"), ensure_ascii=False, default=str)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             allowed = ALLOWED.get(error["loc"][0] if error["loc"] else "", "")
@@ -328,7 +347,7 @@ def resolve(asked: GenerateRequest, models: dict[str, ServedModel], default: str
     name = asked.model if asked.model is not None else default
     if name not in models or any(field == "model" for field, _ in problems):
         if name not in models:
-            problems.append(("model", f"model: no model named {name!r}; served: "
+            problems.append(("model", f"model: no model named {_shown(name)}; served: "
                                       f"{', '.join(models)}"))
         raise ApiError(422, "invalid_field", problems)
     served = models[name]

@@ -9,7 +9,9 @@ sending nothing, or a byte now and then (slowloris), until the process runs out 
 This protocol counts the bytes of each request's head as they arrive and answers 431 once
 they pass MAX_HEAD_BYTES, and 408 when a head is not complete HEAD_SECONDS after the
 connection opened or the previous response ended; either way with the API's JSON error,
-closing the connection. Memory per connection stays within the bound plus one socket read.
+closing the connection. A body the app did not wait for (it answered 401, 404 or 413 first)
+must also end within HEAD_SECONDS of that answer, or the connection is closed. Memory per
+connection stays within the bound plus one socket read.
 
 Imported only where httptools is installed (server.py falls back to h11 otherwise).
 """
@@ -52,14 +54,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request's line and headers (or waiting for one)
         self._head_bytes = 0
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._clock: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # noqa: ANN001 - uvicorn's signature
         super().connection_made(transport)
-        self._start_head_clock()
+        self._start_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_clock()
+        self._stop_clock()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -74,30 +76,40 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._stop_head_clock()
+        self._stop_clock()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True  # the next request on this connection starts its own count
         self._head_bytes = 0
+        if self.cycle is not None and self.cycle.response_complete:  # answered early: the
+            self._start_clock()  # next head is awaited from now
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self._in_head:  # the next request's head is awaited now (uvicorn's keep-alive
-            self._start_head_clock()  # timeout closes the connection sooner if it stays idle)
+            self._start_clock()  # timeout closes the connection sooner if it stays idle)
+        else:  # answered before its body was read (401, 404, 413...): the rest of the body
+            # is thrown away as it arrives, and may take no longer than a head would
+            self._start_clock(self._body_too_slow)
 
-    def _start_head_clock(self) -> None:
-        self._stop_head_clock()
-        self._head_timer = self.loop.call_later(self.head_seconds, self._head_too_slow)
+    def _start_clock(self, then=None) -> None:  # noqa: ANN001 - a callback
+        self._stop_clock()
+        self._clock = self.loop.call_later(self.head_seconds, then or self._head_too_slow)
 
-    def _stop_head_clock(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _body_too_slow(self) -> None:
+        self._clock = None
+        if not self._in_head and not self.transport.is_closing():
+            self.transport.close()  # its answer has been sent already
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
 
     def _head_too_slow(self) -> None:
-        self._head_timer = None
+        self._clock = None
         # Only while no response is being written: a pipelined request waits for the one
         # before it, and its head is already complete.
         if self._in_head and (self.cycle is None or self.cycle.response_complete):
