@@ -71,5 +71,9 @@ class ShuttingDown(CharRNNError):
     """A server that is stopping takes no new requests."""
 
 
+class Cancelled(CharRNNError):
+    """Work its caller no longer wants, stopped part-way (a beam search whose client left)."""
+
+
 class ResourceError(CharRNNError):
     """A size this machine cannot hold (memory), refused before anything is allocated."""

@@ -22,14 +22,14 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from charrnn import memory, speed
-from charrnn.errors import CheckpointError, UsageError
+from charrnn.errors import Cancelled, CheckpointError, UsageError
 from charrnn.model import CharRNN, join_streams, map_state
 from charrnn.stepper import Carry, Stepper, stepper_for
 from charrnn.vocab import UNK_ID, Vocab
@@ -474,13 +474,16 @@ class StopWatch:
 # ---- beam search ------------------------------------------------------------------------------
 @torch.inference_mode()
 def beam_search(sampler: Sampler, settings: SampleSettings, prime: str = "",
-                stop: str | None = None) -> list[Sample]:
+                stop: str | None = None, cancelled: Callable[[], bool] | None = None
+                ) -> list[Sample]:
     """The `num_samples` most probable continuations of `prime` (by total log-probability
     under the model), found by keeping the `beam` best partial texts at every step.
 
     A text that completes `stop` is finished and kept; the search ends when no unfinished
     text can still be among the best finished ones (log-probabilities only fall), or after
     `length` steps. Ties go to the earlier candidate, so the result is deterministic.
+    `cancelled` is asked before every step; once it says True the search raises Cancelled
+    (a server's client left: up to 32 x 10,000 steps would otherwise run for nobody).
     """
     width, wanted = settings.beam, settings.num_samples
     stepper, device, vocab = sampler.stepper(), sampler.device, sampler.vocab
@@ -491,6 +494,8 @@ def beam_search(sampler: Sampler, settings: SampleSettings, prime: str = "",
     beams = [_Beam(0.0, [], [], StopWatch(stop, vocab.normalize(prime)) if stop else None)]
     finished: list[_Beam] = []
     for _ in range(settings.length):
+        if cancelled is not None and cancelled():
+            raise Cancelled("the beam search was cancelled")
         logits[:, UNK_ID] = -math.inf  # never <unk>: probabilities over the real characters
         logp = torch.log_softmax(logits, dim=-1)  # (beams, V)
         scores = torch.tensor([b.score for b in beams], dtype=torch.float64, device=device)

@@ -470,6 +470,10 @@ def test_an_api_key_guards_everything_but_the_page(tiny_run):
         # The page, and the documentation of the API (which is no secret), need no key.
         for path in ("/", "/static/app.js", "/static/style.css", "/docs", "/openapi.json"):
             assert client.get(path).status_code == 200, path
+        for page in ("/", "/docs"):  # only their own files, and framed by no other site
+            headers = client.get(page).headers
+            assert "frame-ancestors 'none'" in headers["content-security-policy"]
+            assert headers["x-frame-options"] == "DENY"
         for method, path in (("GET", "/v1/models"), ("GET", "/healthz"),
                              ("POST", "/v1/generate")):
             refused = client.request(method, path)
@@ -480,6 +484,11 @@ def test_an_api_key_guards_everything_but_the_page(tiny_run):
             assert wrong.status_code == 401
         good = {"Authorization": "Bearer s3cret"}
         assert client.get("/v1/models", headers=good).status_code == 200
+        for scheme in ("bearer", "BEARER"):  # the scheme's case does not matter (RFC 9110)
+            assert client.get("/v1/models", headers={
+                "Authorization": f"{scheme} s3cret"}).status_code == 200
+        assert client.get("/v1/models", headers={"Authorization": "Basic s3cret"}
+                          ).status_code == 401
         answer = client.post("/v1/generate", json={"length": 5}, headers=good)
         assert answer.status_code == 200 and len(answer.json()["samples"][0]["text"]) == 5
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import httpx
 import pytest
@@ -45,19 +46,28 @@ def browser_page(tmp_path):
             browser.close()
 
 
+def wait_in_page(page, expression: str, seconds: float = 30) -> None:
+    """Until the expression is true in the page: read from outside, as Playwright's own
+    wait_for_function would evaluate a string inside it, which the pages' Content-Security-
+    Policy (no eval) forbids."""
+    deadline = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"waited {seconds} s for {expression}"
+        time.sleep(0.05)
+
+
 def test_the_playground_streams_text_into_the_page(tiny_run, browser_page, tmp_path):
     page = browser_page
     models = load(tiny_run, max_length=1_000_000)
     with running_server(models) as url:
         page.goto(url + "/")
-        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        wait_in_page(page, "document.querySelector('#model').options.length > 0")
         assert page.input_value("#model") == "run"
         page.fill("#prime", "The ")
         page.fill("#length", "200")
         page.fill("#seed", "7")
         page.click("#generate")
-        page.wait_for_function(
-            "document.querySelector('#status').textContent.startsWith('done')")
+        wait_in_page(page, "document.querySelector('#status').textContent.startsWith('done')")
         shown = page.inner_text("#output")
         expected = httpx.post(url + "/v1/generate", timeout=30, json={
             "prime": "The ", "length": 200, "temperature": 0.8, "seed": 7}).json()
@@ -74,10 +84,10 @@ def test_the_playground_streams_text_into_the_page(tiny_run, browser_page, tmp_p
         page.eval_on_selector("#length", "el => { el.max = '1000000'; el.value = '1000000' }")
         page.fill("#seed", "")
         page.click("#generate")
-        page.wait_for_function("document.querySelectorAll('#output .c').length > 0")
+        wait_in_page(page, "document.querySelectorAll('#output .c').length > 0")
         page.click("#stop")
-        page.wait_for_function(
-            "document.querySelector('#status').textContent.startsWith('stopped')")
+        wait_in_page(page,
+                     "document.querySelector('#status').textContent.startsWith('stopped')")
         engine = models["run"].engine
         wait_until(lambda: engine.load()["rows"] == 0, 10, "the row to be freed")
         assert page.is_enabled("#generate") and not page.is_enabled("#stop")
@@ -87,7 +97,7 @@ def test_the_api_documents_itself_without_the_internet(tiny_run, browser_page):
     page = browser_page
     with running_server(load(tiny_run)) as url:
         page.goto(url + "/docs")
-        page.wait_for_function("document.querySelectorAll('.operation').length >= 3")
+        wait_in_page(page, "document.querySelectorAll('.operation').length >= 3")
         text = page.inner_text("#api")
         for part in ("POST /v1/generate", "GET /v1/models", "GET /healthz", "temperature",
                      "num_samples", "422"):

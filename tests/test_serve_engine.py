@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import torch
 
 from charrnn.checkpoint import load_model
-from charrnn.errors import Overloaded, ShuttingDown, UsageError
+from charrnn.errors import Cancelled, Overloaded, ShuttingDown, UsageError
 from charrnn.sample import Sampler, SampleSettings, beam_search
 from charrnn.serve.engine import (
     CANCELLED,
@@ -176,6 +177,26 @@ def test_beam_requests_run_outside_the_batch_and_match_beam_search(engine, sampl
     assert all(r == (STOP if t.endswith(" ") else LENGTH)
                for t, r in zip(beamed.texts, beamed.finish_reasons, strict=True))
     assert len(drawn.texts[0]) == 200
+
+
+@pytest.mark.parametrize("how", ["abort", "shutdown"])
+def test_a_beam_search_stops_part_way_when_its_client_leaves_or_the_server_stops(
+        make_engine, how):
+    """A beam of 8 over a million characters would run for hours for nobody."""
+    engine = make_engine()
+
+    async def scenario():
+        stream = engine.add_request("b", "", params(length=ENDLESS, beam=8))
+        await asyncio.sleep(0.3)  # the search is running
+        engine.abort("b") if how == "abort" else engine.shutdown()
+        return await asyncio.wait_for(stream.result(), 30)
+
+    started = time.monotonic()
+    outcome = asyncio.run(scenario())
+    assert outcome.finish_reasons == [CANCELLED if how == "abort" else SHUTDOWN]
+    assert engine.load()["beams"] == 0 and time.monotonic() - started < 30
+    with pytest.raises(Cancelled):
+        beam_search(engine.sampler, SampleSettings(length=10, beam=2), cancelled=lambda: True)
 
 
 def test_length_zero_and_the_engines_own_limits(make_engine):

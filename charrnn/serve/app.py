@@ -55,6 +55,12 @@ MAX_EVENT_INTERVAL = 0.25
 PING_SECONDS = 15.0  # a comment line keeps a queued stream's connection from timing out
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
 MAX_UNKNOWN_SHOWN = 5  # unknown fields named in an error; the rest are counted
+# The pages load only their own files, and no other site may frame them (and trick a user's
+# clicks on them).
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; "
+                                           "base-uri 'none'; form-action 'self'",
+                "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer"}
 
 
 class GenerateRequest(BaseModel):
@@ -185,13 +191,13 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
 
     @app.get("/", include_in_schema=False)
     async def _playground() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/docs", include_in_schema=False)
     async def _docs() -> FileResponse:
-        return FileResponse(STATIC / "docs.html")
+        return FileResponse(STATIC / "docs.html", headers=PAGE_HEADERS)
 
     @app.get("/healthz", summary="Whether every model can generate")
     async def healthz() -> JSONResponse:
@@ -491,12 +497,14 @@ class BearerKey:
 
     def __init__(self, app, key: str):
         self.app = app
-        self.expected = f"Bearer {key}".encode()
+        self.expected = key.encode()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and not self._open(scope["path"]):
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            if not hmac.compare_digest(given, self.expected):
+            scheme, _, token = given.partition(b" ")  # the scheme's case does not matter
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(),
+                                                                       self.expected):
                 problem = ("authorization: a valid API key is required: send the header "
                            "'Authorization: Bearer KEY'" if given else
                            "authorization: missing; send the header 'Authorization: Bearer KEY'")

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from charrnn.errors import Overloaded, ShuttingDown, UsageError
+from charrnn.errors import Cancelled, Overloaded, ShuttingDown, UsageError
 from charrnn.sample import (
     Sampler,
     SampleSettings,
@@ -408,7 +408,8 @@ class Engine:
                 request.finish(CANCELLED if request.aborted else SHUTDOWN)
                 return
             found = beam_search(self.sampler, request.params.settings, request.prime,
-                                request.params.stop)
+                                request.params.stop,
+                                cancelled=lambda: request.aborted or self._stopping)
             texts, logprobs = [], []
             for i, sample in enumerate(found):
                 watch = request.watches[i] if request.watches else None
@@ -419,6 +420,8 @@ class Engine:
                 logprobs.append(sample.logprobs)
             request.stream._put(Delta(texts, logprobs if request.params.logprobs else None))
             request.finish(LENGTH)
+        except Cancelled:  # its client left, or the server is stopping
+            request.finish(CANCELLED if request.aborted else SHUTDOWN)
         except Exception as exc:  # noqa: BLE001 - a failed search fails its request, not the server
             log.exception("beam search failed")
             request.finish(ERROR, f"beam search failed: {exc}")
