@@ -172,8 +172,9 @@ def check_training(args: ModelArgs, data: DataConfig, train_chars: int, device: 
 
 
 def sampling_bytes(args: ModelArgs, num_samples: int, prime_length: int) -> int:
-    """Reading the prime for every sample at once, then one step at a time."""
-    prime = num_samples * max(prime_length, 1) * _per_position(args)
+    """Reading the prime (once: every sample starts from its state), then one step at a time
+    for every sample."""
+    prime = max(prime_length, 1) * _per_position(args)
     step = num_samples * (8 * args.vocab_size + 6 * args.num_layers * args.hidden_size)
     return FLOAT * (prime + step)
 

@@ -81,8 +81,8 @@ def machine_with(monkeypatch):
      ["100,000 samples of 100,000,000 characters", "lower --num-samples or --length"]),
     (GB, lambda t, run, c: ["sample", "-k", run, "-N", "100000", "-n", "1000", "--format", "json"],
      ["lower --num-samples or --length"]),
-    (GB, lambda t, run, c: ["sample", "-k", run, "-N", "50000", "-p", "The quick brown fox " * 50],
-     ["use a shorter --prime"]),
+    (GB, lambda t, run, c: ["sample", "-k", run, "-p", "The quick brown fox " * 40_000],
+     ["use a shorter --prime"]),  # read once for all samples: a long prime on its own
     (10**6, lambda t, run, c: ["eval", "-k", run, "--streams", "2"],
      ["scoring 2 parallel segments", "lower --streams"]),
     (10**5, lambda t, run, c: ["eval", "-k", run, big_text(t, c)],
@@ -179,8 +179,8 @@ def test_a_real_allocation_failure_is_one_line(tmp_path, tiny_run):
         from charrnn.cli import app
         memory.available_bytes = lambda: None  # the checks see no limit: the allocator does
         resource.setrlimit(resource.RLIMIT_AS, (memory._address_space_used() + 2 * 10**9,) * 2)
-        result = CliRunner().invoke(app, ["sample", "-k", {str(tiny_run)!r}, "-N", "100000",
-                                          "-p", "The quick brown fox " * 20, "-n", "5"])
+        result = CliRunner().invoke(app, ["sample", "-k", {str(tiny_run)!r}, "-N", "2",
+                                          "-p", "The quick brown fox " * 500_000, "-n", "5"])
         print(result.exit_code)
         print(result.stderr)
     """)

@@ -74,6 +74,29 @@ def test_samples_in_a_batch_are_independent(sampler):
     assert len(set(texts)) == 3
 
 
+def test_a_prime_is_read_once_whatever_the_samples(sampler, monkeypatch):
+    """64 samples of a prime cost one reading of it, and a burst of requests one reading per
+    different prime: the rows start from copies of its state."""
+    read = []
+    forward = type(sampler.model).forward
+    monkeypatch.setattr(type(sampler.model), "forward",
+                        lambda self, x, *a, **k: read.append(tuple(x.shape)) or
+                        forward(self, x, *a, **k))
+    streams = sampler.start(SampleSettings(num_samples=64), "The quick ")
+    assert read == [(1, 10)] and streams.rows == 64
+    assert torch.equal(streams.logits, streams.logits[:1].expand(64, -1))
+    read.clear()
+    burst = sampler.start_many([(SampleSettings(num_samples=3), "The "),
+                                (SampleSettings(num_samples=2), ""),
+                                (SampleSettings(num_samples=5), "The "),
+                                (SampleSettings(num_samples=1), "How ")])
+    assert sorted(read) == [(1, 1), (2, 4)]  # "" alone; "The " and "How " together
+    assert [s.rows for s in burst] == [3, 2, 5, 1]
+    assert torch.equal(burst[0].logits[0], burst[2].logits[4])
+    assert torch.allclose(burst[3].logits, sampler.start(SampleSettings(), "How ").logits,
+                          atol=1e-6)
+
+
 def test_prime_with_unknown_characters_lists_them(sampler):
     with pytest.raises(UsageError, match="2 characters the model cannot write .*: '红' '€'"):
         sampler.encode_prime("The 红€")
