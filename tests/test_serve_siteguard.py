@@ -59,6 +59,31 @@ def test_another_name_on_loopback_is_refused_naming_the_option():
     assert "--allow-host rebind.evil.example" in error["message"]
 
 
+def test_two_host_headers_are_refused():
+    """Which one counts would depend on who reads them (this guard or the app)."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "headers": [(b"host", b"localhost"), (b"host", b"evil.example")]}
+    asyncio.run(SiteGuard(None, ())(scope, None, send))
+    assert sent[0]["status"] == 403
+
+
+def test_websockets_are_refused_before_the_app():
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(SiteGuard(None, None)({"type": "websocket", "headers": []}, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
 def test_beyond_loopback_any_name_is_answered():
     assert answer(None, {"host": "my-box.lan:8000"})[0] == 200
 

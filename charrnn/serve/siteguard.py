@@ -14,7 +14,8 @@ http://127.0.0.1:8000; two kinds get through unless the server refuses them:
   otherwise). A server listening on another address has no such list: use --api-key there.
 
 Ports are not compared: behind a TLS proxy a browser's Origin and the Host the server sees
-differ in port, not in name.
+differ in port, not in name. Two Host headers are refused (which one counts would depend on
+who reads them), and so are websockets: the API has none.
 """
 
 from __future__ import annotations
@@ -51,16 +52,24 @@ class SiteGuard:
         self.hosts = None if hosts is None else {h.lower() for h in hosts}
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "websocket":  # the API has none; refused before the app (and
+            await receive()  # its API key check, which reads HTTP requests) sees it
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] == "http":
-            problem = self._problem(dict(scope["headers"]))
+            problem = self._problem(scope["headers"])
             if problem is not None:
                 await error_response(403, problem[0], [("headers", problem[1])])(
                     scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _problem(self, headers: dict[bytes, bytes]) -> tuple[str, str] | None:
-        host = hostname(headers.get(b"host", b"").decode("latin-1"))
+    def _problem(self, header_list: list[tuple[bytes, bytes]]) -> tuple[str, str] | None:
+        hosts = [value for name, value in header_list if name == b"host"]
+        if len(hosts) > 1:  # which one counts would depend on who reads them
+            return "forbidden_host", "headers: more than one Host header; send one"
+        headers = dict(header_list)
+        host = hostname(hosts[0].decode("latin-1") if hosts else "")
         if self.hosts is not None and host and not is_loopback_name(host) \
                 and host not in self.hosts:
             return ("forbidden_host",
