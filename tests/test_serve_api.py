@@ -280,7 +280,7 @@ def _read_all(sock: socket.socket) -> bytes:
 def short_timeouts(monkeypatch):
     """Heads and bodies must arrive within 0.5 s."""
     from charrnn.serve import app as app_module
-    from charrnn.serve.headlimit import BoundedHttpToolsProtocol
+    from charrnn.serve.protocol import BoundedHttpToolsProtocol
 
     monkeypatch.setattr(BoundedHttpToolsProtocol, "head_seconds", 0.5)
     monkeypatch.setattr(app_module, "BODY_SECONDS", 0.5)
@@ -370,18 +370,42 @@ def test_the_head_clock_runs_only_while_a_head_is_awaited(server, short_timeouts
     assert b'"type": "request_timeout"' in refusal
 
 
+def test_a_client_that_stops_reading_is_cut_off_and_its_request_ends(server, monkeypatch):
+    """Its text would otherwise be kept for it, and its request run on, for as long as it
+    held the connection."""
+    from charrnn.serve.protocol import BoundedHttpToolsProtocol
+
+    monkeypatch.setattr(BoundedHttpToolsProtocol, "write_stall_seconds", 0.5)
+    url, models = server
+    engine = models["run"].engine
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        sock.connect((host, int(port)))
+        _post_raw(sock, {"length": ENDLESS, "stream": True, "num_samples": 16,
+                         "logprobs": True})
+        wait_until(lambda: engine.load()["rows"] == 16, 30, "the request to start")
+        wait_until(lambda: engine.load()["rows"] == 0, 60, "the reader to be cut off")
+        sock.setblocking(False)
+        received = b""
+        with contextlib.suppress(BlockingIOError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 200 OK")
+
+
 def test_without_httptools_the_h11_parser_gets_the_same_bound(monkeypatch, server):
     import builtins
 
     from charrnn.serve.app import MAX_HEAD_BYTES
-    from charrnn.serve.headlimit import BoundedHttpToolsProtocol
+    from charrnn.serve.protocol import BoundedHttpToolsProtocol
     from charrnn.serve.server import http_protocol, make_server
 
     assert http_protocol() is BoundedHttpToolsProtocol
     real_import = builtins.__import__
 
     def no_httptools(name, *args, **kwargs):
-        if name == "charrnn.serve.headlimit":
+        if name == "charrnn.serve.protocol":
             raise ImportError("No module named 'httptools'")
         return real_import(name, *args, **kwargs)
 

@@ -43,6 +43,8 @@ MAX_HEAD_BYTES = 64 * 1024
 # A request's head, and then its body, must arrive within this long: a client sending a byte
 # now and then would otherwise hold its connection (and a task) for ever.
 HEAD_SECONDS = BODY_SECONDS = 30.0
+# A client that reads nothing of its answer this long is cut off (server.py).
+WRITE_STALL_SECONDS = 60.0
 MAX_PRIME_CHARS = 10_000  # the prime is read in the generation loop: a long one delays everyone
 MAX_BEAM = 32  # beams cost beam x length steps on one worker; more rarely helps
 DEFAULT_LENGTH = 500  # as `charrnn sample`

@@ -87,11 +87,11 @@ def url_of(sock: socket.socket) -> str:
 
 
 def http_protocol() -> type | str:
-    """uvicorn's C parser with each request's head bounded in size and time (headlimit.py),
+    """uvicorn's C parser with each request's head bounded in size and time (protocol.py),
     or its h11 parser where httptools is not installed (bounded in size by
     `h11_max_incomplete_event_size`, not in time)."""
     try:
-        from charrnn.serve.headlimit import BoundedHttpToolsProtocol
+        from charrnn.serve.protocol import BoundedHttpToolsProtocol
     except ImportError:
         return "h11"
     return BoundedHttpToolsProtocol

@@ -1,4 +1,4 @@
-"""uvicorn's C HTTP parser (httptools) with each request's head bounded in size and time.
+"""uvicorn's C HTTP protocol (httptools) with each connection bounded in size and time.
 
 uvicorn's other parser (h11) refuses a request line and headers over a set size; with
 httptools it keeps whatever arrives until the head is complete, so one client sending
@@ -13,6 +13,10 @@ closing the connection. A body the app did not wait for (it answered 401, 404 or
 must also end within HEAD_SECONDS of that answer, or the connection is closed. Memory per
 connection stays within the bound plus one socket read.
 
+A client that stops reading a response (a stream it asked for) is cut off once its writes
+have been stalled WRITE_STALL_SECONDS: the text generated meanwhile would otherwise be kept
+for it as long as it held the connection, and its request would run on.
+
 Imported only where httptools is installed (server.py falls back to h11 otherwise).
 """
 
@@ -23,7 +27,7 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from charrnn.serve.app import HEAD_SECONDS, MAX_HEAD_BYTES
+from charrnn.serve.app import HEAD_SECONDS, MAX_HEAD_BYTES, WRITE_STALL_SECONDS
 
 
 def refusal(status: str, kind: str, message: str) -> bytes:
@@ -48,13 +52,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol refusing a request whose head passes MAX_HEAD_BYTES or
     `head_seconds`."""
 
-    head_seconds = HEAD_SECONDS  # a class attribute, so that a test can shorten it
+    head_seconds = HEAD_SECONDS  # class attributes, so that a test can shorten them
+    write_stall_seconds = WRITE_STALL_SECONDS
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request's line and headers (or waiting for one)
         self._head_bytes = 0
         self._clock: asyncio.TimerHandle | None = None
+        self._stalled: asyncio.TimerHandle | None = None  # set while writes are paused
 
     def connection_made(self, transport) -> None:  # noqa: ANN001 - uvicorn's signature
         super().connection_made(transport)
@@ -62,7 +68,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()
+        self._writes_flowing()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:  # the client's socket is full: it is not reading
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.write_stall_seconds,
+                                                 self.transport.abort)
+
+    def resume_writing(self) -> None:
+        self._writes_flowing()
+        super().resume_writing()
+
+    def _writes_flowing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
