@@ -254,9 +254,9 @@ def _rows_of(value, rows: int, dim: int = 1):  # noqa: ANN001, ANN202 - a state 
     """A state (tensors with streams on dimension 1) or a tensor of one row, as `rows`
     copies of that row: real copies, as the rows are changed in place later."""
     if isinstance(value, torch.Tensor):
-        shape = [-1] * value.dim()
-        shape[dim] = rows
-        return value.expand(*shape).contiguous()
+        repeats = [1] * value.dim()
+        repeats[dim] = rows
+        return value.repeat(*repeats)  # a copy even for one row (never a view of the prime's)
     return map_state(lambda s: _rows_of(s, rows), value)
 
 

@@ -93,8 +93,29 @@ def test_a_prime_is_read_once_whatever_the_samples(sampler, monkeypatch):
     assert sorted(read) == [(1, 1), (2, 4)]  # "" alone; "The " and "How " together
     assert [s.rows for s in burst] == [3, 2, 5, 1]
     assert torch.equal(burst[0].logits[0], burst[2].logits[4])
+    # Every request's rows are its own memory (draws change them in place).
+    pointers = [t.data_ptr() for b in burst for t in (b.logits, *b.state)]
+    assert len(set(pointers)) == len(pointers)
     assert torch.allclose(burst[3].logits, sampler.start(SampleSettings(), "How ").logits,
                           atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_rows_started_from_one_reading_match_rows_read_each(cell):
+    """Each cell's state (a pair for LSTMs, one tensor otherwise) copied to every row gives
+    what reading the prime for every row gave."""
+    torch.manual_seed(0)
+    vocab = Vocab.build(["abcdefgh"])
+    model = CharRNN(ModelArgs(vocab_size=vocab.size, hidden_size=8, embedding_dim=4,
+                              num_layers=2, cell=cell)).eval()
+    sampler = Sampler(model, vocab)
+    settings = SampleSettings(num_samples=3, length=30, seed=5)
+    texts = sampler.sample_text(settings, "abc")
+    with torch.no_grad():  # the prime read for every row, as before
+        logits, _, state = model(torch.tensor([[vocab.stoi[c] for c in "abc"]] * 3))
+    streams = sampler.start(settings, "abc")
+    assert torch.allclose(streams.logits, logits[:, -1], atol=1e-6)
+    assert len(texts) == 3 and all(len(t) == 30 for t in texts)
 
 
 def test_prime_with_unknown_characters_lists_them(sampler):

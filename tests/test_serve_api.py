@@ -394,6 +394,29 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_request_ends(server, mon
     assert received.startswith(b"HTTP/1.1 200 OK")
 
 
+def test_pipelined_requests_and_expect_continue_are_answered_under_the_clocks(
+        server, short_timeouts):
+    """Two requests sent back to back (the second's body waiting while the first is
+    answered, longer than a head's time), and a client waiting for 100 Continue."""
+    first = json.dumps({"length": 3000, "seed": 1}).encode()
+    second = json.dumps({"length": 5, "seed": 2}).encode()
+    with _connect(server[0]) as sock:
+        sock.sendall(b"".join(POST_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(b), b)
+                              for b in (first, second)))
+        received = b""
+        while received.count(b"HTTP/1.1 200 OK") < 2 or not received.endswith(b"}"):
+            received += _recv(sock)
+        assert b'"generated_chars":3000' in received and b'"generated_chars":5' in received
+    with _connect(server[0]) as sock:
+        sock.sendall(POST_HEAD + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+                     % len(second))
+        assert _recv(sock).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(second)
+        received = b""
+        while b'"generated_chars":5' not in received:
+            received += _recv(sock)
+
+
 def test_without_httptools_the_h11_parser_gets_the_same_bound(monkeypatch, server):
     import builtins
 

@@ -15,8 +15,8 @@ from serving import ServerProcess, load, running_server
 
 
 def answer(hosts: tuple | None, headers: dict[str, str]) -> tuple[int, dict | None]:
-    """The status a request with these headers gets from SiteGuard(hosts), and the error if
-    refused."""
+    """The status a request with these headers gets from SiteGuard (hosts allowed; None: any
+    host, as beyond loopback), and the error if refused."""
     sent = []
 
     async def app(scope, receive, send):
@@ -31,7 +31,7 @@ def answer(hosts: tuple | None, headers: dict[str, str]) -> tuple[int, dict | No
 
     scope = {"type": "http", "method": "POST", "path": "/v1/generate",
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-    asyncio.run(SiteGuard(app, hosts)(scope, receive, send))
+    asyncio.run(SiteGuard(app, hosts or (), any_host=hosts is None)(scope, receive, send))
     status = sent[0]["status"]
     return status, (json.loads(sent[1]["body"])["error"] if status != 200 else None)
 
@@ -47,7 +47,8 @@ def test_names_in_host_headers():
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost", "[::1]:80", "a.localhost:9",
-                                  "proxy.example", "PROXY.example:443"])
+                                  "proxy.example", "PROXY.example:443", "localhost.:8000",
+                                  "127.0.0.1.", "[::ffff:127.0.0.1]:80", "proxy.example."])
 def test_loopback_names_and_allowed_hosts_are_answered(host):
     assert answer(("proxy.example",), {"host": host})[0] == 200
 
@@ -68,7 +69,7 @@ def test_two_host_headers_are_refused():
 
     scope = {"type": "http", "headers": [(b"host", b"localhost"), (b"host", b"evil.example")]}
     asyncio.run(SiteGuard(None, ())(scope, None, send))
-    assert sent[0]["status"] == 403
+    assert sent[0]["status"] == 403 and b"more than one Host header" in sent[1]["body"]
 
 
 def test_websockets_are_refused_before_the_app():
@@ -80,7 +81,8 @@ def test_websockets_are_refused_before_the_app():
     async def send(message):
         sent.append(message)
 
-    asyncio.run(SiteGuard(None, None)({"type": "websocket", "headers": []}, receive, send))
+    asyncio.run(SiteGuard(None, any_host=True)({"type": "websocket", "headers": []}, receive,
+                                                send))
     assert sent == [{"type": "websocket.close", "code": 1008}]
 
 
@@ -102,6 +104,10 @@ def test_the_servers_own_page_and_programs_without_an_origin_are_answered():
     # Behind a TLS proxy the port differs: the name is what counts.
     assert answer(("chat.example",), {"host": "chat.example",
                                       "origin": "https://chat.example"})[0] == 200
+    # A proxy passing on its own address as Host: the page's name is an --allow-host.
+    assert answer(("chat.example",), {"host": "127.0.0.1:8000",
+                                      "origin": "https://chat.example"})[0] == 200
+    assert answer(None, {"host": "10.0.0.5:8000", "origin": "http://10.0.0.5:8000"})[0] == 200
 
 
 def test_a_real_server_refuses_rebinding_and_other_sites(tiny_run):

@@ -40,8 +40,8 @@ def serve(
              "page.")] = None,
     allow_host: Annotated[list[str] | None, typer.Option(
         show_default=False, metavar="NAME",
-        help="On a loopback address, also answer requests sent to NAME (a reverse proxy's "
-             "name); only loopback names otherwise. Repeatable.")] = None,
+        help="A reverse proxy's public name: requests sent to NAME (on a loopback address, "
+             "only loopback names otherwise) and its pages are answered. Repeatable.")] = None,
     threads: Annotated[int | None, typer.Option(
         show_default=False, help="CPU threads for the models, shared among them (default: "
                                  "every core the process may use).")] = None,

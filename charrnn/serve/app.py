@@ -294,8 +294,10 @@ async def read_json(request: Request) -> Any:
 
 
 def _too_large(size: int) -> ApiError:
+    # The connection closes: the rest of the body would only be thrown away as it arrives.
     return ApiError(413, "body_too_large", [("body", f"body: {size:,} bytes or more; at most "
-                                                     f"{MAX_BODY_BYTES:,} are read")])
+                                                     f"{MAX_BODY_BYTES:,} are read")],
+                    {"Connection": "close"})
 
 
 ALLOWED = {

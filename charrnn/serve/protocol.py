@@ -61,6 +61,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._clock: asyncio.TimerHandle | None = None
         self._stalled: asyncio.TimerHandle | None = None  # set while writes are paused
+        self._closing: asyncio.TimerHandle | None = None  # set once closed with data unsent
 
     def connection_made(self, transport) -> None:  # noqa: ANN001 - uvicorn's signature
         super().connection_made(transport)
@@ -69,7 +70,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()
         self._writes_flowing()
+        if self._closing is not None:
+            self._closing.cancel()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:  # the websocket protocol takes over
+        self._stop_clock()  # (SiteGuard closes it: the API has none)
+        self._writes_flowing()
+        super().handle_websocket_upgrade()
 
     def pause_writing(self) -> None:  # the client's socket is full: it is not reading
         super().pause_writing()
@@ -105,6 +113,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True  # the next request on this connection starts its own count
         self._head_bytes = 0
+        self._stop_clock()  # a body answered early has ended
         if self.cycle is not None and self.cycle.response_complete:  # answered early: the
             self._start_clock()  # next head is awaited from now
 
@@ -112,8 +121,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self._in_head:  # the next request's head is awaited now (uvicorn's keep-alive
             self._start_clock()  # timeout closes the connection sooner if it stays idle)
-        else:  # answered before its body was read (401, 404, 413...): the rest of the body
-            # is thrown away as it arrives, and may take no longer than a head would
+        elif self.cycle is not None and self.cycle.response_complete:
+            # Answered before its body was read (401, 404, 413...): the rest of the body is
+            # thrown away as it arrives, and may take no longer than a head would. (Otherwise
+            # the body unread is a pipelined request's, which the app reads in its turn.)
             self._start_clock(self._body_too_slow)
 
     def _start_clock(self, then=None) -> None:  # noqa: ANN001 - a callback
@@ -122,8 +133,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_too_slow(self) -> None:
         self._clock = None
-        if not self._in_head and not self.transport.is_closing():
-            self.transport.close()  # its answer has been sent already
+        if not self._in_head:
+            self._close()  # its answer has been sent already
 
     def _stop_clock(self) -> None:
         if self._clock is not None:
@@ -140,4 +151,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, response: bytes) -> None:
         if not self.transport.is_closing():
             self.transport.write(response)
-            self.transport.close()
+        self._close()
+
+    def _close(self) -> None:
+        """Close once what is written has been sent, or abort if the client has not taken it
+        within `write_stall_seconds` (a close waits for that for ever; so does uvicorn's own,
+        after its keep-alive timeout, which then ends here at the head's time)."""
+        if self.transport.is_closing() and self._closing is None:
+            self.transport.abort()  # closed by uvicorn long enough ago: still not drained
+            return
+        self.transport.close()
+        if self._closing is None:
+            self._closing = self.loop.call_later(self.write_stall_seconds, self.transport.abort)

@@ -98,9 +98,10 @@ def http_protocol() -> type | str:
 
 
 def make_server(models: dict[str, ServedModel], api_key: str | None = None,
-                hosts: Collection[str] | None = ()) -> Server:
-    """`hosts`: the names it answers to besides loopback ones; None: any (see siteguard.py)."""
-    app = SiteGuard(create_app(models, api_key=api_key), hosts)
+                hosts: Collection[str] = (), any_host: bool = False) -> Server:
+    """`hosts`: names it answers to besides loopback ones, `any_host`: answer every name (a
+    server listening beyond loopback; see siteguard.py)."""
+    app = SiteGuard(create_app(models, api_key=api_key), hosts, any_host)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_SECONDS, http=http_protocol(),
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -116,11 +117,12 @@ def serve(models: dict[str, ServedModel], sock: socket.socket, api_key: str | No
           allow_hosts: Collection[str] = ()) -> None:
     """Serve on a bound socket until a signal; the engines are closed on the way out.
 
-    On a loopback address it answers requests sent to loopback names or to `allow_hosts`."""
+    On a loopback address it answers requests sent to loopback names or to `allow_hosts`;
+    pages of `allow_hosts` may use it wherever it listens."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     loopback = ipaddress.ip_address(sock.getsockname()[0]).is_loopback
     try:
-        make_server(models, api_key, tuple(allow_hosts) if loopback else None).run(
+        make_server(models, api_key, tuple(allow_hosts), any_host=not loopback).run(
             sockets=[sock])
     finally:
         sock.close()

@@ -28,28 +28,34 @@ from charrnn.serve.app import error_response
 
 
 def hostname(host_header: str) -> str:
-    """The name in a Host header ('example.com:8000', '[::1]:80'), lowercased."""
+    """The name in a Host header ('example.com:8000', '[::1]:80'), lowercased, without the
+    final dot of a fully qualified name ('localhost.')."""
     if host_header.startswith("["):
         return host_header[1:].partition("]")[0].lower()
-    return host_header.rpartition(":")[0].lower() if ":" in host_header else host_header.lower()
+    name = host_header.rpartition(":")[0] if ":" in host_header else host_header
+    return name.lower().rstrip(".")
 
 
 def is_loopback_name(name: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class SiteGuard:
     """ASGI middleware refusing cross-site requests and, on loopback, other hosts' names."""
 
-    def __init__(self, app, hosts: Collection[str] | None):
-        """`hosts`: names allowed besides loopback ones; None: any name (not on loopback)."""
+    def __init__(self, app, hosts: Collection[str] = (), any_host: bool = False):
+        """`hosts`: names allowed besides loopback ones, as Host and as a page's Origin;
+        `any_host`: every Host is answered (a server listening beyond loopback)."""
         self.app = app
-        self.hosts = None if hosts is None else {h.lower() for h in hosts}
+        self.hosts = {h.lower().rstrip(".") for h in hosts}
+        self.any_host = any_host
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket":  # the API has none; refused before the app (and
@@ -70,16 +76,16 @@ class SiteGuard:
             return "forbidden_host", "headers: more than one Host header; send one"
         headers = dict(header_list)
         host = hostname(hosts[0].decode("latin-1") if hosts else "")
-        if self.hosts is not None and host and not is_loopback_name(host) \
-                and host not in self.hosts:
+        if not self.any_host and host and not is_loopback_name(host) and host not in self.hosts:
             return ("forbidden_host",
                     f"headers: this server answers to localhost names only, not {host!r} (a "
                     "web page may be reaching it through its own name: DNS rebinding); to "
                     f"serve it under that name, start it with --allow-host {host}")
         origin = headers.get(b"origin")
         if origin is not None:
-            origin_host = (urlsplit(origin.decode("latin-1")).hostname or "").lower()
-            if origin_host != host:
+            origin_host = (urlsplit(origin.decode("latin-1")).hostname or "").rstrip(".")
+            # A proxy may pass on its own address as Host: its public name is an --allow-host.
+            if origin_host != host and origin_host not in self.hosts:
                 return ("cross_origin",
                         f"headers: a page of {origin.decode('latin-1')!r} may not use this "
                         f"server ({host or 'no host'}); open the playground on this server, "
