@@ -30,7 +30,7 @@ import torch
 
 from charrnn import memory, speed
 from charrnn.errors import Cancelled, CheckpointError, UsageError
-from charrnn.model import CharRNN, join_streams, map_state
+from charrnn.model import CharRNN, State, join_streams, map_state
 from charrnn.stepper import Carry, Stepper, stepper_for
 from charrnn.vocab import UNK_ID, Vocab
 
@@ -251,13 +251,11 @@ class Streams:
 
 
 def _rows_of(value, rows: int, dim: int = 1):  # noqa: ANN001, ANN202 - a state or a tensor
-    """A state (tensors with streams on dimension 1) or a tensor of one row, as `rows`
-    copies of that row: real copies, as the rows are changed in place later."""
-    if isinstance(value, torch.Tensor):
-        repeats = [1] * value.dim()
-        repeats[dim] = rows
-        return value.repeat(*repeats)  # a copy even for one row (never a view of the prime's)
-    return map_state(lambda s: _rows_of(s, rows), value)
+    """A state (tensors with streams on dimension 1) or a tensor of one row along `dim`, as
+    `rows` copies of that row: real copies (never a view of the prime's), as the rows are
+    changed in place later."""
+    return map_state(lambda t: t.repeat(*(rows if d == dim else 1 for d in range(t.dim()))),
+                     value)
 
 
 def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -331,8 +329,14 @@ class Sampler:
         # per row cost `rows` times the time and memory (64 rows of a 10,000-character prime
         # held a server's loop for seconds and 1.6 GB).
         logits, _, state = self.model(torch.tensor([ids], device=self.device))  # (1, P, V)
+        return self._rows_from(settings, logits[:, -1].float(), state)
+
+    def _rows_from(self, settings: SampleSettings, logits: torch.Tensor, state: State
+                   ) -> Streams:
+        """`num_samples` rows starting from one read prime's scores (1, V) and state."""
+        rows = settings.num_samples
         return Streams(self.stepper().from_state(_rows_of(state, rows)),
-                       _rows_of(logits[:, -1].float(), rows, dim=0),
+                       _rows_of(logits, rows, dim=0),
                        DrawRules.of(settings, rows, self.vocab.size, self.device))
 
     def threads_for(self, stepper: Stepper, rows: int) -> int:
@@ -357,22 +361,18 @@ class Sampler:
         for settings, prime in requests:
             settings.validate(self.vocab)
             ids.append(tuple(self.start_ids(self.encode_prime(prime))))
-        started: list[Streams | None] = [None] * len(requests)
         by_length: dict[int, list[tuple[int, ...]]] = {}
         for prime_ids in dict.fromkeys(ids):  # each different prime once, in order
             by_length.setdefault(len(prime_ids), []).append(prime_ids)
+        read: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}  # (1, V) scores, state
         for primes in by_length.values():
             logits, _, state = self.model(torch.tensor(primes, device=self.device))  # (N, P, V)
             logits = logits[:, -1].float()  # (N, V)
-            for i, (settings, _) in enumerate(requests):
-                if ids[i] in primes:
-                    row = primes.index(ids[i])
-                    n = settings.num_samples
-                    one = map_state(lambda s, row=row: s[:, row:row + 1], state)
-                    started[i] = Streams(self.stepper().from_state(_rows_of(one, n)),
-                                         _rows_of(logits[row:row + 1], n, dim=0),
-                                         DrawRules.of(settings, n, self.vocab.size, self.device))
-        return started
+            for row, prime_ids in enumerate(primes):
+                read[prime_ids] = (logits[row:row + 1],
+                                   map_state(lambda s, row=row: s[:, row:row + 1], state))
+        return [self._rows_from(settings, *read[prime_ids])
+                for (settings, _), prime_ids in zip(requests, ids, strict=True)]
 
     @torch.inference_mode()
     def generate(self, settings: SampleSettings, prime: str = "",

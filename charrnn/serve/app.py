@@ -148,22 +148,25 @@ class ApiError(Exception):
 
 def error_response(status: int, kind: str, problems: list[tuple[str | None, str]],
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(kind, problems), status_code=status, headers=headers)
+
+
+def error_body(kind: str, problems: list[tuple[str | None, str]]) -> dict:
+    """The API's JSON error: its type, one line, and the fields at fault."""
     # Messages quote what the client sent: a lone surrogate (JSON's "\ud800") cannot be
     # written as UTF-8, so it is shown escaped.
     problems = [(None if f is None else _writable(f), _writable(m)) for f, m in problems]
-    body = {"error": {"type": kind, "message": "; ".join(m for _, m in problems),
+    return {"error": {"type": kind, "message": "; ".join(m for _, m in problems),
                       "field": problems[0][0] if problems else None,
                       "problems": [{"field": f, "message": m} for f, m in problems]}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _writable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _shown(text: str, limit: int = 40) -> str:
-    """A client's text quoted in a message: repr'd, at most `limit` characters."""
-    shown = repr(text)
+def _cut(shown: str, limit: int = 40) -> str:
+    """A client's value, as quoted in a message, at most `limit` characters."""
     return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
@@ -328,7 +331,7 @@ def parse_request(data: Any) -> tuple[GenerateRequest, list[tuple[str, str]]]:
     # Unknown fields are reported here, a few by name: a body of 100,000 of them would
     # otherwise cost as many problems (and a reply many times the body's size).
     unknown = [key for key in data if key not in fields]
-    problems = [(key[:40], f"{_shown(key)}: unknown field; the fields are {', '.join(fields)}")
+    problems = [(key[:40], f"{_cut(repr(key))}: unknown field; the fields are {', '.join(fields)}")
                 for key in unknown[:MAX_UNKNOWN_SHOWN]]
     if len(unknown) > MAX_UNKNOWN_SHOWN:
         problems.append(("body", f"body: {len(unknown) - MAX_UNKNOWN_SHOWN:,} more unknown "
@@ -339,8 +342,7 @@ def parse_request(data: Any) -> tuple[GenerateRequest, list[tuple[str, str]]]:
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
             name = ".".join(str(part) for part in error["loc"]) or "body"
-            shown = json.dumps(error.get("input"), ensure_ascii=False, default=str)
-            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            shown = _cut(json.dumps(error.get("input"), ensure_ascii=False, default=str))
             allowed = ALLOWED.get(error["loc"][0] if error["loc"] else "", "")
             problems.append((name, f"{name}: {error['msg'][0].lower()}{error['msg'][1:]}, not "
                                    f"{shown}" + (f"; allowed: {allowed}" if allowed else "")))
@@ -357,7 +359,7 @@ def resolve(asked: GenerateRequest, models: dict[str, ServedModel], default: str
     name = asked.model if asked.model is not None else default
     if name not in models or any(field == "model" for field, _ in problems):
         if name not in models:
-            problems.append(("model", f"model: no model named {_shown(name)}; served: "
+            problems.append(("model", f"model: no model named {_cut(repr(name))}; served: "
                                       f"{', '.join(models)}"))
         raise ApiError(422, "invalid_field", problems)
     served = models[name]

@@ -27,13 +27,12 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from charrnn.serve.app import HEAD_SECONDS, MAX_HEAD_BYTES, WRITE_STALL_SECONDS
+from charrnn.serve.app import HEAD_SECONDS, MAX_HEAD_BYTES, WRITE_STALL_SECONDS, error_body
 
 
 def refusal(status: str, kind: str, message: str) -> bytes:
     """A whole HTTP response carrying the API's JSON error about the headers."""
-    body = json.dumps({"error": {"type": kind, "message": message, "field": "headers",
-                                 "problems": [{"field": "headers", "message": message}]}})
+    body = json.dumps(error_body(kind, [("headers", message)]))  # ASCII: len() counts bytes
     return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}").encode()
 
