@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,11 @@ GREEDY_BELOW = torch.finfo(torch.float32).tiny  # temperatures this small act as
 # temperatures are drawn as this one (a larger divisor would overflow float32).
 FLATTEST = 1e6
 MAX_PRIME_BYTES = 1 << 20  # a prime file larger than this is a mistake, not a prompt
+# `start_many` remembers what reading the last few primes gave: a server's requests mostly
+# share a few (none at all, or a page's example), and reading one, even a single character,
+# cost a 64-stream batch as much as a step. Longer primes are rarely sent twice.
+REMEMBERED_PRIMES = 64
+REMEMBERED_PRIME_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -274,6 +280,9 @@ class Sampler:
         self.device = torch.device(device)
         self._threads: dict[int, int] = {}  # streams -> the CPU threads fastest for them
         self._stepper: Stepper | None = None
+        # prime ids -> (1, V) scores and state after reading them, least recently used first
+        self._read_primes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, State]] = \
+            OrderedDict()
 
     def encode_prime(self, prime: str) -> list[int]:
         text = self.vocab.normalize(prime)
@@ -355,22 +364,31 @@ class Sampler:
 
         Each different prime is read once, and primes of the same length in one call, as one
         batch: a burst of new requests (a server's, most with the same prime) costs about one
-        call, not one each.
+        call, not one each. The last REMEMBERED_PRIMES short primes are not read again.
         """
         ids = []
         for settings, prime in requests:
             settings.validate(self.vocab)
             ids.append(tuple(self.start_ids(self.encode_prime(prime))))
+        read: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}  # (1, V) scores, state
         by_length: dict[int, list[tuple[int, ...]]] = {}
         for prime_ids in dict.fromkeys(ids):  # each different prime once, in order
-            by_length.setdefault(len(prime_ids), []).append(prime_ids)
-        read: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}  # (1, V) scores, state
+            if prime_ids in self._read_primes:
+                self._read_primes.move_to_end(prime_ids)
+                read[prime_ids] = self._read_primes[prime_ids]
+            else:
+                by_length.setdefault(len(prime_ids), []).append(prime_ids)
         for primes in by_length.values():
             logits, _, state = self.model(torch.tensor(primes, device=self.device))  # (N, P, V)
             logits = logits[:, -1].float()  # (N, V)
             for row, prime_ids in enumerate(primes):
-                read[prime_ids] = (logits[row:row + 1],
-                                   map_state(lambda s, row=row: s[:, row:row + 1], state))
+                # Copies: a view would keep the whole burst's tensors alive.
+                read[prime_ids] = (logits[row:row + 1].clone(),
+                                   map_state(lambda s, row=row: s[:, row:row + 1].clone(), state))
+                if len(prime_ids) <= REMEMBERED_PRIME_CHARS:
+                    self._read_primes[prime_ids] = read[prime_ids]
+        while len(self._read_primes) > REMEMBERED_PRIMES:
+            self._read_primes.popitem(last=False)
         return [self._rows_from(settings, *read[prime_ids])
                 for (settings, _), prime_ids in zip(requests, ids, strict=True)]
 

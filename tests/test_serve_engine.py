@@ -276,6 +276,28 @@ def test_a_slow_reader_gets_the_text_merged(engine):
     assert merged.texts == outcome.texts and len(merged.logprobs[0]) == 400
 
 
+def test_a_pausing_reader_hears_of_the_end_at_once(engine):
+    """A reader that spaces out its reads (the server's events under load) is woken when its
+    request ends, not when its pause is over: its client's next request waits on that."""
+    async def scenario():
+        running = engine.add_request("running", "", params(length=ENDLESS, seed=6))
+        started = time.monotonic()
+        await running.pause(0.2)  # the request goes on: the pause is served in full
+        paused = time.monotonic() - started
+        short = engine.add_request("short", "", params(length=20, seed=6))
+        started = time.monotonic()
+        await short.pause(60)
+        ended_after = time.monotonic() - started
+        engine.abort("running")
+        await short.pause(60)  # already ended: returns at once
+        return paused, ended_after, short._ended, await running.result()
+
+    paused, ended_after, ended, outcome = asyncio.run(scenario())
+    assert paused >= 0.19 and ended
+    assert ended_after < 10  # the end of 20 characters, not the 60 s asked for
+    assert outcome.finish_reasons == [CANCELLED]
+
+
 def test_random_numbers_drawn_ahead_are_the_ones_drawn_step_by_step():
     from charrnn.sample import draw_uniforms, new_generator
 
@@ -304,6 +326,32 @@ def test_requests_longer_than_the_numbers_drawn_ahead_get_the_same_text(
 
     for p, outcome in zip(asked, asyncio.run(together()), strict=True):
         assert outcome.texts == [s.text for s in sampler.samples(p.settings, "", p.stop)]
+
+
+def test_primes_read_lately_are_remembered_and_give_the_same_rows(tiny_run, monkeypatch):
+    """start_many keeps what the last few short primes gave (a server's requests share a
+    few) instead of reading them again; the rows are the same and their own copies."""
+    from charrnn import sample as sample_module
+
+    monkeypatch.setattr(sample_module, "REMEMBERED_PRIMES", 2)
+    monkeypatch.setattr(sample_module, "REMEMBERED_PRIME_CHARS", 5)
+    model, vocab, _ = load_model(tiny_run)
+    sampler = Sampler(model, vocab)
+    reads = []
+    model.register_forward_hook(lambda module, inputs, output: reads.append(inputs[0].shape))
+    settings = SampleSettings(num_samples=2)
+    first = sampler.start_many([(settings, "The "), (settings, "How ")])
+    assert reads == [(2, 4)]  # both primes in one call
+    again = sampler.start_many([(settings, "The "), (settings, "long prime")])
+    assert reads == [(2, 4), (1, 10)]  # "The " remembered; a long prime is read, not kept
+    assert torch.equal(again[0].logits, first[0].logits)
+    for mine, theirs in zip(again[0].state, first[0].state, strict=True):
+        assert torch.equal(mine, theirs) and mine.data_ptr() != theirs.data_ptr()
+    sampler.start_many([(settings, "a"), (settings, "b")])  # two more: "The " is forgotten
+    sampler.start_many([(settings, "The ")])
+    assert reads[-1] == (1, 4)
+    assert list(sampler._read_primes) == [(*vocab.encode("b").tolist(),),
+                                          (*vocab.encode("The ").tolist(),)]
 
 
 def test_primes_read_together_give_what_each_gives_alone(sampler):

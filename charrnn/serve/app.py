@@ -456,7 +456,7 @@ async def events(served: ServedModel, stream: RequestStream, with_logprobs: bool
             yield _delta_event(delta)
             if not stream.finished:
                 # Let text gather: one event per interval.
-                await asyncio.sleep(event_interval(served.engine.load()["rows"]))
+                await stream.pause(event_interval(served.engine.load()["rows"]))
         outcome = stream.outcome()
         answer = summary(served.name, outcome, with_logprobs)
         if outcome.error is not None or ERROR in outcome.finish_reasons:

@@ -125,6 +125,7 @@ class RequestStream:
         self._reasons: list[str] = []
         self._error: str | None = None
         self._ended = False  # set by the engine after its last delta
+        self._pause: asyncio.Event | None = None  # set to end `pause` early
 
     # ---- the reader's side (event loop) ---------------------------------------------------
     @property
@@ -151,6 +152,19 @@ class RequestStream:
                     return Delta([""] * self.samples,
                                  [[] for _ in range(self.samples)] if self._logprobs else None)
         return self._take()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the request ends meanwhile: a reader that spaces out its
+        reads still hears of the end at once (its client's next request waits on it)."""
+        if self._ended:
+            return
+        self._pause = asyncio.Event()
+        timer = self._loop.call_later(seconds, self._pause.set)
+        try:
+            await self._pause.wait()
+        finally:
+            timer.cancel()
+            self._pause = None
 
     def _take(self) -> Delta:
         parts = [self._pending.popleft() for _ in range(len(self._pending))]
@@ -197,6 +211,8 @@ class RequestStream:
 def _set_ready(streams: list[RequestStream]) -> None:
     for stream in streams:
         stream._ready.set()
+        if stream._ended and stream._pause is not None:
+            stream._pause.set()
 
 
 class _Request:
