@@ -69,6 +69,13 @@ def test_models_health_and_docs(client):
     assert client.get("/docs").status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/", "/docs", "/healthz", "/v1/models", "/static/app.js"])
+def test_head_answers_as_get_without_a_body(client, path):
+    got, head = client.get(path), client.head(path)
+    assert head.status_code == got.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+
+
 def test_generate_returns_what_charrnn_sample_prints(client, tiny_run):
     answer = client.post("/v1/generate", json={
         "prime": "The ", "length": 150, "temperature": 0.7, "top_k": 10, "seed": 11,

@@ -222,6 +222,11 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
                            "max_body_bytes": MAX_BODY_BYTES,
                            "max_head_bytes": MAX_HEAD_BYTES}}
 
+    # HEAD (what some health checks and link checkers send) answers as GET, without the body.
+    for path, endpoint in (("/", _playground), ("/docs", _docs), ("/healthz", healthz),
+                           ("/v1/models", list_models)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+
     @app.post("/v1/generate", summary="Generate text",
               response_model=GenerateResponse,
               responses={200: {"content": {"text/event-stream": {"schema": {
