@@ -173,7 +173,8 @@ def check_training(args: ModelArgs, data: DataConfig, train_chars: int, device: 
 
 def sampling_bytes(args: ModelArgs, num_samples: int, prime_length: int) -> int:
     """Reading the prime (once: every sample starts from its state), then one step at a time
-    for every sample."""
+    for every sample. `prime_length`: the characters read in one call (a prime is read in
+    pieces of sample.PRIME_PIECE)."""
     prime = max(prime_length, 1) * _per_position(args)
     step = num_samples * (8 * args.vocab_size + 6 * args.num_layers * args.hidden_size)
     return FLOAT * (prime + step)

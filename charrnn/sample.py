@@ -46,6 +46,11 @@ MAX_PRIME_BYTES = 1 << 20  # a prime file larger than this is a mistake, not a p
 # cost a 64-stream batch as much as a step. Longer primes are rarely sent twice.
 REMEMBERED_PRIMES = 64
 REMEMBERED_PRIME_CHARS = 256
+# A prime is read this many characters per call (the state carried between calls): a server
+# reads a long prime a piece at a time between the batch's steps, so that one user's
+# 10,000-character prime does not hold everyone's text for the whole read (0.2 s on 2 cores
+# for a 2x256 LSTM), and `start` reads in the same pieces so that both give the same rows.
+PRIME_PIECE = 256
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,35 @@ def new_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
+class PrimeReading:
+    """A prime read PRIME_PIECE characters per call, its state carried between calls: a caller
+    that must not stop for long (a server's generation loop) reads one piece at a time."""
+
+    def __init__(self, sampler: Sampler, prime_ids: Sequence[int]):
+        self.model, self.device = sampler.model, sampler.device
+        self.ids = list(prime_ids)
+        self.read = 0  # characters read so far
+        self.logits: torch.Tensor | None = None  # (1, V) scores after the last one read
+        self.state: State | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.read >= len(self.ids)
+
+    @property
+    def pieces(self) -> int:
+        """The calls reading the whole prime takes."""
+        return -(-len(self.ids) // PRIME_PIECE)
+
+    @torch.inference_mode()
+    def read_piece(self) -> None:
+        piece = self.ids[self.read:self.read + PRIME_PIECE]
+        logits, _, self.state = self.model(torch.tensor([piece], device=self.device),
+                                           state=self.state)
+        self.logits = logits[:, -1].float()
+        self.read += len(piece)
+
+
 # ---- the sampler ------------------------------------------------------------------------------
 class Sampler:
     def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu"):
@@ -331,17 +365,20 @@ class Sampler:
         ids = self.start_ids(self.encode_prime(prime))
         rows = settings.num_samples
         if self.device.type == "cpu":  # a clear refusal, not the allocator's (or the OOM killer)
-            memory.check_fits(memory.sampling_bytes(self.model.args, rows, len(ids)),
+            memory.check_fits(memory.sampling_bytes(self.model.args, rows,
+                                                    min(len(ids), PRIME_PIECE)),
                               f"{rows:,} sample{'s' if rows > 1 else ''} read together",
                               "ask for fewer samples or use a shorter prime")
-        # The prime is read once, in one call, and its state copied to every row: reading it
-        # per row cost `rows` times the time and memory (64 rows of a 10,000-character prime
-        # held a server's loop for seconds and 1.6 GB).
-        logits, _, state = self.model(torch.tensor([ids], device=self.device))  # (1, P, V)
-        return self._rows_from(settings, logits[:, -1].float(), state)
+        # The prime is read once and its state copied to every row: reading it per row cost
+        # `rows` times the time and memory (64 rows of a 10,000-character prime held a
+        # server's loop for seconds and 1.6 GB).
+        reading = PrimeReading(self, ids)
+        while not reading.done:
+            reading.read_piece()
+        return self.rows_from(settings, reading.logits, reading.state)
 
-    def _rows_from(self, settings: SampleSettings, logits: torch.Tensor, state: State
-                   ) -> Streams:
+    def rows_from(self, settings: SampleSettings, logits: torch.Tensor, state: State
+                  ) -> Streams:
         """`num_samples` rows starting from one read prime's scores (1, V) and state."""
         rows = settings.num_samples
         return Streams(self.stepper().from_state(_rows_of(state, rows)),
@@ -376,6 +413,11 @@ class Sampler:
             if prime_ids in self._read_primes:
                 self._read_primes.move_to_end(prime_ids)
                 read[prime_ids] = self._read_primes[prime_ids]
+            elif len(prime_ids) > PRIME_PIECE:  # in pieces, as `start` reads it
+                reading = PrimeReading(self, prime_ids)
+                while not reading.done:
+                    reading.read_piece()
+                read[prime_ids] = (reading.logits, reading.state)
             else:
                 by_length.setdefault(len(prime_ids), []).append(prime_ids)
         for primes in by_length.values():
@@ -389,7 +431,7 @@ class Sampler:
                     self._read_primes[prime_ids] = read[prime_ids]
         while len(self._read_primes) > REMEMBERED_PRIMES:
             self._read_primes.popitem(last=False)
-        return [self._rows_from(settings, *read[prime_ids])
+        return [self.rows_from(settings, *read[prime_ids])
                 for (settings, _), prime_ids in zip(requests, ids, strict=True)]
 
     @torch.inference_mode()

@@ -81,8 +81,10 @@ def machine_with(monkeypatch):
      ["100,000 samples of 100,000,000 characters", "lower --num-samples or --length"]),
     (GB, lambda t, run, c: ["sample", "-k", run, "-N", "100000", "-n", "1000", "--format", "json"],
      ["lower --num-samples or --length"]),
-    (GB, lambda t, run, c: ["sample", "-k", run, "-p", "The quick brown fox " * 40_000],
-     ["use a shorter --prime"]),  # read once for all samples: a long prime on its own
+    # A prime is read a piece at a time (sample.PRIME_PIECE characters), so however long, it
+    # needs only a piece's memory: refused where even that does not fit.
+    (10**5, lambda t, run, c: ["sample", "-k", run, "-p", "The quick brown fox " * 40_000],
+     ["use a shorter --prime"]),
     (10**6, lambda t, run, c: ["eval", "-k", run, "--streams", "2"],
      ["scoring 2 parallel segments", "lower --streams"]),
     (10**5, lambda t, run, c: ["eval", "-k", run, big_text(t, c)],
@@ -175,10 +177,11 @@ def test_a_real_allocation_failure_is_one_line(tmp_path, tiny_run):
     script = textwrap.dedent(f"""
         import resource, sys
         from typer.testing import CliRunner
-        from charrnn import memory
+        from charrnn import memory, sample
         from charrnn.cli import app
         memory.available_bytes = lambda: None  # the checks see no limit: the allocator does
         resource.setrlimit(resource.RLIMIT_AS, (memory._address_space_used() + 2 * 10**9,) * 2)
+        sample.PRIME_PIECE = 10**9  # the long prime below read in one call: too large
         result = CliRunner().invoke(app, ["sample", "-k", {str(tiny_run)!r}, "-N", "2",
                                           "-p", "The quick brown fox " * 500_000, "-n", "5"])
         print(result.exit_code)

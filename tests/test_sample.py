@@ -100,6 +100,33 @@ def test_a_prime_is_read_once_whatever_the_samples(sampler, monkeypatch):
                           atol=1e-6)
 
 
+def test_a_long_prime_is_read_a_piece_at_a_time(sampler, monkeypatch):
+    """PRIME_PIECE characters per call, the state carried: what reading it whole gives, by
+    `start`, `start_many` and a PrimeReading stepped by hand (as the server does) alike."""
+    from charrnn import sample as sample_module
+
+    monkeypatch.setattr(sample_module, "PRIME_PIECE", 8)
+    read = []
+    forward = type(sampler.model).forward
+    monkeypatch.setattr(type(sampler.model), "forward",
+                        lambda self, x, *a, **k: read.append(tuple(x.shape)) or
+                        forward(self, x, *a, **k))
+    prime = "The quick brown fox"  # 19 characters: pieces of 8, 8 and 3
+    streams = sampler.start(SampleSettings(num_samples=2), prime)
+    assert read == [(1, 8), (1, 8), (1, 3)]
+    with torch.inference_mode():
+        whole, _, _ = forward(sampler.model, torch.tensor([sampler.encode_prime(prime)]))
+    assert torch.allclose(streams.logits, whole[:, -1].expand(2, -1), atol=1e-5)
+    (many,) = sampler.start_many([(SampleSettings(num_samples=2), prime)])
+    assert torch.equal(many.logits, streams.logits)
+    reading = sample_module.PrimeReading(sampler, sampler.encode_prime(prime))
+    pieces = 0
+    while not reading.done:
+        reading.read_piece()
+        pieces += 1
+    assert pieces == 3 and torch.equal(reading.logits, streams.logits[:1])
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_rows_started_from_one_reading_match_rows_read_each(cell):
     """Each cell's state (a pair for LSTMs, one tensor otherwise) copied to every row gives

@@ -298,6 +298,60 @@ def test_a_pausing_reader_hears_of_the_end_at_once(engine):
     assert outcome.finish_reasons == [CANCELLED]
 
 
+@pytest.fixture
+def short_pieces(monkeypatch):
+    """Primes read 4 characters per call: a 400-character prime takes 100 calls."""
+    from charrnn import sample as sample_module
+
+    monkeypatch.setattr(sample_module, "PRIME_PIECE", 4)
+
+
+LONG_PRIME = "The quick brown fox jumps over the lazy dog. " * 9  # 405 characters
+
+
+def test_a_long_prime_is_read_between_steps_while_the_batch_generates(
+        engine, sampler, short_pieces):
+    """A prime of 100 pieces is read one piece between hand-offs, so a running request keeps
+    receiving text meanwhile; the long one then gives what `charrnn sample` gives."""
+    asked = params(length=40, seed=8, num_samples=2)
+
+    async def scenario():
+        running = engine.add_request("running", "", params(length=ENDLESS, seed=1))
+        await running.next_delta()
+        long = engine.add_request("long", LONG_PRIME, asked)
+        received = 0  # by the running request while the long prime was read
+        while not long._pending and not long._ended:
+            received += (await running.next_delta(timeout=0.05)).chars
+        engine.abort("running")
+        return received, await long.result()
+
+    received, outcome = asyncio.run(scenario())
+    assert received >= 100  # at least a step after each piece
+    assert outcome.texts == sampler.sample_text(asked.settings, LONG_PRIME)
+    assert outcome.finish_reasons == [LENGTH, LENGTH] and outcome.prime_chars == len(LONG_PRIME)
+    assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
+
+
+@pytest.mark.parametrize("end", ["abort", "shutdown"])
+def test_a_request_whose_long_prime_is_being_read_can_end(make_engine, short_pieces, end):
+    engine = make_engine(max_streams=8)
+
+    async def scenario():
+        running = engine.add_request("running", "", params(length=ENDLESS, seed=1))
+        await running.next_delta()
+        long = engine.add_request("long", LONG_PRIME * 20, params(length=40, seed=8))
+        await asyncio.sleep(0.05)
+        assert engine._reading  # still reading its 2,025 pieces
+        engine.abort("long") if end == "abort" else engine.shutdown()
+        return await asyncio.wait_for(long.result(), 10)
+
+    outcome = asyncio.run(scenario())
+    assert outcome.finish_reasons == [CANCELLED if end == "abort" else SHUTDOWN]
+    assert outcome.texts == [""]
+    if end == "abort":
+        assert engine.load()["rows"] == 1 and not engine._reading  # only the running one
+
+
 def test_random_numbers_drawn_ahead_are_the_ones_drawn_step_by_step():
     from charrnn.sample import draw_uniforms, new_generator
 

@@ -160,6 +160,7 @@ def run_sample(request: SampleRequest) -> None:
 def _check_memory(model, runs, prime: str, as_json: bool, to_file: bool, device) -> None:
     """Refuse a batch of samples the machine cannot hold before drawing any."""
     from charrnn import memory
+    from charrnn.sample import PRIME_PIECE
 
     count, length = runs[0].num_samples, runs[0].length
     # A lone text sample streams out; a batch is kept until it is written, and a file or JSON
@@ -168,7 +169,7 @@ def _check_memory(model, runs, prime: str, as_json: bool, to_file: bool, device)
     per_char = 0 if streamed else (HELD_JSON if as_json else HELD_TEXT)
     need = count * length * per_char * (len(runs) if to_file or as_json else 1)
     if device.type == "cpu":  # elsewhere the model's work is in device memory
-        need += memory.sampling_bytes(model.args, count, len(prime))
+        need += memory.sampling_bytes(model.args, count, min(len(prime), PRIME_PIECE))
     memory.check_fits(need, f"{count:,} sample{'s' if count > 1 else ''} of {length:,} "
                       "characters", "lower --num-samples or --length, or use a shorter --prime")
 

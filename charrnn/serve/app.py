@@ -45,7 +45,7 @@ MAX_HEAD_BYTES = 64 * 1024
 HEAD_SECONDS = BODY_SECONDS = 30.0
 # A client that reads nothing of its answer this long is cut off (server.py).
 WRITE_STALL_SECONDS = 60.0
-MAX_PRIME_CHARS = 10_000  # the prime is read in the generation loop: a long one delays everyone
+MAX_PRIME_CHARS = 10_000  # a longer one waits long to start (read in pieces between steps)
 MAX_BEAM = 32  # beams cost beam x length steps on one worker; more rarely helps
 DEFAULT_LENGTH = 500  # as `charrnn sample`
 EVENT_INTERVAL = 0.05  # seconds between a stream's events: text generated meanwhile is merged

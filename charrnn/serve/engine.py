@@ -6,7 +6,9 @@ characters each sample generated since the last read, then the outcome. `abort(i
 request at the next step.
 
 One background thread per model runs the loop (continuous batching):
-- a new request reads its prime in one call and joins the batch at the next step;
+- a new request reads its prime in one call and joins the batch at the next step; a prime
+  longer than sample.PRIME_PIECE is read one piece between hand-offs instead, so that it
+  holds the others' text a few milliseconds at a time, never for the whole read;
 - every step draws each row's next character by the row's own rules and the request's own
   random numbers (see sample.py), so a request's text depends only on its seed and options,
   never on who else is in the batch: with a seed it is what `charrnn sample` prints;
@@ -40,6 +42,7 @@ import torch
 
 from charrnn.errors import Cancelled, Overloaded, ShuttingDown, UsageError
 from charrnn.sample import (
+    PrimeReading,
     Sampler,
     SampleSettings,
     StopWatch,
@@ -304,6 +307,7 @@ class Engine:
         self._stopping = False
         # The engine thread's own.
         self._active: list[_Request] = []  # requests in the batch, in row order
+        self._reading: list[tuple[_Request, PrimeReading]] = []  # long primes being read
         self._streams: Streams | None = None  # their rows
         self._thread: threading.Thread | None = None
         self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}",
@@ -473,8 +477,8 @@ class Engine:
         """Let aborted requests leave and new ones join; wait while there is nothing to do.
         False once the engine is stopping (every request then ended)."""
         with self._lock:
-            while not (self._active or self._arrivals or self._aborts or self._stopping
-                       or self._queue_fits_locked()):
+            while not (self._active or self._reading or self._arrivals or self._aborts
+                       or self._stopping or self._queue_fits_locked()):
                 self._work.wait()
             aborts = set(self._aborts)
             self._aborts.clear()
@@ -484,11 +488,14 @@ class Engine:
                 left = [*self._arrivals, *self._queue]
                 self._arrivals.clear()
                 self._queue.clear()
-            self._end([*self._active, *left], SHUTDOWN)
-            self._active, self._streams = [], None
+            reading = [request for request, _ in self._reading]
+            self._end([*self._active, *reading, *left], SHUTDOWN)
+            self._active, self._streams, self._reading = [], None, []
             return False
         if aborts:  # first, so that their rows go to the queue's requests at once
             self._drop([r for r in self._active if r.id in aborts], CANCELLED)
+            self._end([r for r, _ in self._reading if r.id in aborts], CANCELLED)
+            self._reading = [(r, p) for r, p in self._reading if r.id not in aborts]
         with self._lock:
             while self._queue_fits_locked():
                 request = self._queue.popleft()
@@ -501,6 +508,8 @@ class Engine:
         arrivals = [r for r in arrivals if r.id not in aborts]
         if arrivals:
             self._join(arrivals)
+        if self._reading:
+            self._read_pieces()
         return True
 
     def _queue_fits_locked(self) -> bool:
@@ -510,9 +519,18 @@ class Engine:
 
     def _join(self, arrivals: list[_Request]) -> None:
         """Read the new requests' primes (those of one length in one call) and add their rows
-        to the batch."""
+        to the batch; long primes go to `_read_pieces`."""
         self._end([r for r in arrivals if r.steps_left == 0], LENGTH)  # nothing to generate
-        joining = [r for r in arrivals if r.steps_left > 0]
+        joining = []
+        for request in arrivals:
+            if request.steps_left == 0:
+                continue
+            reading = PrimeReading(self.sampler,
+                                   self.sampler.start_ids(self.sampler.encode_prime(request.prime)))
+            if reading.pieces > 1:
+                self._reading.append((request, reading))
+            else:
+                joining.append(request)
         if not joining:
             return
         try:
@@ -521,11 +539,34 @@ class Engine:
             log.exception("priming failed")
             self._end(joining, ERROR, f"reading the prime failed: {exc}")
             return
-        for request in joining:
+        self._add_rows(joining, started)
+
+    def _read_pieces(self) -> None:
+        """Read one more piece of each long prime; those read to the end join the batch."""
+        read, started, still = [], [], []
+        for request, reading in self._reading:
+            try:
+                reading.read_piece()
+                if reading.done:
+                    started.append(self.sampler.rows_from(request.params.settings,
+                                                          reading.logits, reading.state))
+                    read.append(request)
+                else:
+                    still.append((request, reading))
+            except Exception as exc:  # noqa: BLE001 - that request fails, the batch goes on
+                log.exception("priming failed")
+                self._end([request], ERROR, f"reading the prime failed: {exc}")
+        self._reading = still
+        if read:
+            self._add_rows(read, started)
+
+    def _add_rows(self, requests: list[_Request], started: list[Streams]) -> None:
+        """Requests whose primes were read join the batch, each with its rows."""
+        for request in requests:
             request.generator = new_generator(request.params.settings.seed, self.device)
         parts = ([self._streams] if self._streams is not None else []) + started
         self._streams = Streams.join(parts) if len(parts) > 1 else parts[0]
-        self._active.extend(joining)
+        self._active.extend(requests)
 
     def _window(self) -> None:
         """Step the batch until a hand-off is due, then hand the characters over."""
