@@ -494,8 +494,9 @@ class Engine:
             return False
         if aborts:  # first, so that their rows go to the queue's requests at once
             self._drop([r for r in self._active if r.id in aborts], CANCELLED)
-            self._end([r for r, _ in self._reading if r.id in aborts], CANCELLED)
+            cancelled = [r for r, _ in self._reading if r.id in aborts]
             self._reading = [(r, p) for r, p in self._reading if r.id not in aborts]
+            self._end(cancelled, CANCELLED)  # last: it wakes their readers
         with self._lock:
             while self._queue_fits_locked():
                 request = self._queue.popleft()
