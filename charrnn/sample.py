@@ -372,10 +372,15 @@ class Sampler:
         # The prime is read once and its state copied to every row: reading it per row cost
         # `rows` times the time and memory (64 rows of a 10,000-character prime held a
         # server's loop for seconds and 1.6 GB).
-        reading = PrimeReading(self, ids)
+        return self.rows_from(settings, *self.read_prime(ids))
+
+    def read_prime(self, prime_ids: Sequence[int]) -> tuple[torch.Tensor, State]:
+        """The (1, V) scores and the state after reading a prime, PRIME_PIECE characters per
+        call: the one way every path reads a prime, so that all give the same numbers."""
+        reading = PrimeReading(self, prime_ids)
         while not reading.done:
             reading.read_piece()
-        return self.rows_from(settings, reading.logits, reading.state)
+        return reading.logits, reading.state
 
     def rows_from(self, settings: SampleSettings, logits: torch.Tensor, state: State
                   ) -> Streams:
@@ -399,36 +404,26 @@ class Sampler:
     def start_many(self, requests: Sequence[tuple[SampleSettings, str]]) -> list[Streams]:
         """`start` for several requests at once, each (settings, prime) its own Streams.
 
-        Each different prime is read once, and primes of the same length in one call, as one
-        batch: a burst of new requests (a server's, most with the same prime) costs about one
-        call, not one each. The last REMEMBERED_PRIMES short primes are not read again.
+        Each different prime is read once (a burst of new requests, a server's, mostly shares
+        a few), and the last REMEMBERED_PRIMES short ones are not read again. Each is read
+        alone, as `start` reads it: read together, primes of one length cost one call, but
+        their numbers differ from a lone reading's in the last bits, and a request's text
+        must not depend on who else arrived with it.
         """
         ids = []
         for settings, prime in requests:
             settings.validate(self.vocab)
             ids.append(tuple(self.start_ids(self.encode_prime(prime))))
         read: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}  # (1, V) scores, state
-        by_length: dict[int, list[tuple[int, ...]]] = {}
-        for prime_ids in dict.fromkeys(ids):  # each different prime once, in order
+        for prime_ids in dict.fromkeys(ids):  # each different prime once
             if prime_ids in self._read_primes:
                 self._read_primes.move_to_end(prime_ids)
                 read[prime_ids] = self._read_primes[prime_ids]
-            elif len(prime_ids) > PRIME_PIECE:  # in pieces, as `start` reads it
-                reading = PrimeReading(self, prime_ids)
-                while not reading.done:
-                    reading.read_piece()
-                read[prime_ids] = (reading.logits, reading.state)
-            else:
-                by_length.setdefault(len(prime_ids), []).append(prime_ids)
-        for primes in by_length.values():
-            logits, _, state = self.model(torch.tensor(primes, device=self.device))  # (N, P, V)
-            logits = logits[:, -1].float()  # (N, V)
-            for row, prime_ids in enumerate(primes):
-                # Copies: a view would keep the whole burst's tensors alive.
-                read[prime_ids] = (logits[row:row + 1].clone(),
-                                   map_state(lambda s, row=row: s[:, row:row + 1].clone(), state))
-                if len(prime_ids) <= REMEMBERED_PRIME_CHARS:
-                    self._read_primes[prime_ids] = read[prime_ids]
+                continue
+            logits, state = self.read_prime(prime_ids)
+            read[prime_ids] = (logits.clone(), state)  # the scores alone, not all the prime's
+            if len(prime_ids) <= REMEMBERED_PRIME_CHARS:
+                self._read_primes[prime_ids] = read[prime_ids]
         while len(self._read_primes) > REMEMBERED_PRIMES:
             self._read_primes.popitem(last=False)
         return [self.rows_from(settings, *read[prime_ids])
@@ -558,10 +553,8 @@ def beam_search(sampler: Sampler, settings: SampleSettings, prime: str = "",
     """
     width, wanted = settings.beam, settings.num_samples
     stepper, device, vocab = sampler.stepper(), sampler.device, sampler.vocab
-    ids = sampler.start_ids(sampler.encode_prime(prime))
-    logits, _, state = sampler.model(torch.tensor([ids], device=device))
-    state = stepper.from_state(state)
-    logits = logits[:, -1].float()  # (1, V): a single beam to start from
+    logits, state = sampler.read_prime(sampler.start_ids(sampler.encode_prime(prime)))
+    state = stepper.from_state(state)  # logits (1, V): a single beam to start from
     beams = [_Beam(0.0, [], [], StopWatch(stop, vocab.normalize(prime)) if stop else None)]
     finished: list[_Beam] = []
     for _ in range(settings.length):

@@ -7,8 +7,9 @@ request at the next step.
 
 One background thread per model runs the loop (continuous batching):
 - a new request reads its prime in one call and joins the batch at the next step; a prime
-  longer than sample.PRIME_PIECE is read one piece between hand-offs instead, so that it
-  holds the others' text a few milliseconds at a time, never for the whole read;
+  longer than sample.PRIME_PIECE is read one piece between hand-offs instead (one piece per
+  hand-off however many are being read, in turn), so that it holds the others' text a few
+  milliseconds at a time, never for the whole read;
 - every step draws each row's next character by the row's own rules and the request's own
   random numbers (see sample.py), so a request's text depends only on its seed and options,
   never on who else is in the batch: with a seed it is what `charrnn sample` prints;
@@ -307,7 +308,8 @@ class Engine:
         self._stopping = False
         # The engine thread's own.
         self._active: list[_Request] = []  # requests in the batch, in row order
-        self._reading: list[tuple[_Request, PrimeReading]] = []  # long primes being read
+        # Long primes being read, each with the requests waiting for it, in turn.
+        self._reading: dict[tuple[int, ...], tuple[PrimeReading, list[_Request]]] = {}
         self._streams: Streams | None = None  # their rows
         self._thread: threading.Thread | None = None
         self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}",
@@ -488,14 +490,18 @@ class Engine:
                 left = [*self._arrivals, *self._queue]
                 self._arrivals.clear()
                 self._queue.clear()
-            reading = [request for request, _ in self._reading]
+            reading = [r for _, requests in self._reading.values() for r in requests]
             self._end([*self._active, *reading, *left], SHUTDOWN)
-            self._active, self._streams, self._reading = [], None, []
+            self._active, self._streams, self._reading = [], None, {}
             return False
         if aborts:  # first, so that their rows go to the queue's requests at once
             self._drop([r for r in self._active if r.id in aborts], CANCELLED)
-            cancelled = [r for r, _ in self._reading if r.id in aborts]
-            self._reading = [(r, p) for r, p in self._reading if r.id not in aborts]
+            cancelled = []
+            for key, (_, requests) in list(self._reading.items()):
+                cancelled += [r for r in requests if r.id in aborts]
+                requests[:] = [r for r in requests if r.id not in aborts]
+                if not requests:
+                    del self._reading[key]
             self._end(cancelled, CANCELLED)  # last: it wakes their readers
         with self._lock:
             while self._queue_fits_locked():
@@ -510,7 +516,7 @@ class Engine:
         if arrivals:
             self._join(arrivals)
         if self._reading:
-            self._read_pieces()
+            self._read_piece()
         return True
 
     def _queue_fits_locked(self) -> bool:
@@ -519,17 +525,20 @@ class Engine:
             self._reserved_rows + self._queue[0].samples <= self.max_streams
 
     def _join(self, arrivals: list[_Request]) -> None:
-        """Read the new requests' primes (those of one length in one call) and add their rows
-        to the batch; long primes go to `_read_pieces`."""
+        """Read the new requests' primes and add their rows to the batch; long primes go to
+        `_read_piece`."""
         self._end([r for r in arrivals if r.steps_left == 0], LENGTH)  # nothing to generate
         joining = []
         for request in arrivals:
             if request.steps_left == 0:
                 continue
-            reading = PrimeReading(self.sampler,
-                                   self.sampler.start_ids(self.sampler.encode_prime(request.prime)))
+            key = tuple(self.sampler.start_ids(self.sampler.encode_prime(request.prime)))
+            if key in self._reading:  # the same long prime is being read: its end serves both
+                self._reading[key][1].append(request)
+                continue
+            reading = PrimeReading(self.sampler, key)
             if reading.pieces > 1:
-                self._reading.append((request, reading))
+                self._reading[key] = (reading, [request])
             else:
                 joining.append(request)
         if not joining:
@@ -542,24 +551,24 @@ class Engine:
             return
         self._add_rows(joining, started)
 
-    def _read_pieces(self) -> None:
-        """Read one more piece of each long prime; those read to the end join the batch."""
-        read, started, still = [], [], []
-        for request, reading in self._reading:
-            try:
-                reading.read_piece()
-                if reading.done:
-                    started.append(self.sampler.rows_from(request.params.settings,
-                                                          reading.logits, reading.state))
-                    read.append(request)
-                else:
-                    still.append((request, reading))
-            except Exception as exc:  # noqa: BLE001 - that request fails, the batch goes on
-                log.exception("priming failed")
-                self._end([request], ERROR, f"reading the prime failed: {exc}")
-        self._reading = still
-        if read:
-            self._add_rows(read, started)
+    def _read_piece(self) -> None:
+        """Read one piece of the long prime whose turn it is; once it is read to the end, its
+        requests join the batch. One piece per round, however many primes are being read:
+        the batch waits one piece's time."""
+        key, (reading, requests) = next(iter(self._reading.items()))
+        del self._reading[key]
+        try:
+            reading.read_piece()
+            if not reading.done:
+                self._reading[key] = (reading, requests)  # to the back: the others' turn
+                return
+            started = [self.sampler.rows_from(r.params.settings, reading.logits, reading.state)
+                       for r in requests]
+        except Exception as exc:  # noqa: BLE001 - its requests fail, the batch goes on
+            log.exception("priming failed")
+            self._end(requests, ERROR, f"reading the prime failed: {exc}")
+            return
+        self._add_rows(requests, started)
 
     def _add_rows(self, requests: list[_Request], started: list[Streams]) -> None:
         """Requests whose primes were read join the batch, each with its rows."""
