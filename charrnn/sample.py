@@ -48,8 +48,9 @@ REMEMBERED_PRIMES = 64
 REMEMBERED_PRIME_CHARS = 256
 # A prime is read this many characters per call (the state carried between calls): a server
 # reads a long prime a piece at a time between the batch's steps, so that one user's
-# 10,000-character prime does not hold everyone's text for the whole read (0.2 s on 2 cores
-# for a 2x256 LSTM), and `start` reads in the same pieces so that both give the same rows.
+# 10,000-character prime does not hold everyone's text for the whole read (half a second on
+# 2 cores for a 2x256 LSTM), and every path reads in the same pieces (`Sampler.read_prime`),
+# so that all give the same rows.
 PRIME_PIECE = 256
 
 
