@@ -340,6 +340,38 @@ def test_a_long_prime_is_read_between_steps_while_the_batch_generates(
     asyncio.run(until(lambda: engine.load()["rows"] == 0))  # the running one's abort too
 
 
+def test_long_primes_take_at_most_their_share_of_the_loop(engine, short_pieces, monkeypatch):
+    """While others generate, pieces are read in about PRIME_SHARE of the time (each piece
+    followed by three times as long for the batch), however fast or slow the machine."""
+    from charrnn.sample import PrimeReading
+    from charrnn.serve import engine as engine_module
+
+    # Hand-offs far more often than a piece takes: with a piece after each, reading took half
+    # the time here.
+    monkeypatch.setattr(engine_module, "FLUSH_STEPS", 2)
+    spans = []
+    read_piece = PrimeReading.read_piece
+
+    def timed(reading):
+        started = time.monotonic()
+        read_piece(reading)
+        if reading.pieces > 1:  # the long prime's (a short one is read in one piece)
+            spans.append((started, time.monotonic()))
+
+    monkeypatch.setattr(PrimeReading, "read_piece", timed)
+
+    async def scenario():
+        engine.add_request("running", "", params(length=ENDLESS, seed=1))
+        long = engine.add_request("long", LONG_PRIME, params(length=5, seed=2))
+        await long.result()
+        engine.abort("running")
+
+    asyncio.run(scenario())
+    reading = sum(end - start for start, end in spans)
+    assert len(spans) == 102
+    assert reading / (spans[-1][1] - spans[0][0]) < engine_module.PRIME_SHARE + 0.15
+
+
 @pytest.mark.parametrize("end", ["abort", "shutdown"])
 def test_a_request_whose_long_prime_is_being_read_can_end(make_engine, short_pieces, end):
     engine = make_engine(max_streams=8)
