@@ -187,6 +187,36 @@ def test_beam_requests_run_outside_the_batch_and_match_beam_search(engine, sampl
     assert len(drawn.texts[0]) == 200
 
 
+def test_a_beam_search_takes_its_share_of_the_time_while_others_generate(engine, monkeypatch):
+    """Between its steps the search sleeps three times as long as the step took while the
+    batch has rows (BEAM_SHARE), and not at all once the batch is empty."""
+    from charrnn.serve import engine as engine_module
+
+    slept = []
+    sleep = time.sleep
+    monkeypatch.setattr(engine_module.time, "sleep",
+                        lambda seconds: slept.append(seconds) or sleep(seconds))
+    settings = SampleSettings(length=150, beam=4)
+
+    async def scenario():
+        engine.add_request("running", "", params(length=ENDLESS, seed=1))
+        await until(lambda: engine._active)
+        started = time.monotonic()
+        await engine.add_request("shared", "The ", GenerationParams(settings)).result()
+        shared = time.monotonic() - started, sum(slept), len(slept)
+        engine.abort("running")
+        await until(lambda: not engine._active)
+        slept.clear()
+        await engine.add_request("alone", "The ", GenerationParams(settings)).result()
+        return shared, len(slept)
+
+    (took, asleep, sleeps), alone = asyncio.run(scenario())
+    assert sleeps >= 150 and alone == 0
+    searching = took - asleep  # the steps, and the request's own comings and goings
+    paced = 1 / engine_module.BEAM_SHARE - 1  # 3: each step followed by three times as long
+    assert paced / 2 * searching <= asleep <= paced * searching
+
+
 @pytest.mark.parametrize("how", ["abort", "shutdown"])
 def test_a_beam_search_stops_part_way_when_its_client_leaves_or_the_server_stops(
         make_engine, how):

@@ -64,6 +64,10 @@ DRAW_AHEAD = 512
 # a piece after every hand-off, 10,000-character primes sent back to back left 8 streaming
 # clients about half their speed (9,300 against 17,500 chars/s); with this share 74-96%.
 PRIME_SHARE = 0.25
+# Likewise a beam search, on its own thread: one client sending searches (32 beams, 1,000
+# characters) back to back left 8 streaming clients a quarter of their speed (the search's
+# Python work between its small steps holds the interpreter lock the loop needs).
+BEAM_SHARE = 0.25
 RETRY_AFTER = 1  # seconds a refused caller should wait: rows free up within about that
 NOT_FINITE = ("the model's scores are not numbers (NaN or inf): its weights are damaged or "
               "its training diverged; serve another checkpoint")
@@ -434,9 +438,17 @@ class Engine:
             if request.aborted or self._stopping:
                 request.finish(CANCELLED if request.aborted else SHUTDOWN)
                 return
+            step_started = time.monotonic()
+
+            def between_steps() -> bool:  # paces the search; True: stop it
+                nonlocal step_started
+                if self._active:  # others generate: the search takes its share of the time
+                    time.sleep((time.monotonic() - step_started) * (1 / BEAM_SHARE - 1))
+                step_started = time.monotonic()
+                return request.aborted or self._stopping
+
             found = beam_search(self.sampler, request.params.settings, request.prime,
-                                request.params.stop,
-                                cancelled=lambda: request.aborted or self._stopping)
+                                request.params.stop, cancelled=between_steps)
             texts, logprobs = [], []
             for i, sample in enumerate(found):
                 watch = request.watches[i] if request.watches else None
