@@ -11,15 +11,8 @@ import torch
 from charrnn.checkpoint import load_model
 from charrnn.errors import Cancelled, Overloaded, ShuttingDown, UsageError
 from charrnn.sample import Sampler, SampleSettings, beam_search
-from charrnn.serve.engine import (
-    CANCELLED,
-    ERROR,
-    LENGTH,
-    SHUTDOWN,
-    STOP,
-    Engine,
-    GenerationParams,
-)
+from charrnn.serve.engine import Engine, GenerationParams
+from charrnn.serve.streams import CANCELLED, ERROR, LENGTH, SHUTDOWN, STOP
 
 ENDLESS = 1_000_000  # characters: a request that runs until the test ends it, on any machine
 

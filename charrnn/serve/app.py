@@ -32,8 +32,9 @@ from charrnn import __version__
 from charrnn.errors import Overloaded, ShuttingDown, UsageError
 from charrnn.safeload import load_json
 from charrnn.sample import SampleSettings
-from charrnn.serve.engine import ERROR, Delta, GenerationParams, Outcome, RequestStream
+from charrnn.serve.engine import GenerationParams
 from charrnn.serve.models import ServedModel
+from charrnn.serve.streams import ERROR, Delta, Outcome, RequestStream
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # a request is a few options and a prime: 1 MB is plenty
