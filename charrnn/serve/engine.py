@@ -7,9 +7,9 @@ request at the next step.
 
 One background thread per model runs the loop (continuous batching):
 - a new request reads its prime in one call and joins the batch at the next step; a prime
-  longer than sample.PRIME_PIECE is read one piece between hand-offs instead (one piece per
-  hand-off however many are being read, in turn), so that it holds the others' text a few
-  milliseconds at a time, never for the whole read;
+  longer than sample.PRIME_PIECE is read one piece at a time between hand-offs instead (the
+  waiting primes in turn, and in at most PRIME_SHARE of the time while the batch has rows),
+  so that it holds the others' text a few milliseconds at a time, never for the whole read;
 - every step draws each row's next character by the row's own rules and the request's own
   random numbers (see sample.py), so a request's text depends only on its seed and options,
   never on who else is in the batch: with a seed it is what `charrnn sample` prints;
@@ -25,7 +25,7 @@ the characters or the readers, and the loop never waits for an event loop.
 The batch holds at most `max_streams` rows (a request takes `num_samples` of them); beyond it
 requests queue, at most `max_queue` of them, and beyond that `add_request` raises Overloaded.
 Beam search (deterministic, its texts known only at the end) runs outside the batch, on one
-worker thread.
+worker thread, in at most BEAM_SHARE of the time while any engine of the process generates.
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
+from charrnn import devices
 from charrnn.errors import Cancelled, Overloaded, ShuttingDown, UsageError
 from charrnn.sample import (
     PrimeReading,
@@ -59,6 +61,7 @@ from charrnn.serve.streams import (
     SHUTDOWN,
     STOP,
     Delta,
+    Outcome,  # noqa: F401 - the engine's answers: importable from here as before
     RequestStream,
     wake_readers,
 )
@@ -76,11 +79,22 @@ DRAW_AHEAD = 512
 PRIME_SHARE = 0.25
 # Likewise a beam search, on its own thread: one client sending searches (32 beams, 1,000
 # characters) back to back left 8 streaming clients a quarter of their speed (the search's
-# Python work between its small steps holds the interpreter lock the loop needs).
+# Python work between its small steps holds the interpreter lock that every model's loop
+# needs). Between steps it waits three times as long as the step took, at most MAX_BEAM_PAUSE.
 BEAM_SHARE = 0.25
+MAX_BEAM_PAUSE = 1.0
 RETRY_AFTER = 1  # seconds a refused caller should wait: rows free up within about that
 NOT_FINITE = ("the model's scores are not numbers (NaN or inf): its weights are damaged or "
               "its training diverged; serve another checkpoint")
+
+# Every engine of the process: a beam search yields to the batch of any of them.
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_ENGINES_LOCK = threading.Lock()
+
+
+def _any_generating() -> bool:
+    with _ENGINES_LOCK:
+        return any(engine._active for engine in _ENGINES)
 
 @dataclass(frozen=True)
 class GenerationParams:
@@ -188,6 +202,9 @@ class Engine:
         self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}",
                                          initializer=torch.set_num_threads, initargs=(1,))
         self._beams_pending = 0  # beam searches queued or running
+        self._beam_wake = threading.Event()  # ends a beam search's pause: abort, shutdown
+        with _ENGINES_LOCK:
+            _ENGINES.add(self)
         self.failure: str | None = None  # set if the loop itself died (a bug)
 
     # ---- the callers' side ----------------------------------------------------------------
@@ -270,6 +287,8 @@ class Engine:
             if request.params.settings.beam is None:
                 self._aborts.append(request_id)
                 self._work.notify()
+            else:
+                self._beam_wake.set()
 
     def shutdown(self) -> None:
         """End every running and queued request at the next step (SHUTDOWN) and refuse new
@@ -277,6 +296,7 @@ class Engine:
         with self._lock:
             self._stopping = True
             self._work.notify()
+        self._beam_wake.set()
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Shut down and wait for the loop and the beam worker to end."""
@@ -302,12 +322,16 @@ class Engine:
             if request.aborted or self._stopping:
                 request.finish(CANCELLED if request.aborted else SHUTDOWN)
                 return
-            step_started = time.monotonic()
+            step_started: float | None = None  # the clock starts after the prime is read
 
             def between_steps() -> bool:  # paces the search; True: stop it
                 nonlocal step_started
-                if self._active:  # others generate: the search takes its share of the time
-                    time.sleep((time.monotonic() - step_started) * (1 / BEAM_SHARE - 1))
+                if request.aborted or self._stopping:
+                    return True
+                if step_started is not None and _any_generating():
+                    took = time.monotonic() - step_started
+                    self._beam_wake.wait(min(took * (1 / BEAM_SHARE - 1), MAX_BEAM_PAUSE))
+                    self._beam_wake.clear()  # (an abort of a queued search woke it: go on)
                 step_started = time.monotonic()
                 return request.aborted or self._stopping
 
@@ -442,6 +466,7 @@ class Engine:
         try:
             started_at = time.monotonic()
             reading.read_piece()
+            devices.synchronize(self.device)  # an accelerator's piece takes its time here
             took = time.monotonic() - started_at
             self._next_piece_at = started_at + took / PRIME_SHARE
             if not reading.done:
