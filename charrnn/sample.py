@@ -41,9 +41,10 @@ GREEDY_BELOW = torch.finfo(torch.float32).tiny  # temperatures this small act as
 # temperatures are drawn as this one (a larger divisor would overflow float32).
 FLATTEST = 1e6
 MAX_PRIME_BYTES = 1 << 20  # a prime file larger than this is a mistake, not a prompt
-# `start_many` remembers what reading the last few primes gave: a server's requests mostly
-# share a few (none at all, or a page's example), and reading one, even a single character,
-# cost a 64-stream batch as much as a step. Longer primes are rarely sent twice.
+# `start_many` (`start_from_ids`) remembers what reading the last few primes gave: a server's
+# requests mostly share a few (none at all, or a page's example), and reading one, even a
+# single character, cost a 64-stream batch as much as a step. Longer primes are rarely sent
+# twice.
 REMEMBERED_PRIMES = 64
 REMEMBERED_PRIME_CHARS = 256
 # A prime is read this many characters per call (the state carried between calls): a server
@@ -411,10 +412,18 @@ class Sampler:
         their numbers differ from a lone reading's in the last bits, and a request's text
         must not depend on who else arrived with it.
         """
-        ids = []
+        started = []
         for settings, prime in requests:
             settings.validate(self.vocab)
-            ids.append(tuple(self.start_ids(self.encode_prime(prime))))
+            started.append((settings, tuple(self.start_ids(self.encode_prime(prime)))))
+        return self.start_from_ids(started)
+
+    @torch.inference_mode()
+    def start_from_ids(self, requests: Sequence[tuple[SampleSettings, tuple[int, ...]]]
+                       ) -> list[Streams]:
+        """`start_many` for settings already checked and primes already encoded (with
+        `start_ids`): a server's engine has done both when the request arrived."""
+        ids = [prime_ids for _, prime_ids in requests]
         read: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}  # (1, V) scores, state
         for prime_ids in dict.fromkeys(ids):  # each different prime once
             if prime_ids in self._read_primes:

@@ -96,6 +96,7 @@ def _any_generating() -> bool:
     with _ENGINES_LOCK:
         return any(engine._active for engine in _ENGINES)
 
+
 @dataclass(frozen=True)
 class GenerationParams:
     """What a request asks for besides its prime."""
@@ -108,10 +109,11 @@ class GenerationParams:
 class _Request:
     """The engine's record of one request: its rows, random numbers and stop watches."""
 
-    def __init__(self, request_id: str, prime: str, params: GenerationParams,
-                 stream: RequestStream, normalized_prime: str):
+    def __init__(self, request_id: str, prime: str, prime_ids: tuple[int, ...],
+                 params: GenerationParams, stream: RequestStream, normalized_prime: str):
         self.id = request_id
         self.prime = prime
+        self.prime_ids = prime_ids  # as the model reads it (Sampler.start_ids)
         self.params = params
         self.stream = stream
         self.samples = params.settings.num_samples
@@ -240,13 +242,14 @@ class Engine:
         if settings.beam is None and settings.num_samples > self.max_streams:
             raise UsageError(f"num_samples must be at most {self.max_streams} (the rows of the "
                              f"batch), not {settings.num_samples}")
-        self.sampler.encode_prime(prime)  # characters the model lacks: a UsageError naming them
+        # Characters the model lacks: a UsageError naming them. The ids are read in the loop.
+        prime_ids = tuple(self.sampler.start_ids(self.sampler.encode_prime(prime)))
         stop = self.sampler.prepare_stop(params.stop) if params.stop is not None else None
         params = GenerationParams(settings, stop, params.logprobs)
         normalized = self.vocab.normalize(prime)
         stream = RequestStream(request_id, settings.num_samples, params.logprobs,
                                len(normalized), loop)
-        request = _Request(request_id, prime, params, stream, normalized)
+        request = _Request(request_id, prime, prime_ids, params, stream, normalized)
         with self._lock:
             if self._stopping:
                 raise ShuttingDown(f"model {self.name} is shutting down")
@@ -437,7 +440,7 @@ class Engine:
         for request in arrivals:
             if request.steps_left == 0:
                 continue
-            key = tuple(self.sampler.start_ids(self.sampler.encode_prime(request.prime)))
+            key = request.prime_ids
             if key in self._reading:  # the same long prime is being read: its end serves both
                 self._reading[key][1].append(request)
                 continue
@@ -449,7 +452,8 @@ class Engine:
         if not joining:
             return
         try:
-            started = self.sampler.start_many([(r.params.settings, r.prime) for r in joining])
+            started = self.sampler.start_from_ids([(r.params.settings, r.prime_ids)
+                                                   for r in joining])
         except Exception as exc:  # noqa: BLE001 - the new requests fail, the batch goes on
             log.exception("priming failed")
             self._end(joining, ERROR, f"reading the prime failed: {exc}")
