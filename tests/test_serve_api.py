@@ -577,3 +577,52 @@ def test_events_are_spaced_out_while_many_streams_generate():
     assert event_interval(0) == event_interval(1) == event_interval(32) == EVENT_INTERVAL
     assert event_interval(64) == pytest.approx(2 * EVENT_INTERVAL)
     assert event_interval(10_000) == MAX_EVENT_INTERVAL
+
+
+# ---- long answers ------------------------------------------------------------------------------
+def _outcome(samples: int, length: int, logprobs: bool):
+    from charrnn.serve.streams import Outcome
+    texts = [("ab\"é\n" * length)[:length] for _ in range(samples)]
+    values = [[-(i + 1) * 0.123456789 - k * 1e-7 for k in range(length)] for i in range(samples)]
+    return Outcome(texts, values if logprobs else None, ["length"] * samples, prime_chars=3)
+
+
+@pytest.mark.parametrize("length", [0, 1, 4096, 4097, 10_000])
+@pytest.mark.parametrize("logprobs", [True, False])
+@pytest.mark.parametrize("error", [None, {"type": "model_error", "message": "x"}])
+def test_an_answer_written_in_pieces_is_the_summary_as_json(length, logprobs, error):
+    from charrnn.serve.app import LOGPROBS_PER_PIECE, _json, answer_pieces, summary
+    outcome = _outcome(3, length, logprobs)
+    whole = {"error": error} if error is not None else {}
+    whole |= summary("m", outcome, logprobs)
+    pieces = list(answer_pieces("m", outcome, logprobs, error))
+    assert "".join(pieces) == _json(whole)
+    assert json.loads("".join(pieces)) == json.loads(_json(whole))
+    assert all(piece.count(",") <= LOGPROBS_PER_PIECE + 8 for piece in pieces)
+
+
+def test_a_long_answer_lets_the_event_loop_run_while_it_is_written():
+    """64 samples of 10,000 characters with log-probabilities: others' work runs between its
+    pieces (written at once, it held every stream's events for about half a second)."""
+    from charrnn.serve.app import _json, answer_json, summary
+    outcome = _outcome(64, 10_000, True)
+
+    async def race() -> tuple[str, int]:
+        turns = 0
+
+        async def other_work() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        try:
+            return await answer_json("m", outcome, True), turns
+        finally:
+            ticker.cancel()
+
+    text, turns = asyncio.run(race())
+    assert text == _json(summary("m", outcome, True))
+    assert turns >= 2 * 64  # about 100 KB per sample: several turns each (at once: one)

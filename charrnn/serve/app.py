@@ -18,7 +18,7 @@ import asyncio
 import hmac
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,10 @@ EVENT_STREAMS = 32
 MAX_EVENT_INTERVAL = 0.25
 PING_SECONDS = 15.0  # a comment line keeps a queued stream's connection from timing out
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
+# A long answer is written this much at a time, the event loop's other work in between (a
+# piece of log-probabilities takes a few milliseconds to round and write).
+LOGPROBS_PER_PIECE = 4096
+ANSWER_PIECE_CHARS = 32 * 1024
 MAX_UNKNOWN_SHOWN = 5  # unknown fields named in an error; the rest are counted
 # The pages load only their own files, and no other site may frame them (and trick a user's
 # clicks on them).
@@ -260,7 +264,8 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
             return Response(status_code=499)
         if outcome.error is not None:
             return error_response(500, "model_error", [(None, outcome.error)])
-        return JSONResponse(summary(served.name, outcome, params.logprobs))
+        body = await answer_json(served.name, outcome, params.logprobs)
+        return Response(body.encode(), media_type="application/json")
 
     if api_key:
         app.add_middleware(BearerKey, key=api_key)
@@ -431,9 +436,48 @@ def _rounded(values: list[float]) -> list[float]:
     return [round(v, 6) for v in values]
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _sse(event: str, data: dict) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+    return f"event: {event}\ndata: {_json(data)}\n\n".encode()
+
+
+async def answer_json(model: str, outcome: Outcome, with_logprobs: bool,
+                      error: dict | None = None) -> str:
+    """`summary` (after `error`, if given) as compact JSON, written in pieces with the event
+    loop's other work in between: 64 samples of 10,000 characters with log-probabilities
+    make about 6 MB, and written at once they held every other stream's events for 0.5 s."""
+    parts, written = [], 0
+    for piece in answer_pieces(model, outcome, with_logprobs, error):
+        parts.append(piece)
+        written += len(piece)
+        if written >= ANSWER_PIECE_CHARS:
+            written = 0
+            await asyncio.sleep(0)
+    return "".join(parts)
+
+
+def answer_pieces(model: str, outcome: Outcome, with_logprobs: bool,
+                  error: dict | None = None) -> Iterator[str]:
+    """The text of `_json({"error": error, **summary(...)})` (no "error" key when None) in
+    pieces of at most LOGPROBS_PER_PIECE log-probabilities, rounded a piece at a time."""
+    answer = summary(model, outcome, with_logprobs=False)
+    logprobs = outcome.logprobs if with_logprobs else None
+    head = {"error": error} if error is not None else {}
+    yield _json({**head, "model": model})[:-1] + ',"samples":['
+    for i, sample in enumerate(answer["samples"]):
+        yield ("," if i else "") + '{"text":' + _json(sample["text"])
+        if logprobs is not None:
+            values = logprobs[i]
+            yield ',"logprobs":['
+            for start in range(0, len(values), LOGPROBS_PER_PIECE):
+                piece = _json(_rounded(values[start:start + LOGPROBS_PER_PIECE]))[1:-1]
+                yield ("," if start else "") + piece
+            yield "]"
+        yield ',"finish_reason":' + _json(sample["finish_reason"]) + "}"
+    yield '],"usage":' + _json(answer["usage"]) + "}"
 
 
 def _delta_event(delta: Delta) -> bytes:
@@ -464,12 +508,13 @@ async def events(served: ServedModel, stream: RequestStream, with_logprobs: bool
                 # Let text gather: one event per interval.
                 await stream.pause(event_interval(served.engine.load()["rows"]))
         outcome = stream.outcome()
-        answer = summary(served.name, outcome, with_logprobs)
         if outcome.error is not None or ERROR in outcome.finish_reasons:
-            yield _sse("error", {"error": {"type": "model_error", "message": outcome.error},
-                                 **answer})
+            error = {"type": "model_error", "message": outcome.error}
+            answer = await answer_json(served.name, outcome, with_logprobs, error)
+            yield f"event: error\ndata: {answer}\n\n".encode()
         else:
-            yield _sse("done", answer)
+            answer = await answer_json(served.name, outcome, with_logprobs)
+            yield f"event: done\ndata: {answer}\n\n".encode()
     finally:
         if not stream.finished:
             served.engine.abort(stream.id)
