@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -316,9 +317,11 @@ class Sampler:
         self.device = torch.device(device)
         self._threads: dict[int, int] = {}  # streams -> the CPU threads fastest for them
         self._stepper: Stepper | None = None
-        # prime ids -> (1, V) scores and state after reading them, least recently used first
+        # prime ids -> (1, V) scores and state after reading them, least recently used first;
+        # locked: a notebook or a server may start samples from several threads.
         self._read_primes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, State]] = \
             OrderedDict()
+        self._read_primes_lock = threading.Lock()
 
     def encode_prime(self, prime: str) -> list[int]:
         text = self.vocab.normalize(prime)
@@ -426,16 +429,20 @@ class Sampler:
         ids = [prime_ids for _, prime_ids in requests]
         read: dict[tuple[int, ...], tuple[torch.Tensor, State]] = {}  # (1, V) scores, state
         for prime_ids in dict.fromkeys(ids):  # each different prime once
-            if prime_ids in self._read_primes:
-                self._read_primes.move_to_end(prime_ids)
-                read[prime_ids] = self._read_primes[prime_ids]
+            with self._read_primes_lock:
+                remembered = self._read_primes.get(prime_ids)
+                if remembered is not None:
+                    self._read_primes.move_to_end(prime_ids)
+            if remembered is not None:
+                read[prime_ids] = remembered
                 continue
             logits, state = self.read_prime(prime_ids)
             read[prime_ids] = (logits.clone(), state)  # the scores alone, not all the prime's
             if len(prime_ids) <= REMEMBERED_PRIME_CHARS:
-                self._read_primes[prime_ids] = read[prime_ids]
-        while len(self._read_primes) > REMEMBERED_PRIMES:
-            self._read_primes.popitem(last=False)
+                with self._read_primes_lock:
+                    self._read_primes[prime_ids] = read[prime_ids]
+                    while len(self._read_primes) > REMEMBERED_PRIMES:
+                        self._read_primes.popitem(last=False)
         return [self.rows_from(settings, *read[prime_ids])
                 for (settings, _), prime_ids in zip(requests, ids, strict=True)]
 

@@ -525,6 +525,49 @@ def test_primes_read_lately_are_remembered_and_give_the_same_rows(tiny_run, monk
                                           (*vocab.encode("The ").tolist(),)]
 
 
+def test_primes_are_remembered_safely_from_several_threads(tiny_run, monkeypatch):
+    """A notebook or server may start samples on one Sampler from several threads: one
+    thread's lookup of a remembered prime is never undone halfway by another's eviction (the
+    cache below sleeps inside each lookup to let the other threads in), the remembered primes
+    stay bounded, and every row is what a lone start gives."""
+    import threading
+    from collections import OrderedDict
+
+    from charrnn import sample as sample_module
+
+    class SlowToReorder(OrderedDict):
+        def move_to_end(self, key, last=True):  # noqa: ANN001, ANN202 - OrderedDict's
+            time.sleep(0.002)
+            super().move_to_end(key, last)
+
+    monkeypatch.setattr(sample_module, "REMEMBERED_PRIMES", 2)
+    model, vocab, _ = load_model(tiny_run)
+    sampler = Sampler(model, vocab)
+    sampler._read_primes = SlowToReorder()
+    settings = SampleSettings()
+    primes = ["a", "b", "c", "The "]
+    expected = {p: sampler.start(settings, p).logits for p in primes}
+    failures = []
+
+    def hammer(offset: int) -> None:
+        try:
+            for round_ in range(40):
+                prime = primes[(offset + round_ // 4) % len(primes)]
+                (streams,) = sampler.start_many([(settings, prime)])
+                if not torch.equal(streams.logits, expected[prime]):
+                    failures.append(prime)
+        except Exception as exc:  # noqa: BLE001 - any error in a thread is the failure
+            failures.append(repr(exc))
+
+    workers = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert not failures and not any(w.is_alive() for w in workers)
+    assert len(sampler._read_primes) <= 2
+
+
 def test_primes_read_together_give_what_each_gives_alone(sampler):
     """A burst of new requests reads each different prime once, alone: exactly what `start`
     gives (primes of one length read in one call differed in the last bits)."""
