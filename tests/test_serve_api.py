@@ -483,6 +483,25 @@ def test_bad_requests_in_a_burst_leave_streams_running(client, server):
 
 
 # ---- disconnects, queues, keys ------------------------------------------------------------------
+def test_requests_are_queued_by_their_clients_address(server, client, monkeypatch):
+    """The engine hears who sent each request (queued requests take turns by it): the peer's
+    address, or the one a proxy on this machine forwards."""
+    engine = server[1]["run"].engine
+    clients = []
+    add_request = engine.add_request
+
+    def recording(request_id, prime, params, client=None):  # noqa: ANN001, ANN202
+        clients.append(client)
+        return add_request(request_id, prime, params, client)
+
+    monkeypatch.setattr(engine, "add_request", recording)
+    assert client.post("/v1/generate", json={"length": 5}).status_code == 200
+    forwarded = client.post("/v1/generate", json={"length": 5},
+                            headers={"X-Forwarded-For": "203.0.113.7"})
+    assert forwarded.status_code == 200
+    assert clients == ["127.0.0.1", "203.0.113.7"]
+
+
 def test_a_client_that_disconnects_mid_stream_frees_its_rows(server):
     url, models = server
     engine = models["run"].engine

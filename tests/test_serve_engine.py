@@ -130,6 +130,46 @@ def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(make
     assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
 
 
+def test_queued_requests_take_turns_by_client(make_engine):
+    """One client's backlog does not hold back another's request: the next to start is the
+    earliest of the client holding the fewest rows. A request whose rows do not fit yet is
+    not passed over (it would wait for ever behind smaller ones)."""
+    engine = make_engine(max_streams=2, max_queue=8)
+
+    async def scenario():
+        endless = params(length=ENDLESS)
+        a_run = engine.add_request("a-run", "", endless, client="A")
+        b_run = engine.add_request("b-run", "", endless, client="B")
+        a_backlog = [engine.add_request(f"a{i}", "", endless, client="A") for i in range(3)]
+        b_late = engine.add_request("b-late", "", endless, client="B")
+        await a_run.next_delta()
+        engine.abort("a-run")  # A holds no rows: its earliest queued request starts
+        await a_backlog[0].next_delta()
+        engine.abort("b-run")  # B holds none, A one: B's request goes before A's backlog
+        await b_late.next_delta()
+        still_queued = engine.load()["queued"]
+        # A 2-row request first in line, then a 1-row one: with one row free, both wait.
+        for request in (*a_backlog[1:], b_late):
+            engine.abort(request.id)
+        await until(lambda: engine.load() == {"rows": 1, "queued": 0, "beams": 0})
+        big = engine.add_request("c-big", "", params(length=20, num_samples=2), client="C")
+        small = engine.add_request("d-small", "", params(length=20), client="D")
+        for _ in range(3):  # a few rounds of the loop
+            await a_backlog[0].next_delta()
+        waiting = engine.load()["queued"], list(small._pending)
+        engine.abort("a0")
+        outcomes = await asyncio.wait_for(asyncio.gather(big.result(), small.result()), 5)
+        await asyncio.gather(a_run.result(), b_run.result(), b_late.result(),
+                             *(request.result() for request in a_backlog))
+        return still_queued, waiting, outcomes
+
+    still_queued, waiting, outcomes = asyncio.run(scenario())
+    assert still_queued == 2  # a1 and a2 wait while b-late generates
+    assert waiting == (2, [])  # c-big and d-small queued, d-small given nothing yet
+    assert [o.finish_reasons for o in outcomes] == [[LENGTH, LENGTH], [LENGTH]]
+    assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
+
+
 def test_a_queued_request_can_be_aborted_before_it_starts(make_engine):
     engine = make_engine(max_streams=1, max_queue=4)
 

@@ -247,7 +247,10 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
         asked, problems = parse_request(await read_json(request))
         served, params, prime = resolve(asked, models, default, problems)
         try:
-            stream = served.engine.add_request(uuid.uuid4().hex, prime, params)
+            # The client's address (behind a proxy on this machine, the one it forwards):
+            # queued requests take turns by it.
+            client = request.client.host if request.client is not None else None
+            stream = served.engine.add_request(uuid.uuid4().hex, prime, params, client)
         except Overloaded as exc:
             raise ApiError(503, "overloaded", [(None, str(exc))],
                            {"Retry-After": str(exc.retry_after)}) from None

@@ -24,6 +24,8 @@ the characters or the readers, and the loop never waits for an event loop.
 
 The batch holds at most `max_streams` rows (a request takes `num_samples` of them); beyond it
 requests queue, at most `max_queue` of them, and beyond that `add_request` raises Overloaded.
+Queued requests take turns by client: the next to start is the earliest of the client holding
+the fewest rows (one client's backlog does not hold back everyone else's requests).
 Beam search (deterministic, its texts known only at the end) runs outside the batch, on one
 worker thread, in at most BEAM_SHARE of the time while any engine of the process generates.
 """
@@ -110,8 +112,10 @@ class _Request:
     """The engine's record of one request: its rows, random numbers and stop watches."""
 
     def __init__(self, request_id: str, prime: str, prime_ids: tuple[int, ...],
-                 params: GenerationParams, stream: RequestStream, normalized_prime: str):
+                 params: GenerationParams, stream: RequestStream, normalized_prime: str,
+                 client: str | None):
         self.id = request_id
+        self.client = client  # who sent it (an address), for a fair turn in the queue
         self.prime = prime
         self.prime_ids = prime_ids  # as the model reads it (Sampler.start_ids)
         self.params = params
@@ -193,6 +197,7 @@ class Engine:
         self._queue: collections.deque[_Request] = collections.deque()  # waiting for rows
         self._aborts: collections.deque[str] = collections.deque()
         self._reserved_rows = 0  # rows of the batch plus those of the arrivals
+        self._client_rows: collections.Counter[str | None] = collections.Counter()  # of those
         self._stopping = False
         # The engine thread's own.
         self._active: list[_Request] = []  # requests in the batch, in row order
@@ -227,9 +232,13 @@ class Engine:
         return {"rows": self._reserved_rows, "queued": len(self._queue),
                 "beams": self._beams_pending}
 
-    def add_request(self, request_id: str, prime: str, params: GenerationParams
-                    ) -> RequestStream:
+    def add_request(self, request_id: str, prime: str, params: GenerationParams,
+                    client: str | None = None) -> RequestStream:
         """Queue a request; read its text from the returned stream on this event loop.
+
+        `client` names who sent it (a server passes the address): while requests queue, the
+        next to start is the earliest of the client holding the fewest rows, so that one
+        client's backlog does not hold back everyone else's requests.
 
         Raises UsageError for options the model cannot honour, Overloaded when the batch and
         the queue are full, ShuttingDown once `shutdown()` was called.
@@ -249,7 +258,7 @@ class Engine:
         normalized = self.vocab.normalize(prime)
         stream = RequestStream(request_id, settings.num_samples, params.logprobs,
                                len(normalized), loop)
-        request = _Request(request_id, prime, prime_ids, params, stream, normalized)
+        request = _Request(request_id, prime, prime_ids, params, stream, normalized, client)
         with self._lock:
             if self._stopping:
                 raise ShuttingDown(f"model {self.name} is shutting down")
@@ -260,9 +269,7 @@ class Engine:
                 return stream
             if not self._queue and \
                     self._reserved_rows + request.samples <= self.max_streams:
-                self._reserved_rows += request.samples
-                request.reserved = True
-                self._arrivals.append(request)
+                self._reserve_locked(request)
             elif len(self._queue) < self.max_queue:
                 self._queue.append(request)
             else:
@@ -388,7 +395,7 @@ class Engine:
         False once the engine is stopping (every request then ended)."""
         with self._lock:
             while not (self._active or self._reading or self._arrivals or self._aborts
-                       or self._stopping or self._queue_fits_locked()):
+                       or self._stopping or self._next_queued_locked()):
                 self._work.wait()
             aborts = set(self._aborts)
             self._aborts.clear()
@@ -412,11 +419,9 @@ class Engine:
                     del self._reading[key]
             self._end(cancelled, CANCELLED)  # last: it wakes their readers
         with self._lock:
-            while self._queue_fits_locked():
-                request = self._queue.popleft()
-                self._reserved_rows += request.samples
-                request.reserved = True
-                self._arrivals.append(request)
+            while (request := self._next_queued_locked()) is not None:
+                self._queue.remove(request)
+                self._reserve_locked(request)
             arrivals = list(self._arrivals)
             self._arrivals.clear()
         self._end([r for r in arrivals if r.id in aborts], CANCELLED)
@@ -427,10 +432,27 @@ class Engine:
             self._read_piece()
         return True
 
-    def _queue_fits_locked(self) -> bool:
-        """Whether the first queued request's rows fit in the batch now."""
-        return bool(self._queue) and \
-            self._reserved_rows + self._queue[0].samples <= self.max_streams
+    def _next_queued_locked(self) -> _Request | None:
+        """The queued request to start now, if any: the earliest of the client holding the
+        fewest rows, when its rows fit. One that does not fit waits, and the others with it,
+        so a large request is never passed over for ever."""
+        chosen, fewest = None, 0
+        for request in self._queue:
+            rows = self._client_rows[request.client]
+            if chosen is None or rows < fewest:
+                chosen, fewest = request, rows
+                if rows == 0:
+                    break
+        if chosen is None or self._reserved_rows + chosen.samples > self.max_streams:
+            return None
+        return chosen
+
+    def _reserve_locked(self, request: _Request) -> None:
+        """Count a request's rows in the batch; it joins at the next step."""
+        self._reserved_rows += request.samples
+        self._client_rows[request.client] += request.samples
+        request.reserved = True
+        self._arrivals.append(request)
 
     def _join(self, arrivals: list[_Request]) -> None:
         """Read the new requests' primes and add their rows to the batch; long primes go to
@@ -594,6 +616,9 @@ class Engine:
                 self._requests.pop(request.id, None)
                 if request.reserved:
                     self._reserved_rows -= request.samples
+                    self._client_rows[request.client] -= request.samples
+                    if not self._client_rows[request.client]:
+                        del self._client_rows[request.client]
                     request.reserved = False
         if wake:
             wake_readers([r.stream for r in requests])
