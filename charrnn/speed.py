@@ -9,6 +9,7 @@ even where bf16 hardware exists, a recurrent step's short matrices may not use i
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 
@@ -101,25 +102,28 @@ def choose_precision(speeds: dict[str, float]) -> str:
     return "fp32" if "fp32" in speeds else next(iter(speeds))
 
 
-def fastest_threads(work: Callable[[], object], seconds: float = 0.01) -> int:
+def fastest_threads(work: Callable[[], object], seconds: float = 0.004, rounds: int = 3) -> int:
     """The number of CPU threads (1, or torch's current count) that runs `work` faster here.
 
     Small operations, such as one generated character of one stream, can run slower on
     several threads than on one: waking the others costs more than they save, the more so on
-    a busy machine. So it is measured, never assumed.
+    a busy machine. So it is measured, never assumed: `rounds` turns of about `seconds` each,
+    alternating, and each count's fastest turn compared. Another process can only slow a turn
+    down, and on a shared machine one turn each picked the slower count a third of the time.
     """
     most = torch.get_num_threads()
     if most == 1:
         return 1
-    timings = {}
-    for threads in (most, 1):  # `most` first: its warm-up also wakes the thread pool
-        with using_threads(threads):
-            work()
-            calls, start = 0, time.perf_counter()
-            while calls < 3 or time.perf_counter() - start < seconds:
+    timings = {most: math.inf, 1: math.inf}
+    for _ in range(rounds):
+        for threads in (most, 1):  # `most` first: its warm-up also wakes the thread pool
+            with using_threads(threads):
                 work()
-                calls += 1
-            timings[threads] = (time.perf_counter() - start) / calls
+                calls, start = 0, time.perf_counter()
+                while calls < 3 or time.perf_counter() - start < seconds:
+                    work()
+                    calls += 1
+                timings[threads] = min(timings[threads], (time.perf_counter() - start) / calls)
     return min(timings, key=timings.get)
 
 
