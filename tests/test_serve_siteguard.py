@@ -98,6 +98,13 @@ def test_a_page_of_another_site_is_refused(hosts):
     assert answer(hosts, {"host": "127.0.0.1:8000", "origin": "null"})[0] == 403
 
 
+@pytest.mark.parametrize("origin", ["http://[::1", "http://[::1]x:80", "http://[fe80::1%25"])
+def test_an_origin_that_is_not_a_url_is_refused_not_a_server_error(origin):
+    status, error = answer((), {"host": "127.0.0.1:8000", "origin": origin})
+    assert status == 403 and error["type"] == "cross_origin"
+    assert answer((), {"origin": origin})[0] == 403  # no Host either
+
+
 def test_the_servers_own_page_and_programs_without_an_origin_are_answered():
     assert answer((), {"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"})[0] == 200
     assert answer((), {"host": "localhost:8000"})[0] == 200

@@ -83,9 +83,12 @@ class SiteGuard:
                     f"serve it under that name, start it with --allow-host {host}")
         origin = headers.get(b"origin")
         if origin is not None:
-            origin_host = (urlsplit(origin.decode("latin-1")).hostname or "").rstrip(".")
+            try:
+                origin_host = (urlsplit(origin.decode("latin-1")).hostname or "").rstrip(".")
+            except ValueError:  # not a URL (an unclosed IPv6 bracket): no page of this server
+                origin_host = None
             # A proxy may pass on its own address as Host: its public name is an --allow-host.
-            if origin_host != host and origin_host not in self.hosts:
+            if origin_host is None or (origin_host != host and origin_host not in self.hosts):
                 return ("cross_origin",
                         f"headers: a page of {origin.decode('latin-1')!r} may not use this "
                         f"server ({host or 'no host'}); open the playground on this server, "
