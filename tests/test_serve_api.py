@@ -331,6 +331,17 @@ def test_a_body_that_does_not_arrive_in_time_is_refused(server, short_timeouts):
     assert error["field"] == "body" and "11 bytes arrived" in error["message"]
 
 
+def test_a_client_that_leaves_mid_body_is_not_a_server_error(tiny_run):
+    """Half a body, then the connection closes: nothing to answer, and nothing logged as an
+    error (it logged a traceback per connection)."""
+    with running_server(load(tiny_run)) as url:  # fails if the server logged an error
+        with _connect(url) as sock:
+            sock.sendall(POST_HEAD + b"Content-Length: 100\r\n\r\n" + b'{"length": ')
+        time.sleep(0.2)  # the server notices the close (were it missed, the test would pass)
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+            assert client.get("/healthz").status_code == 200
+
+
 @pytest.mark.parametrize("path", [b"/nothing/here", b"/v1/generate"])
 def test_a_body_answered_before_it_was_read_may_not_trickle_on(server, short_timeouts, path):
     """A 404 (or a 413 for a declared 2 MB body) is sent at once; the rest of the body, sent a

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -35,6 +38,34 @@ def test_a_signal_ends_running_streams_cleanly_and_exits_0(tiny_run, sig):
     assert events[-1][1]["samples"][0]["finish_reason"] == "shutdown"
     assert status == 0, err
     assert "stopped" in out and "Traceback" not in err
+
+
+def test_a_signal_answers_a_request_still_sending_its_body_at_once(tiny_run):
+    """Half a body when the signal comes: a 503 JSON answer at once and a clean exit, not a
+    wait of the whole grace period ending in a 500 and a traceback."""
+    from charrnn.serve.server import GRACE_SECONDS
+
+    server = ServerProcess("-k", str(tiny_run), "--device", "cpu", "--threads", "1")
+    try:
+        host, port = server.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Content-Length: 100\r\n\r\n{")
+            time.sleep(0.3)  # the head is read and the body awaited
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status, out, err = server.wait(timeout=30)
+        took = time.monotonic() - signalled
+    finally:
+        server.kill()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer
+    assert json.loads(body)["error"]["type"] == "shutting_down"
+    assert status == 0 and "Traceback" not in err, err
+    assert took < GRACE_SECONDS / 2
 
 
 def test_without_the_serve_extra_it_says_how_to_install_it(tiny_run, monkeypatch):

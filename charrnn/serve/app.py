@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from charrnn import __version__
 from charrnn.errors import Overloaded, ShuttingDown, UsageError
@@ -185,6 +186,7 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
                   "models: generate text, streamed as it is written.", docs_url=None,
                   redoc_url=None)
     app.state.models = models
+    app.state.stopping = asyncio.Event()  # set by the server when a signal asks it to stop
     default = next(iter(models))
     any_engine = models[default].engine
 
@@ -291,14 +293,33 @@ async def read_json(request: Request) -> Any:
                 raise _too_large(size)
             chunks.append(chunk)
 
+    # Read until the body is in, the clock runs out or the server is asked to stop (which
+    # would otherwise wait its whole grace period for a body that is slow to come).
+    reading = asyncio.ensure_future(read())
+    stopping = asyncio.ensure_future(request.app.state.stopping.wait())
     try:
-        await asyncio.wait_for(read(), BODY_SECONDS)
-    except asyncio.TimeoutError:
+        await asyncio.wait({reading, stopping}, timeout=BODY_SECONDS,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        reading.cancel()
+    if reading.done() and not reading.cancelled():
+        try:
+            reading.result()  # an ApiError (too large) is the caller's
+        except ClientDisconnect:
+            raise ApiError(400, "incomplete_body", [("body", "body: the connection closed "
+                                                             "before the whole body arrived")],
+                           {"Connection": "close"}) from None
+    elif stopping.done() and not stopping.cancelled():
+        raise ApiError(503, "shutting_down", [(None, "the server is stopping; send the "
+                                                     "request again once it is back")],
+                       {"Connection": "close"})
+    else:
         received = sum(map(len, chunks))
         raise ApiError(408, "request_timeout", [("body", f"body: {received:,} bytes arrived in "
                                                          f"{BODY_SECONDS:g} s, not the whole "
                                                          "body; send it at once")],
-                       {"Connection": "close"}) from None
+                       {"Connection": "close"})
     body = b"".join(chunks)
     if not body.strip():
         return {}

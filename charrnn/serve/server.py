@@ -101,12 +101,14 @@ def make_server(models: dict[str, ServedModel], api_key: str | None = None,
                 hosts: Collection[str] = (), any_host: bool = False) -> Server:
     """`hosts`: names it answers to besides loopback ones, `any_host`: answer every name (a
     server listening beyond loopback; see siteguard.py)."""
-    app = SiteGuard(create_app(models, api_key=api_key), hosts, any_host)
+    api = create_app(models, api_key=api_key)
+    app = SiteGuard(api, hosts, any_host)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_SECONDS, http=http_protocol(),
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
 
     def stop_engines() -> None:
+        api.state.stopping.set()  # requests still sending their body are answered 503
         for served in models.values():
             served.engine.shutdown()
 
