@@ -564,7 +564,8 @@ def test_an_api_key_guards_everything_but_the_page(tiny_run):
         # The page, and the documentation of the API (which is no secret), need no key.
         for path in ("/", "/static/app.js", "/static/style.css", "/docs", "/openapi.json"):
             assert client.get(path).status_code == 200, path
-        for page in ("/", "/docs"):  # only their own files, and framed by no other site
+        # Only their own files, and framed by no other site, under either name.
+        for page in ("/", "/docs", "/static/index.html", "/static/docs.html"):
             headers = client.get(page).headers
             assert "frame-ancestors 'none'" in headers["content-security-policy"]
             assert headers["x-frame-options"] == "DENY"

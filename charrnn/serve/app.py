@@ -71,6 +71,16 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 
                 "Referrer-Policy": "no-referrer"}
 
 
+class _PageFiles(StaticFiles):
+    """The playground's files, each with PAGE_HEADERS: the page is also /static/index.html,
+    and no other site may frame it there either."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(PAGE_HEADERS)
+        return response
+
+
 class GenerateRequest(BaseModel):
     """POST /v1/generate: the same options, meanings and limits as `charrnn sample`."""
 
@@ -205,7 +215,7 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
     async def _playground() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", _PageFiles(directory=STATIC), name="static")
 
     @app.get("/docs", include_in_schema=False)
     async def _docs() -> FileResponse:
