@@ -41,6 +41,7 @@ GREEDY_BELOW = torch.finfo(torch.float32).tiny  # temperatures this small act as
 # Past this, every character is as likely as any other to float32's precision: higher
 # temperatures are drawn as this one (a larger divisor would overflow float32).
 FLATTEST = 1e6
+MAX_SEED = 2**64 - 1  # seeds are 0 to this: what torch's generators accept, as 64 bits
 MAX_PRIME_BYTES = 1 << 20  # a prime file larger than this is a mistake, not a prompt
 # `start_many` (`start_from_ids`) remembers what reading the last few primes gave: a server's
 # requests mostly share a few (none at all, or a page's example), and reading one, even a

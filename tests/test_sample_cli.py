@@ -282,3 +282,11 @@ def test_beam_from_the_command_line(tiny_run):
                        "--beam", "--temperature")
     replies = sample(tiny_run, "-i", "--beam", 3, "-n", 20, input="The \n")
     assert replies == sample(tiny_run, "--beam", 3, "-n", 20, "-p", "The ")
+
+
+def test_the_command_line_and_the_library_accept_the_same_seeds():
+    from charrnn import sample as library
+    from charrnn.cli import sample as command
+    from charrnn.serve.app import SEED_RANGE
+
+    assert command.MAX_SEED == library.MAX_SEED and SEED_RANGE == (0, library.MAX_SEED)

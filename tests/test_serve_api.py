@@ -111,8 +111,11 @@ def test_streamed_events_carry_the_text_then_the_same_summary(client):
     assert text == plain["samples"][0]["text"]
     lps = [lp for _, data in events[:-1] for s in data["samples"] for lp in s["logprobs"]]
     assert lps == plain["samples"][0]["logprobs"]
-    # Accept: text/event-stream alone also streams.
+    # Accept: text/event-stream alone also streams; an explicit "stream": false does not.
     assert streamed(client, body, accept="text/event-stream")[-1] == ("done", plain)
+    answer = client.post("/v1/generate", json={**body, "stream": False},
+                         headers={"accept": "text/event-stream"})
+    assert answer.headers["content-type"] == "application/json" and answer.json() == plain
 
 
 def test_a_seeded_request_does_not_depend_on_its_neighbours(server, tiny_run):
@@ -169,6 +172,7 @@ def test_beam_search_through_the_api_equals_the_cli(client, tiny_run):
     ({"beam": 2, "num_samples": 3}, "num_samples", "at most beam"),
     ({"beam": 0}, "beam", "from 1 to 32"),
     ({"seed": 2**70}, "seed", "less than or equal to"),
+    ({"seed": -1}, "seed", "greater than or equal to 0"),  # as charrnn sample --seed
     ({"stream": "yes"}, "stream", "valid boolean"),
     ({"temprature": 1}, "temprature", "unknown field"),
 ])

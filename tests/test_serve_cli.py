@@ -77,6 +77,7 @@ def test_without_the_serve_extra_it_says_how_to_install_it(tiny_run, monkeypatch
 @pytest.mark.parametrize(("args", "says"), [
     (["--max-streams", "0"], "--max-streams must be at least 1"),
     (["--max-length", "0"], "--max-length must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1, not 0"),
     (["--port", "70000"], "--port must be between"),
     (["--device", "tpu"], "unknown device"),
     (["--host", "no.such.host.invalid"], "not an address of this machine"),

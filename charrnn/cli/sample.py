@@ -27,7 +27,7 @@ from charrnn.errors import CharRNNError, UsageError
 
 MAX_LENGTH = 100_000_000  # characters per sample: hours of generation already
 MAX_SAMPLES = 100_000  # drawn as one batch
-MAX_SEED = 2**64 - 1  # what torch's generators accept
+MAX_SEED = 2**64 - 1  # as charrnn.sample.MAX_SEED (not imported here: it imports torch)
 MAX_BEAM = 1024  # beams kept at every step: each one is a stream
 # Bytes per generated character kept until the end: as str pieces, and for JSON with its
 # log-probability as a Python float in a list.

@@ -61,7 +61,8 @@ def serve(
     from charrnn.serve.server import serve as run
 
     for name, value, least in (("--max-streams", max_streams, 1), ("--max-queue", max_queue, 0),
-                               ("--max-length", max_length, 1), ("--threads", threads or 1, 1)):
+                               ("--max-length", max_length, 1),
+                               ("--threads", 1 if threads is None else threads, 1)):
         if value < least:
             raise UsageError(f"{name} must be at least {least}, not {value}")
     if not 0 <= port <= 65535:

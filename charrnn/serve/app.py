@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 from charrnn import __version__
 from charrnn.errors import Overloaded, ShuttingDown, UsageError
 from charrnn.safeload import load_json
-from charrnn.sample import SampleSettings
+from charrnn.sample import MAX_SEED, SampleSettings
 from charrnn.serve.engine import GenerationParams
 from charrnn.serve.models import ServedModel
 from charrnn.serve.streams import ERROR, Delta, Outcome, RequestStream
@@ -57,7 +57,7 @@ EVENT_INTERVAL = 0.05  # seconds between a stream's events: text generated meanw
 EVENT_STREAMS = 32
 MAX_EVENT_INTERVAL = 0.25
 PING_SECONDS = 15.0  # a comment line keeps a queued stream's connection from timing out
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators accept
+SEED_RANGE = (0, MAX_SEED)  # as `charrnn sample --seed`
 # A long answer is written this much at a time, the event loop's other work in between (a
 # piece of log-probabilities takes a few milliseconds to round and write).
 LOGPROBS_PER_PIECE = 4096
@@ -114,7 +114,8 @@ class GenerateRequest(BaseModel):
     logprobs: bool = Field(False, description="Also return each generated character's "
                            "natural-log probability (nats).")
     stream: bool = Field(False, description="Send server-sent events as the text is written "
-                         "(also chosen by `Accept: text/event-stream`).")
+                         "(when this field is not sent: chosen by `Accept: "
+                         "text/event-stream`).")
 
 
 class GeneratedSample(BaseModel):
@@ -270,7 +271,9 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
             raise ApiError(503, "shutting_down", [(None, str(exc))]) from None
         except UsageError as exc:  # a check this layer missed: still the caller's mistake
             raise ApiError(422, "invalid_request", [(None, str(exc))]) from None
-        if asked.stream or "text/event-stream" in request.headers.get("accept", ""):
+        # `stream` when sent, else what the client accepts (an explicit false is respected).
+        wants_events = "text/event-stream" in request.headers.get("accept", "")
+        if asked.stream if "stream" in asked.model_fields_set else wants_events:
             return StreamingResponse(
                 events(served, stream, params.logprobs), media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
