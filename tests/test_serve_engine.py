@@ -221,6 +221,34 @@ def test_beam_requests_run_outside_the_batch_and_match_beam_search(engine, sampl
     assert len(drawn.texts[0]) == 200
 
 
+def test_queued_beam_searches_take_turns_by_client(make_engine):
+    """One client's backlog of searches does not hold back another's: the next to start is
+    the next of the client whose last search started longest ago (or never)."""
+    engine = make_engine(max_streams=4, max_queue=8)
+    started, gate = [], threading.Event()
+    run_beam = engine._run_beam
+
+    def recording(request) -> None:  # noqa: ANN001 - the engine's record
+        started.append(request.id)
+        if len(started) == 1:
+            gate.wait(10)  # the first search holds the worker while the others queue
+        run_beam(request)
+
+    engine._run_beam = recording
+
+    async def scenario():
+        beam = GenerationParams(SampleSettings(length=5, beam=2))
+        streams = [engine.add_request(f"a{i}", "", beam, client="A") for i in range(3)]
+        streams += [engine.add_request("b0", "", beam, client="B"),
+                    engine.add_request("c0", "", beam, client="C")]
+        gate.set()
+        return await asyncio.gather(*(stream.result() for stream in streams))
+
+    outcomes = asyncio.run(scenario())
+    assert started == ["a0", "b0", "c0", "a1", "a2"]
+    assert all(outcome.finish_reasons == [LENGTH] for outcome in outcomes)
+
+
 class TimedWake(threading.Event):
     """An engine's beam wake-up that records how long each of the search's pauses lasted."""
 

@@ -27,7 +27,8 @@ requests queue, at most `max_queue` of them, and beyond that `add_request` raise
 Queued requests take turns by client: the next to start is the earliest of the client holding
 the fewest rows (one client's backlog does not hold back everyone else's requests).
 Beam search (deterministic, its texts known only at the end) runs outside the batch, on one
-worker thread, in at most BEAM_SHARE of the time while any engine of the process generates.
+worker thread, in at most BEAM_SHARE of the time while any engine of the process generates;
+queued searches also take turns by client.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ PRIME_SHARE = 0.25
 # needs). Between steps it waits three times as long as the step took, at most MAX_BEAM_PAUSE.
 BEAM_SHARE = 0.25
 MAX_BEAM_PAUSE = 1.0
+# Clients whose last search's start is remembered, to give them their turn after others'.
+BEAM_CLIENTS_KEPT = 1024
 RETRY_AFTER = 1  # seconds a refused caller should wait: rows free up within about that
 NOT_FINITE = ("the model's scores are not numbers (NaN or inf): its weights are damaged or "
               "its training diverged; serve another checkpoint")
@@ -209,6 +212,11 @@ class Engine:
         self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}",
                                          initializer=torch.set_num_threads, initargs=(1,))
         self._beams_pending = 0  # beam searches queued or running
+        # Queued searches by client (clients in the order they came), and when each client's
+        # last search started (a count of searches), for the last BEAM_CLIENTS_KEPT clients.
+        self._beam_queues: dict[str | None, collections.deque[_Request]] = {}
+        self._beam_starts: collections.OrderedDict[str | None, int] = collections.OrderedDict()
+        self._beams_started = 0
         self._beam_wake = threading.Event()  # ends a beam search's pause: abort, shutdown
         with _ENGINES_LOCK:
             _ENGINES.add(self)
@@ -325,7 +333,27 @@ class Engine:
                              "waiting; try again shortly", retry_after=RETRY_AFTER)
         self._beams_pending += 1
         self._requests[request.id] = request
-        self._beams.submit(self._run_beam, request)
+        self._beam_queues.setdefault(request.client, collections.deque()).append(request)
+        self._beams.submit(self._run_next_beam)  # one task per search; each takes the next
+
+    def _run_next_beam(self) -> None:
+        """Run the queued search whose turn it is: the next of the client whose last search
+        started longest ago (or never), so that one client's backlog does not hold back
+        everyone else's searches; each client's own in the order they came."""
+        with self._lock:
+            if not self._beam_queues:
+                return
+            client = min(self._beam_queues, key=lambda c: self._beam_starts.get(c, -1))
+            queued = self._beam_queues[client]
+            request = queued.popleft()
+            if not queued:
+                del self._beam_queues[client]
+            self._beams_started += 1
+            self._beam_starts[client] = self._beams_started
+            self._beam_starts.move_to_end(client)
+            if len(self._beam_starts) > BEAM_CLIENTS_KEPT:
+                self._beam_starts.popitem(last=False)
+        self._run_beam(request)
 
     def _run_beam(self, request: _Request) -> None:
         try:
