@@ -307,6 +307,27 @@ def short_timeouts(monkeypatch):
     monkeypatch.setattr(app_module, "BODY_SECONDS", 0.5)
 
 
+def test_a_head_over_the_bound_is_refused_even_when_it_arrives_at_once(server):
+    """The bound is the head's own bytes, however the socket cuts them: 100,000 bytes of
+    header sent in one piece get 431 (they were let through when one read held the whole
+    head), while a head under the bound followed at once by a large body is answered."""
+    from charrnn.serve.app import MAX_HEAD_BYTES
+
+    def exchange(data: bytes) -> bytes:
+        with _connect(server[0]) as sock:
+            sock.sendall(data)
+            return _read_all(sock)
+
+    big_head = POST_HEAD + b"X-Big: " + b"a" * 100_000 + b"\r\nConnection: close\r\n\r\n"
+    assert exchange(big_head).startswith(b"HTTP/1.1 431 ")
+    body = json.dumps({"length": 3, "prime": "a" * 200_000}).encode()
+    padded = POST_HEAD + b"X-Pad: " + b"p" * (MAX_HEAD_BYTES - 1_000) + b"\r\n"
+    answer = exchange(padded + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+                      + body)
+    assert answer.startswith(b"HTTP/1.1 422 "), answer[:200]  # the prime's length, not 431
+    assert b"prime" in answer
+
+
 @pytest.mark.parametrize(("sent", "drip"), [
     (b"", b""), (POST_HEAD + b"X-A: b", b"b")],
     ids=["nothing", "a dripping head"])

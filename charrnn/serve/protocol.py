@@ -47,6 +47,14 @@ HEAD_TOO_SLOW = refusal(
     "send the whole request at once")
 
 
+def head_end(data: bytes) -> int | None:
+    """Where a request's head ends in `data` (after its blank line: CRLF or bare LF line
+    endings), or None if it does not end there."""
+    ends = [found + len(blank) for blank in (b"\n\r\n", b"\n\n")
+            if (found := data.find(blank)) >= 0]
+    return min(ends) if ends else None
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol refusing a request whose head passes MAX_HEAD_BYTES or
     `head_seconds`."""
@@ -58,6 +66,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request's line and headers (or waiting for one)
         self._head_bytes = 0
+        self._head_tail = b""  # the head's last bytes so far: its end may span two reads
         self._clock: asyncio.TimerHandle | None = None
         self._stalled: asyncio.TimerHandle | None = None  # set while writes are paused
         self._closing: asyncio.TimerHandle | None = None  # set once closed with data unsent
@@ -95,10 +104,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            # Counted before parsing, body bytes of the same read included: a head that ends
-            # within this read is let through (it is at most one read over the bound), one
-            # still open after it is refused.
+            # Counted before parsing: the head's bytes in this read (up to its blank line if it
+            # ends here; body bytes of the same read are not the head's).
+            end = head_end(self._head_tail + data)
+            own = len(data) if end is None else max(0, end - len(self._head_tail))
+            if self._head_bytes + own > MAX_HEAD_BYTES:
+                self._refuse(HEAD_TOO_LARGE)
+                return
             self._head_bytes += len(data)
+            self._head_tail = (self._head_tail + data)[-2:]
         super().data_received(data)
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(HEAD_TOO_LARGE)
@@ -112,6 +126,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head = True  # the next request on this connection starts its own count
         self._head_bytes = 0
+        self._head_tail = b""
         self._stop_clock()  # a body answered early has ended
         if self.cycle is not None and self.cycle.response_complete:  # answered early: the
             self._start_clock()  # next head is awaited from now
