@@ -307,6 +307,22 @@ def short_timeouts(monkeypatch):
     monkeypatch.setattr(app_module, "BODY_SECONDS", 0.5)
 
 
+@pytest.mark.parametrize("head", [
+    b"Content-Length: -1\r\n\r\n",
+    b"Content-Length: 1e3\r\n\r\n",
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+], ids=["negative length", "float length", "length and chunked", "bad chunk size"])
+def test_a_request_that_is_not_http_gets_a_json_400(server, client, head):
+    with _connect(server[0]) as sock:
+        sock.sendall(POST_HEAD + head)
+        answer = _read_all(sock)
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["type"] == "invalid_http"
+    assert client.get("/healthz").status_code == 200
+
+
 def test_a_head_over_the_bound_is_refused_even_when_it_arrives_at_once(server):
     """The bound is the head's own bytes, however the socket cuts them: 100,000 bytes of
     header sent in one piece get 431 (they were let through when one read held the whole

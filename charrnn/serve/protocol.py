@@ -41,6 +41,10 @@ HEAD_TOO_LARGE = refusal(
     "431 Request Header Fields Too Large", "headers_too_large",
     f"headers: the request line and headers are over {MAX_HEAD_BYTES // 1024} KiB; send "
     "fewer or shorter headers")
+INVALID_REQUEST = refusal(
+    "400 Bad Request", "invalid_http",
+    "headers: not a valid HTTP/1.1 request (its request line, a header, Content-Length or a "
+    "chunk's size); send a well-formed request")
 HEAD_TOO_SLOW = refusal(
     "408 Request Timeout", "request_timeout",
     f"headers: the request line and headers did not arrive within {HEAD_SECONDS:g} s; "
@@ -161,6 +165,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # before it, and its head is already complete.
         if self._in_head and (self.cycle is None or self.cycle.response_complete):
             self._refuse(HEAD_TOO_SLOW)
+
+    def send_400_response(self, msg: str) -> None:  # the parser refused the bytes: the API's
+        self._refuse(INVALID_REQUEST)  # JSON error rather than uvicorn's plain text
 
     def _refuse(self, response: bytes) -> None:
         if not self.transport.is_closing():
