@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -336,6 +337,10 @@ def test_a_head_over_the_bound_is_refused_even_when_it_arrives_at_once(server):
 
     big_head = POST_HEAD + b"X-Big: " + b"a" * 100_000 + b"\r\nConnection: close\r\n\r\n"
     assert exchange(big_head).startswith(b"HTTP/1.1 431 ")
+    assert exchange(b"\r\n\r\n" + big_head).startswith(b"HTTP/1.1 431 ")  # blank lines first
+    small = POST_HEAD + b"Content-Length: 2\r\n\r\n{}"
+    pipelined = exchange(small + big_head)  # the first is answered, the second refused
+    assert pipelined.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 431 " in pipelined
     body = json.dumps({"length": 3, "prime": "a" * 200_000}).encode()
     padded = POST_HEAD + b"X-Pad: " + b"p" * (MAX_HEAD_BYTES - 1_000) + b"\r\n"
     answer = exchange(padded + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -372,12 +377,40 @@ def test_a_body_that_does_not_arrive_in_time_is_refused(server, short_timeouts):
     assert error["field"] == "body" and "11 bytes arrived" in error["message"]
 
 
+def test_the_app_alone_answers_on_any_event_loop(tiny_run):
+    """A library user's app (no server around it) may be called from several event loops,
+    here one per request, each body arriving a little after its head."""
+    from charrnn.serve.app import create_app
+
+    models = load(tiny_run)
+    app = create_app(models)
+
+    async def body() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.05)
+        yield b'{"length": 3, "seed": 1}'
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://localhost") as client:
+            return await client.post("/v1/generate", content=body())
+
+    try:
+        for _ in range(2):
+            answer = asyncio.run(post())
+            assert answer.status_code == 200, answer.text
+    finally:
+        for served in models.values():
+            served.engine.close()
+
+
 def test_a_client_that_leaves_mid_body_is_not_a_server_error(tiny_run):
     """Half a body, then the connection closes: nothing to answer, and nothing logged as an
     error (it logged a traceback per connection)."""
     with running_server(load(tiny_run)) as url:  # fails if the server logged an error
         with _connect(url) as sock:
-            sock.sendall(POST_HEAD + b"Content-Length: 100\r\n\r\n" + b'{"length": ')
+            sock.sendall(POST_HEAD + b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+            assert sock.recv(64).startswith(b"HTTP/1.1 100 ")  # the app waits for the body
+            sock.sendall(b'{"length": ')
         time.sleep(0.2)  # the server notices the close (were it missed, the test would pass)
         with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
             assert client.get("/healthz").status_code == 200

@@ -50,8 +50,10 @@ def test_a_signal_answers_a_request_still_sending_its_body_at_once(tiny_run):
         host, port = server.url.removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=30) as sock:
             sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: localhost\r\n"
-                         b"Content-Length: 100\r\n\r\n{")
-            time.sleep(0.3)  # the head is read and the body awaited
+                         b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+            # The server asks for the body once the app waits for it.
+            assert sock.recv(64).startswith(b"HTTP/1.1 100 ")
+            sock.sendall(b"{")
             signalled = time.monotonic()
             server.process.send_signal(signal.SIGTERM)
             answer = b""

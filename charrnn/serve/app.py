@@ -197,7 +197,9 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
                   "models: generate text, streamed as it is written.", docs_url=None,
                   redoc_url=None)
     app.state.models = models
-    app.state.stopping = asyncio.Event()  # set by the server when a signal asks it to stop
+    # An asyncio.Event that the server (server.py) sets when a signal asks it to stop; made by
+    # the server, on whose event loop it is waited for (an Event belongs to one loop).
+    app.state.stopping = None
     default = next(iter(models))
     any_engine = models[default].engine
 
@@ -309,7 +311,8 @@ async def read_json(request: Request) -> Any:
     # Read until the body is in, the clock runs out or the server is asked to stop (which
     # would otherwise wait its whole grace period for a body that is slow to come).
     reading = asyncio.ensure_future(read())
-    stopping = asyncio.ensure_future(request.app.state.stopping.wait())
+    signal = request.app.state.stopping
+    stopping = asyncio.ensure_future(signal.wait() if signal is not None else asyncio.Future())
     try:
         await asyncio.wait({reading, stopping}, timeout=BODY_SECONDS,
                            return_when=asyncio.FIRST_COMPLETED)

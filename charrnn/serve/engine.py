@@ -348,11 +348,12 @@ class Engine:
             request = queued.popleft()
             if not queued:
                 del self._beam_queues[client]
-            self._beams_started += 1
-            self._beam_starts[client] = self._beams_started
-            self._beam_starts.move_to_end(client)
-            if len(self._beam_starts) > BEAM_CLIENTS_KEPT:
-                self._beam_starts.popitem(last=False)
+            if not request.aborted:  # one its client gave up on ends now, not a turn
+                self._beams_started += 1
+                self._beam_starts[client] = self._beams_started
+                self._beam_starts.move_to_end(client)
+                if len(self._beam_starts) > BEAM_CLIENTS_KEPT:
+                    self._beam_starts.popitem(last=False)
         self._run_beam(request)
 
     def _run_beam(self, request: _Request) -> None:

@@ -7,11 +7,14 @@ parser limits how long a head may take, so a client can hold connections open fo
 sending nothing, or a byte now and then (slowloris), until the process runs out of them.
 
 This protocol counts the bytes of each request's head as they arrive and answers 431 once
-they pass MAX_HEAD_BYTES, and 408 when a head is not complete HEAD_SECONDS after the
-connection opened or the previous response ended; either way with the API's JSON error,
-closing the connection. A body the app did not wait for (it answered 401, 404 or 413 first)
-must also end within HEAD_SECONDS of that answer, or the connection is closed. Memory per
-connection stays within the bound plus one socket read.
+they pass MAX_HEAD_BYTES (a head still open after a read, by the bytes read; a complete one,
+by its request line and headers, however the reads cut them), and 408 when a head is not
+complete HEAD_SECONDS after the connection opened or the previous response ended; either way
+with the API's JSON error, closing the connection (after the answer to a pipelined request
+before it). Bytes the parser cannot read get the API's JSON 400 too. A body the app did not
+wait for (it answered 401, 404 or 413 first) must also end within HEAD_SECONDS of that
+answer, or the connection is closed. Memory per connection stays within the bound plus one
+socket read.
 
 A client that stops reading a response (a stream it asked for) is cut off once its writes
 have been stalled WRITE_STALL_SECONDS: the text generated meanwhile would otherwise be kept
@@ -51,12 +54,8 @@ HEAD_TOO_SLOW = refusal(
     "send the whole request at once")
 
 
-def head_end(data: bytes) -> int | None:
-    """Where a request's head ends in `data` (after its blank line: CRLF or bare LF line
-    endings), or None if it does not end there."""
-    ends = [found + len(blank) for blank in (b"\n\r\n", b"\n\n")
-            if (found := data.find(blank)) >= 0]
-    return min(ends) if ends else None
+class HeadTooLarge(Exception):
+    """Raised in the parser's callback: the parser stops, and the request is refused."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -69,11 +68,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request's line and headers (or waiting for one)
-        self._head_bytes = 0
-        self._head_tail = b""  # the head's last bytes so far: its end may span two reads
+        self._head_bytes = 0  # bytes read since the head began (body bytes of its read too)
+        self._head_size = 0  # the request line's and headers' own bytes, as parsed
         self._clock: asyncio.TimerHandle | None = None
         self._stalled: asyncio.TimerHandle | None = None  # set while writes are paused
         self._closing: asyncio.TimerHandle | None = None  # set once closed with data unsent
+        self._refusal: bytes | None = None  # sent once the answer being written is complete
 
     def connection_made(self, transport) -> None:  # noqa: ANN001 - uvicorn's signature
         super().connection_made(transport)
@@ -107,36 +107,48 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._stalled = None
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            # Counted before parsing: the head's bytes in this read (up to its blank line if it
-            # ends here; body bytes of the same read are not the head's).
-            end = head_end(self._head_tail + data)
-            own = len(data) if end is None else max(0, end - len(self._head_tail))
-            if self._head_bytes + own > MAX_HEAD_BYTES:
-                self._refuse(HEAD_TOO_LARGE)
-                return
+        if self._in_head:  # an endless head is refused by what was read (the parser keeps it)
             self._head_bytes += len(data)
-            self._head_tail = (self._head_tail + data)[-2:]
         super().data_received(data)
         if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(HEAD_TOO_LARGE)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_size += len(url) + 16  # the method, version and line end, about
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._head_size += len(name) + len(value) + 4  # ": " and the line end
+
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_clock()
+        if self._head_size > MAX_HEAD_BYTES:  # whole within one read (or after blank lines,
+            raise HeadTooLarge  # or a pipelined request's): the app never sees it
         super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:  # the parser stopped: the API's JSON error
+        too_large = self._head_size > MAX_HEAD_BYTES  # rather than uvicorn's plain text
+        self._refuse(HEAD_TOO_LARGE if too_large else INVALID_REQUEST)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True  # the next request on this connection starts its own count
         self._head_bytes = 0
-        self._head_tail = b""
         self._stop_clock()  # a body answered early has ended
         if self.cycle is not None and self.cycle.response_complete:  # answered early: the
             self._start_clock()  # next head is awaited from now
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._refusal is not None:  # a pipelined request refused while this was answered
+            self._refuse(self._refusal)
+            return
         if self._in_head:  # the next request's head is awaited now (uvicorn's keep-alive
             self._start_clock()  # timeout closes the connection sooner if it stays idle)
         elif self.cycle is not None and self.cycle.response_complete:
@@ -166,10 +178,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and (self.cycle is None or self.cycle.response_complete):
             self._refuse(HEAD_TOO_SLOW)
 
-    def send_400_response(self, msg: str) -> None:  # the parser refused the bytes: the API's
-        self._refuse(INVALID_REQUEST)  # JSON error rather than uvicorn's plain text
-
     def _refuse(self, response: bytes) -> None:
+        if self.cycle is not None and not self.cycle.response_complete \
+                and not self.cycle.more_body:
+            # The request before it, whole, is still being answered (pipelined): refuse after
+            # that one's answer. (A request whose own body is bad is refused at once.)
+            self._refusal = response
+            self.flow.pause_reading()
+            return
+        self._refusal = None
         if not self.transport.is_closing():
             self.transport.write(response)
         self._close()

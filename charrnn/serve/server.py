@@ -7,6 +7,7 @@ connections close, and `serve` returns: the command exits 0. A second Ctrl-C sto
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -102,6 +103,7 @@ def make_server(models: dict[str, ServedModel], api_key: str | None = None,
     """`hosts`: names it answers to besides loopback ones, `any_host`: answer every name (a
     server listening beyond loopback; see siteguard.py)."""
     api = create_app(models, api_key=api_key)
+    api.state.stopping = asyncio.Event()  # this server's loop waits for it
     app = SiteGuard(api, hosts, any_host)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_SECONDS, http=http_protocol(),
