@@ -314,7 +314,7 @@ def short_timeouts(monkeypatch):
     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
 ], ids=["negative length", "float length", "length and chunked", "bad chunk size"])
-def test_a_request_that_is_not_http_gets_a_json_400(server, client, head):
+def test_a_request_that_is_not_http_gets_a_json_400(server, client, head, caplog):
     with _connect(server[0]) as sock:
         sock.sendall(POST_HEAD + head)
         answer = _read_all(sock)
@@ -322,6 +322,7 @@ def test_a_request_that_is_not_http_gets_a_json_400(server, client, head):
     assert status == b"HTTP/1.1 400 Bad Request"
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["type"] == "invalid_http"
     assert client.get("/healthz").status_code == 200
+    assert not caplog.records  # not a line in the log per refused request
 
 
 def test_a_head_over_the_bound_is_refused_even_when_it_arrives_at_once(server):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import ipaddress
+import logging
 import signal
 import socket
 import sys
@@ -98,10 +99,21 @@ def http_protocol() -> type | str:
     return BoundedHttpToolsProtocol
 
 
+class _QuietParserRefusals(logging.Filter):
+    """uvicorn warns of every request its parser refuses: each gets the API's JSON 400
+    (protocol.py), and a client sending many would fill the log, one line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "Invalid HTTP request received."
+
+
 def make_server(models: dict[str, ServedModel], api_key: str | None = None,
                 hosts: Collection[str] = (), any_host: bool = False) -> Server:
     """`hosts`: names it answers to besides loopback ones, `any_host`: answer every name (a
     server listening beyond loopback; see siteguard.py)."""
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietParserRefusals) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_QuietParserRefusals())
     api = create_app(models, api_key=api_key)
     api.state.stopping = asyncio.Event()  # this server's loop waits for it
     app = SiteGuard(api, hosts, any_host)
