@@ -31,11 +31,11 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, UsageError
 
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
 TEMP_PREFIX = ".charrnn-"  # open_output's temporary files: .charrnn-XXXXXXXX.tmp
@@ -151,18 +151,7 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         return
     shown = Path(path)
     target = Path(os.path.realpath(Path(path).expanduser()))  # through every symbolic link
-    try:
-        existing = os.stat(target)
-    except FileNotFoundError:
-        existing = None
-    except OSError as exc:
-        raise CharRNNError(_write_problem(shown, exc)) from None
-    if existing is not None and stat.S_ISDIR(existing.st_mode):
-        raise CharRNNError(_write_problem(shown, IsADirectoryError(
-            errno.EISDIR, os.strerror(errno.EISDIR))))
-    if existing is not None and not stat.S_ISREG(existing.st_mode):
-        raise CharRNNError(f"cannot write {shown}: {_kind(existing.st_mode)}, not a regular "
-                           "file; name a regular file, or - for standard output")
+    existing = _existing_output(shown, target)
     ensure_dir(target.parent)
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX, suffix=".tmp")
@@ -183,6 +172,49 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     with _through_temporary(fd, tmp, mode, shown, lambda: _take_over_identity(fd, existing),
                             put_in_place) as f:
         yield f
+
+
+def check_output(path: str | os.PathLike, reads: Mapping[Path, str] | None = None) -> None:
+    """Refuse, before any work is done, an output the user named that `open_output` would
+    refuse or could not create, or that is one of the files the command reads (`reads`: each
+    file and what it is, e.g. "the checkpoint being read"): writing it would destroy its input.
+    Nothing is created."""
+    if names_stdout(path):
+        return
+    shown = Path(path)
+    target = Path(os.path.realpath(shown.expanduser()))
+    for read, what in (reads or {}).items():
+        with contextlib.suppress(OSError):  # a file that is not there is not this one
+            if os.path.samefile(target, read):
+                raise UsageError(f"cannot write {shown}: it is {what}; name another file")
+    _existing_output(shown, target)
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:  # the part that exists already
+        folder = folder.parent
+    if not folder.is_dir():
+        raise CharRNNError(_write_problem(shown, NotADirectoryError(
+            errno.ENOTDIR, os.strerror(errno.ENOTDIR))))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CharRNNError(_write_problem(shown, PermissionError(
+            errno.EACCES, os.strerror(errno.EACCES))))
+
+
+def _existing_output(shown: Path, target: Path) -> os.stat_result | None:
+    """The output's file as it is (None: not there yet); a directory or anything but a
+    regular file is refused."""
+    try:
+        existing = os.stat(target)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CharRNNError(_write_problem(shown, exc)) from None
+    if stat.S_ISDIR(existing.st_mode):
+        raise CharRNNError(_write_problem(shown, IsADirectoryError(
+            errno.EISDIR, os.strerror(errno.EISDIR))))
+    if not stat.S_ISREG(existing.st_mode):
+        raise CharRNNError(f"cannot write {shown}: {_kind(existing.st_mode)}, not a regular "
+                           "file; name a regular file, or - for standard output")
+    return existing
 
 
 def write_output(path: str | os.PathLike, content: str | bytes) -> None:

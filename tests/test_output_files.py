@@ -229,3 +229,60 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
     assert child.returncode == 143, stderr
     assert "terminated" in stderr and "Traceback" not in stderr
     assert not target.exists() and not list(tmp_path.glob(".charrnn-*"))
+
+
+# ---- an output that is one of the command's inputs, or cannot be written ------------------------
+@pytest.mark.parametrize(("name", "says"), [
+    ("best.pt", "it is the checkpoint being read"),
+    ("last.pt", "it is a file of the run being read"),
+    ("config.yaml", "it is a file of the run being read"),
+    ("vocab.json", "it is a file of the run being read"),
+])
+def test_sample_refuses_to_write_over_the_run_it_reads(tmp_path, tiny_run, name, says):
+    run = tmp_path / "run"
+    run.mkdir()
+    for part in tiny_run.iterdir():
+        if part.is_file():
+            (run / part.name).write_bytes(part.read_bytes())
+    (run / "best.pt").write_bytes((tiny_run / "last.pt").read_bytes())
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert_clean_error(invoke("sample", "-k", run, "-n", "5", "-o", run / name), 2, says,
+                       "name another file", one_line=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    result = invoke("sample", "-k", run, "-n", "5", "-o", run / "samples.txt")  # a new file
+    assert result.exit_code == 0, result.output
+
+
+def test_sample_refuses_to_write_over_its_prime_file(tmp_path, tiny_run):
+    prime = tmp_path / "prime.txt"
+    prime.write_text("The ", encoding="utf-8")
+    link = tmp_path / "link.txt"
+    link.symlink_to(prime)
+    for output in (prime, link):  # the same file under another name too
+        assert_clean_error(invoke("sample", "-k", tiny_run, "--prime-file", prime, "-o", output),
+                           2, "it is the file the prime is read from", one_line=True)
+    assert prime.read_text(encoding="utf-8") == "The "
+
+
+def test_vocab_build_refuses_to_write_over_its_corpus(tmp_path):
+    corpus = poem(tmp_path)
+    before = corpus.read_bytes()
+    assert_clean_error(invoke("vocab", "build", tmp_path, "-o", corpus), 2,
+                       "it is a corpus file being read", one_line=True)
+    assert corpus.read_bytes() == before
+
+
+def test_an_output_that_cannot_be_made_is_refused_before_any_work(tmp_path, tiny_run,
+                                                                  monkeypatch):
+    from charrnn import sample
+
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("generated before checking the output")
+
+    monkeypatch.setattr(sample.Sampler, "samples", never)
+    monkeypatch.setattr(sample.Sampler, "generate", never)
+    a_file = poem(tmp_path)
+    assert_clean_error(invoke("sample", "-k", tiny_run, "-o", a_file / "out.txt"), 1,
+                       "Not a directory", one_line=True)
+    assert_clean_error(invoke("vocab", "build", a_file, "-o", a_file / "sub" / "v.json"), 1,
+                       "Not a directory", one_line=True)

@@ -97,7 +97,8 @@ def sample(
     run_sample(SampleRequest(
         checkpoint=checkpoint, temperatures=temperature, length=length, prime=prime, seed=seed,
         top_k=top_k, top_p=top_p, stop=stop, num_samples=num_samples, beam=beam, output=output,
-        as_json=output_format is OutputFormat.json, interactive=interactive, device=device))
+        as_json=output_format is OutputFormat.json, interactive=interactive, device=device,
+        prime_file=prime_file))
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,21 @@ class SampleRequest:
     as_json: bool
     interactive: bool
     device: str
+    prime_file: Path | None = None  # where the prime was read from, if from a file
+
+
+def _files_read(request: SampleRequest) -> dict[Path, str]:
+    """The files `charrnn sample` reads, which its output must not replace: the checkpoint,
+    its run's other checkpoints, configuration and vocabulary, and the prime's file."""
+    from charrnn import checkpoint
+
+    chosen = checkpoint.resolve(request.checkpoint)
+    reads = {run_file: "a file of the run being read" for run_file in chosen.parent.iterdir()
+             if run_file.suffix == ".pt" or run_file.name in ("config.yaml", "vocab.json")}
+    reads[chosen] = "the checkpoint being read"
+    if request.prime_file is not None:
+        reads[request.prime_file] = "the file the prime is read from"
+    return reads
 
 
 def run_sample(request: SampleRequest) -> None:
@@ -127,6 +143,8 @@ def run_sample(request: SampleRequest) -> None:
     from charrnn.sample import Sampler, SampleSettings, parse_stop, parse_temperatures
 
     temperatures = parse_temperatures(request.temperatures)
+    if request.output is not None:  # before any work: a bad output would lose all of it
+        fileio.check_output(request.output, _files_read(request))
     if request.interactive and sys.stdin is None:
         raise UsageError("--interactive reads lines from standard input, which is closed; "
                          "pipe text in or run it in a terminal")

@@ -51,14 +51,18 @@ def build(
     from charrnn.vocab import Vocab
 
     sources = resolve_sources(inputs)
+    # Before counting: a corpus file named as the output would be replaced by its vocabulary.
+    fileio.check_output(output, {s.path: "a corpus file being read" for s in sources if s.path})
     norm = Normalization(lowercase=lowercase, newline=newline.value, unicode=unicode.value,
                          strip_bom=strip_bom)
     vocab = Vocab.build(iter_text(sources, norm), norm, min_count)
+    read_bytes = total_bytes(sources)
     fileio.write_output(output, vocab.to_json())
     files = f"{len(sources)} file{'s' if len(sources) != 1 else ''}"
     dropped = f", {vocab.unk_count:,} rare characters -> <unk>" if vocab.unk_count else ""
-    report_written(output, f"{len(vocab.chars):,} characters + <unk> from {vocab.total:,} "
-                   f"characters ({files}, {total_bytes(sources):,} bytes){dropped}")
+    kept = len(vocab.chars)
+    report_written(output, f"{kept:,} character{'s' if kept != 1 else ''} + <unk> from "
+                   f"{vocab.total:,} characters ({files}, {read_bytes:,} bytes){dropped}")
 
 
 @app.command("show")
