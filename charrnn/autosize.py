@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from charrnn import speed
+from charrnn import memory, speed
 from charrnn.config import Config
 from charrnn.model import CharRNN, ModelArgs
 
@@ -138,6 +138,9 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     seq_len = config.data.seq_len if "data.seq_len" in given else 64
     if not sizing:
         args = ModelArgs(vocab_size=vocab_size, **config.model.shape())
+        # Measuring builds and trains the model: one the machine cannot hold is refused
+        # first, as training would refuse it (the measurement thrashed the memory instead).
+        memory.check_training(args, config.data, train_chars, device)
         precision, speeds = speed.fastest_precision(args, batch, seq_len, device)
         measured = [Candidate(1, 0, p, s) for p, s in speeds.items()]
         spent = time.perf_counter() - start

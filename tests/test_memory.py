@@ -72,6 +72,10 @@ def machine_with(monkeypatch):
 @pytest.mark.parametrize(("available", "make_args", "fragments"), [
     (GB, lambda t, run, c: ["train", *set_args(c, t / "run", **{"model.hidden_size": 60_000})],
      ["training (", "needs about", "lower data.batch_size", "model.hidden_size"]),
+    # Also when the precision is to be measured: measuring builds and trains the model.
+    (GB, lambda t, run, c: ["train", *set_args(c, t / "run", **{"model.hidden_size": 60_000,
+                                                            "train.precision": "auto"})],
+     ["training (", "needs about", "model.hidden_size"]),
     (GB, lambda t, run, c: ["train", *set_args(c, t / "run", **{"data.batch_size": 10**8,
                                                             "data.batching": "random"})],
      ["100,000,000 streams", "lower data.batch_size"]),
