@@ -229,8 +229,8 @@ def read_yaml_mapping(path: Path) -> dict:
     if kind == "missing":
         raise UsageError(f"config file not found: {path}; see configs/ for examples")
     if kind != "file":
-        raise UsageError(f"cannot read config {path}: it is {kind}, not a regular file; "
-                         "name a YAML file")
+        raise UsageError(f"cannot read config {path}: {fileio.what_it_is(kind)}, not a "
+                         "regular file; name a YAML file")
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_CONFIG_BYTES + 1)

@@ -143,8 +143,9 @@ def _resolve_one(spec: str) -> list[Source]:
         raise CorpusError(f"cannot read {spec}: permission denied on a directory in its path; "
                           "fix the permissions or choose another location") from None
     if other:
-        raise CorpusError(f"cannot read {spec}: it is {fileio.file_kind(path)}, not a regular "
-                          "file; point at text files or a directory of them")
+        what = fileio.what_it_is(fileio.file_kind(path))
+        raise CorpusError(f"cannot read {spec}: {what}, not a regular file; point at text "
+                          "files or a directory of them")
     if is_file:
         _check_readable(path)
         return [Source(str(path), path=path)]

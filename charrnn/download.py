@@ -110,8 +110,8 @@ def _open(location: str | Path, corpus: RemoteCorpus, timeout: float) -> BinaryI
     if isinstance(location, Path):
         kind = fileio.file_kind(location)
         if kind not in ("file", "missing"):  # a FIFO would block the open
-            raise DownloadError(f"cannot read {location}: it is {kind}, not a regular file; "
-                                "put the file there or leave out --mirror")
+            raise DownloadError(f"cannot read {location}: {fileio.what_it_is(kind)}, not a "
+                                "regular file; put the file there or leave out --mirror")
         try:
             return open(location, "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:

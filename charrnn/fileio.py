@@ -296,6 +296,11 @@ class _Unclosed(io.RawIOBase):
         self.stream.flush()
 
 
+def what_it_is(kind: str) -> str:
+    """`file_kind`'s answer in words: "it is a directory", "it is a FIFO (named pipe)"."""
+    return "it is a directory" if kind == "directory" else f"it is {kind}"
+
+
 def file_kind(path: str | os.PathLike) -> str:
     """What is at `path` (following links): "file", "missing", "directory", or what else,
     worded for an error message ("a FIFO (named pipe)"), without opening it."""

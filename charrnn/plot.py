@@ -43,8 +43,8 @@ def load_curves(run_dir: Path, label: str) -> Curves:
     if kind == "missing":
         raise CharRNNError(f"{path} not found; pass a run directory written by `charrnn train`")
     if kind != "file":
-        raise CharRNNError(f"cannot read {path}: it is {kind}, not a regular file; pass a run "
-                           "directory written by `charrnn train`")
+        raise CharRNNError(f"cannot read {path}: {fileio.what_it_is(kind)}, not a regular "
+                           "file; pass a run directory written by `charrnn train`")
     curves = Curves(label)
     for record in read_metrics(run_dir):
         if record.get("kind") == "train":

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn import memory, speed
+from charrnn import fileio, memory, speed
 from charrnn.errors import Cancelled, CheckpointError, UsageError
 from charrnn.model import CharRNN, State, join_streams, map_state
 from charrnn.stepper import Carry, Stepper, stepper_for
@@ -657,13 +657,17 @@ def parse_stop(text: str) -> str:
 def read_prime_file(path: str | Path) -> str:
     """A prime written in a file (UTF-8, any number of lines), for --prime-file."""
     path = Path(path).expanduser()
+    kind = fileio.file_kind(path)
+    if kind != "file":
+        what = "no such file" if kind == "missing" else fileio.what_it_is(kind)
+        raise UsageError(f"--prime-file {path}: {what}; give a UTF-8 text file")
     try:
-        if not path.is_file():
-            raise UsageError(f"--prime-file {path}: no such file; give a UTF-8 text file")
         if path.stat().st_size > MAX_PRIME_BYTES:
             raise UsageError(f"--prime-file {path} is larger than {MAX_PRIME_BYTES:,} bytes; "
                              "a prime is the start of a text: use its last part")
-        return path.read_text(encoding="utf-8")
+        # Its bytes as they are: line endings are the vocabulary's to normalise (a model
+        # trained on CRLF text keeps \r\n, as a prime given with --prime would).
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"--prime-file {path} is not UTF-8 text (byte {exc.start}); "
                          "convert it to UTF-8") from None

@@ -152,8 +152,8 @@ class Vocab:
             raise VocabError(f"vocabulary file not found: {path}; build one with "
                              f"`charrnn vocab build CORPUS -o {shlex.quote(str(path))}`")
         if kind != "file":
-            raise VocabError(f"cannot read vocabulary {path}: it is {kind}, not a regular "
-                             "file; name a vocab.json file")
+            raise VocabError(f"cannot read vocabulary {path}: {fileio.what_it_is(kind)}, not a "
+                             "regular file; name a vocab.json file")
         try:
             data = safeload.load_json(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # JSON, UTF-8 and nesting errors alike

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from charrnn.checkpoint import load_model
 from charrnn.cli import app
 from charrnn.sample import FLUSH_EVERY, Sampler, SampleSettings, parse_stop
-from conftest import assert_clean_error
+from conftest import assert_clean_error, set_args
 
 runner = CliRunner()
 
@@ -256,9 +256,31 @@ def test_prime_file_is_the_same_as_the_prime_it_holds(tiny_run, tmp_path):
     assert from_file.startswith(prime)
 
 
+def test_a_prime_files_line_endings_are_kept_for_a_model_that_writes_them(tiny_run,
+                                                                            tmp_path, corpus):
+    crlf = tmp_path / "prime.txt"
+    crlf.write_bytes(b"The quick\r\nbrown fox\r\n")
+    # The tiny run never saw \r: the file's CRLF is read as LF.
+    assert sample(tiny_run, "--prime-file", crlf, "-n", 20) == \
+        sample(tiny_run, "--prime", "The quick\nbrown fox\n", "-n", 20)
+    # A model trained on CRLF text (newline: keep) reads the prime as --prime would give it.
+    text = tmp_path / "crlf.txt"
+    text.write_bytes(corpus.read_bytes().replace(b"\n", b"\r\n"))
+    result = invoke("train", *set_args(text, tmp_path / "run", **{"train.max_steps": 2}))
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    options = ("-n", 5, "--seed", 1, "--format", "json")
+    from_file = json.loads(invoke("sample", "-k", run, "--prime-file", crlf, *options).stdout)
+    given = json.loads(invoke("sample", "-k", run, "-p", "The quick\r\nbrown fox\r\n",
+                              *options).stdout)
+    assert from_file[0]["prime"] == "The quick\r\nbrown fox\r\n" and from_file == given
+
+
 def test_prime_file_errors(tiny_run, tmp_path):
     assert_clean_error(invoke("sample", "-k", tiny_run, "--prime-file", tmp_path / "none.txt"),
                        2, "--prime-file", "no such file")
+    assert_clean_error(invoke("sample", "-k", tiny_run, "--prime-file", tmp_path), 2,
+                       "it is a directory")
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\xe9".encode("latin-1"))
     assert_clean_error(invoke("sample", "-k", tiny_run, "--prime-file", latin), 2, "not UTF-8")

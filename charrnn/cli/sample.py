@@ -161,6 +161,10 @@ def run_sample(request: SampleRequest) -> None:
         _sample_interactively(sampler, runs, stop, request.as_json, target)
         return
     prime = request.prime
+    if request.prime_file is not None and vocab.unknown_chars(vocab.normalize("\r")):
+        # A file's CRLF line endings (an editor's choice, not the text's) for a model that
+        # never writes \r; a model trained on CRLF text gets them as they are.
+        prime = prime.replace("\r\n", "\n").replace("\r", "\n")
     sampler.encode_prime(prime)  # reject unknown prime characters before printing anything
     to_file = request.output is not None
     _check_memory(model, runs, prime, request.as_json, to_file, target)
