@@ -183,11 +183,20 @@ def test_interactive_continues_each_piped_line(tiny_run):
     assert "> " not in replies  # no prompt when stdin is not a terminal
 
 
-def test_interactive_reports_a_bad_line_and_goes_on(tiny_run):
+def test_interactive_reports_a_bad_line_and_goes_on(tiny_run, monkeypatch):
+    """Each bad line is reported and the others are continued; from a pipe, the command
+    then ends with status 1 so that a script notices."""
+    from charrnn import sample as sample_module
+
+    monkeypatch.setattr(sample_module, "MAX_PRIME_BYTES", 100)
     result = invoke("sample", "-k", tiny_run, "--seed", 1, "-n", 10, "-i",
-                    input="The €\nThe\n")
-    assert result.exit_code == 0, result.output
-    assert result.stderr.startswith("error:") and "'€'" in result.stderr
+                    input="The €\nThe\n" + "e" * 101 + "\n")
+    assert result.exit_code == 1, result.output
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3 and all(line.startswith("error:") for line in errors)
+    assert "'€'" in errors[0] and "too long a prime" in errors[1]
+    assert "2 of 3 input lines could not be continued" in errors[2]
+    assert "Traceback" not in result.output
     assert result.stdout == sample(tiny_run, "-n", 10, "-p", "The")
 
 

@@ -244,7 +244,12 @@ def _print_label(label: str) -> None:
 
 
 def _sample_interactively(sampler, runs, stop: str | None, as_json: bool, device) -> None:
-    """Continue each line read from stdin until end of input, the model staying loaded."""
+    """Continue each line read from stdin until end of input, the model staying loaded.
+
+    A bad line is reported and the session goes on; read from a pipe or file, the command then
+    ends with status 1, so that a script sees that some lines were not continued."""
+    from charrnn.sample import MAX_PRIME_BYTES
+
     if getattr(sys.stdin, "errors", None) == "strict":
         # Bytes that are not UTF-8 become U+FFFD, which the prime check then reports.
         with contextlib.suppress(AttributeError, ValueError, OSError):
@@ -256,6 +261,7 @@ def _sample_interactively(sampler, runs, stop: str | None, as_json: bool, device
         prompt = "> "
         out.print("Type text for the model to continue; an empty line starts from scratch; "
                   "Ctrl-D quits.", style="dim")
+    lines = failed = 0
     while True:
         try:
             line = input(prompt).rstrip("\r")
@@ -263,14 +269,22 @@ def _sample_interactively(sampler, runs, stop: str | None, as_json: bool, device
             break
         except OSError as exc:
             raise CharRNNError(f"cannot read standard input: {exc.strerror or exc}") from None
+        lines += 1
         try:
+            if len(line) > MAX_PRIME_BYTES:  # as --prime-file: a prime is a text's start
+                raise UsageError(f"a line of {len(line):,} characters is too long a prime "
+                                 f"(at most {MAX_PRIME_BYTES:,}); use its last part")
             sampler.encode_prime(line)
             _check_memory(sampler.model, runs, line, as_json, False, device)
             _emit(sampler, runs, line, stop, as_json, _write_stdout, _print_label,
                   one_line=True)
         except CharRNNError as exc:  # a bad line is reported; the session goes on
             report(exc)
+            failed += 1
         except KeyboardInterrupt:  # Ctrl-C ends this reply, not the session
             sys.stdout.write("\n")
     if prompt:
         sys.stdout.write("\n")  # Ctrl-D leaves the cursor after the prompt
+    elif failed:
+        raise CharRNNError(f"{failed} of {lines} input line{'s' if lines != 1 else ''} could "
+                           "not be continued (see above)")
