@@ -6,6 +6,7 @@ the id cache (idcache.py) and splits it: the last `data.val_fraction` is validat
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from charrnn.errors import ConfigError, CorpusError, VocabError
 from charrnn.idcache import IDS_FILE, build_vocab_cached, encode_cached, load_encoded
 from charrnn.memory import check_fits
 from charrnn.vocab import UNK_ID, Vocab
+
+# What identifies a corpus on resume besides its length: a digest of this many runs of ids.
+SAMPLED_BLOCKS, SAMPLED_BLOCK = 256, 4096
 
 
 @dataclass
@@ -62,8 +66,26 @@ def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
     check_window_fits(len(train), cfg.seq_len)
     check_window_fits(len(val), cfg.seq_len, "the validation split",
                       "raise data.val_fraction, use more text or a smaller data.seq_len")
-    key = {"length": n, "vocab": vocab.digest, "val_fraction": cfg.val_fraction}
+    key = {"length": n, "vocab": vocab.digest, "val_fraction": cfg.val_fraction,
+           "sampled": sampled_digest(encoded.ids)}
     return Dataset(vocab, train, val, encoded.unknown, key)
+
+
+def same_corpus(saved: dict | None, current: dict) -> bool:
+    """Whether a checkpoint's data key names this encoding of this corpus. Keys saved before
+    a field existed are compared on the fields they have (their runs resume as before)."""
+    return saved is not None and all(current.get(name) == value for name, value in saved.items())
+
+
+def sampled_digest(ids: np.ndarray, blocks: int = SAMPLED_BLOCKS,
+                   block: int = SAMPLED_BLOCK) -> str:
+    """A digest of `blocks` evenly spaced runs of `block` ids (all of a short text): two
+    corpora of one length tell apart, at a cost that does not grow with the corpus."""
+    digest = hashlib.blake2b(digest_size=16)
+    step = max(block, len(ids) // blocks)
+    for start in range(0, len(ids), step):
+        digest.update(np.ascontiguousarray(ids[start:start + block]).tobytes())
+    return digest.hexdigest()
 
 
 def run_validation_split(run_dir: Path, vocab: Vocab, val_fraction: float) -> np.ndarray:

@@ -28,7 +28,7 @@ import torch
 from charrnn import autosize, checkpoint, devices, fileio, memory, speed
 from charrnn.batches import make_batches
 from charrnn.config import Config
-from charrnn.data import Dataset, check_named_vocab, load_dataset
+from charrnn.data import Dataset, check_named_vocab, load_dataset, same_corpus
 from charrnn.distributed import ElasticJob, World
 from charrnn.errors import CharRNNError, ConfigError, TrainingStopped
 from charrnn.evaluate import Score, score_stream
@@ -535,7 +535,7 @@ class Trainer:
         if self.best_step == self.step and self.world.is_main:
             self.run_dir.repair_best(payload)
         changed = self._batching_changes(state.batch_layout or self._batch_layout())
-        if state.data_key != self.data.key:
+        if not same_corpus(state.data_key, self.data.key):
             self.view.message("the corpus changed since the checkpoint; its data position "
                               "restarts from the beginning", "warning")
         elif changed:

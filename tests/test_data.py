@@ -179,3 +179,21 @@ def test_streams_restart_from_a_blank_state_now_and_then():
     never = StreamBatches(ids, batch_size=32, seq_len=16, seed=0)
     never.next()
     assert not any(never.next()[2].any() for _ in range(100))
+
+
+def test_a_corpus_is_told_apart_from_another_of_the_same_length():
+    """A resumed run keeps its data position only on the corpus it was saved with: the data
+    key holds a digest of sampled ids besides the length, at a cost that does not grow."""
+    from charrnn.data import same_corpus, sampled_digest
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 60, size=3_000_000, dtype=np.uint8)
+    other = ids.copy()
+    other[len(other) // 2:len(other) // 2 + 10] += 1  # a few characters in the middle
+    assert sampled_digest(ids) == sampled_digest(ids.copy())
+    assert sampled_digest(ids) != sampled_digest(other)
+    assert sampled_digest(ids[:100]) != sampled_digest(ids[1:101])  # short: all of it
+    key = {"length": 3, "vocab": "v", "val_fraction": 0.1, "sampled": "a"}
+    assert same_corpus(dict(key), key) and not same_corpus({**key, "sampled": "b"}, key)
+    old = {"length": 3, "vocab": "v", "val_fraction": 0.1}  # saved before the digest existed
+    assert same_corpus(old, key) and not same_corpus(None, key)

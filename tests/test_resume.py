@@ -432,6 +432,19 @@ def test_resume_with_other_batching_restarts_the_data_and_keeps_the_new_config(t
     assert checkpoint.load(run / "last.pt")["step"] == 14
 
 
+def test_resume_on_another_corpus_of_the_same_length_restarts_the_data(tmp_path, corpus):
+    run = tmp_path / "run"
+    base = ["train", *set_args(corpus, run, **{"train.max_steps": 6, "train.eval_every": 0})]
+    assert runner.invoke(app, base).exit_code == 0
+    other = tmp_path / "other.txt"
+    text = corpus.read_text(encoding="utf-8")
+    other.write_text(text[::-1], encoding="utf-8")  # the same characters, counts and length
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", f"data.path={other}",
+                                 "--set", "train.max_steps=8"])
+    assert result.exit_code == 0, result.output
+    assert "the corpus changed since the checkpoint" in result.stdout
+
+
 def test_resume_with_another_model_is_refused_before_the_corpus_is_read(tmp_path, corpus):
     text = tmp_path / "corpus.txt"
     text.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
