@@ -432,6 +432,14 @@ def test_resume_with_other_batching_restarts_the_data_and_keeps_the_new_config(t
     assert checkpoint.load(run / "last.pt")["step"] == 14
 
 
+def test_resume_and_overwrite_together_are_refused(tmp_path, corpus):
+    result = runner.invoke(app, ["train", *set_args(corpus, tmp_path / "run"), "--resume",
+                                 str(tmp_path / "run"), "--overwrite"])
+    assert_clean_error(result, 2, "--resume continues a run and --overwrite starts it over",
+                       one_line=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_on_another_corpus_of_the_same_length_restarts_the_data(tmp_path, corpus):
     run = tmp_path / "run"
     base = ["train", *set_args(corpus, run, **{"train.max_steps": 6, "train.eval_every": 0})]

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from charrnn.cli.common import handles_errors, out, speaks_for_the_run
+from charrnn.errors import UsageError
 
 
 @handles_errors(memory_hint="lower data.batch_size, data.seq_len or model.hidden_size")
@@ -38,6 +39,8 @@ def train(
     from charrnn.rundir import saved_config
     from charrnn.train import train as run_training
 
+    if resume is not None and overwrite:
+        raise UsageError("--resume continues a run and --overwrite starts it over: give one")
     resume_target: bool | str = False
     if resume is not None:
         resume_target = os.path.expanduser(resume) if resume else True
