@@ -90,9 +90,11 @@ def test_interactive_sampling_of_bytes_that_are_not_utf8(tiny_run):
                            input=b"The\n\xff\xfe\nThe\n", capture_output=True, timeout=300,
                            env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     stderr = child.stderr.decode()
-    assert child.returncode == 0, stderr
-    # The bad line is reported as characters the model cannot write; the session goes on.
-    assert "Traceback" not in stderr and stderr.count("error:") == 1 and "cannot write" in stderr
+    # The bad line is reported as characters the model cannot write; the session goes on,
+    # and ends with status 1 (read from a pipe) saying how many lines failed.
+    assert child.returncode == 1, stderr
+    assert "Traceback" not in stderr and stderr.count("error:") == 2 and "cannot write" in stderr
+    assert "1 of 3 input lines could not be continued" in stderr
     assert child.stdout.decode().count("The") == 2
 
 
