@@ -678,7 +678,7 @@ def test_several_models_are_served_by_name(tiny_run, tmp_path):
 
 
 def test_events_are_spaced_out_while_many_streams_generate():
-    from charrnn.serve.app import EVENT_INTERVAL, MAX_EVENT_INTERVAL, event_interval
+    from charrnn.serve.answers import EVENT_INTERVAL, MAX_EVENT_INTERVAL, event_interval
 
     assert event_interval(0) == event_interval(1) == event_interval(32) == EVENT_INTERVAL
     assert event_interval(64) == pytest.approx(2 * EVENT_INTERVAL)
@@ -697,7 +697,7 @@ def _outcome(samples: int, length: int, logprobs: bool):
 @pytest.mark.parametrize("logprobs", [True, False])
 @pytest.mark.parametrize("error", [None, {"type": "model_error", "message": "x"}])
 def test_an_answer_written_in_pieces_is_the_summary_as_json(length, logprobs, error):
-    from charrnn.serve.app import LOGPROBS_PER_PIECE, _json, answer_pieces, summary
+    from charrnn.serve.answers import LOGPROBS_PER_PIECE, _json, answer_pieces, summary
     outcome = _outcome(3, length, logprobs)
     whole = {"error": error} if error is not None else {}
     whole |= summary("m", outcome, logprobs)
@@ -710,7 +710,7 @@ def test_an_answer_written_in_pieces_is_the_summary_as_json(length, logprobs, er
 def test_a_long_answer_lets_the_event_loop_run_while_it_is_written():
     """64 samples of 10,000 characters with log-probabilities: others' work runs between its
     pieces (written at once, it held every stream's events for about half a second)."""
-    from charrnn.serve.app import _json, answer_json, summary
+    from charrnn.serve.answers import _json, answer_json, summary
     outcome = _outcome(64, 10_000, True)
 
     async def race() -> tuple[str, int]:
