@@ -13,6 +13,7 @@ things make small inputs expensive, and both are refused here as a `ValueError`:
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -28,16 +29,40 @@ def load_json(text: str | bytes) -> Any:
 
 
 def load_yaml(text: str) -> Any:
-    """yaml.safe_load, where every way it can fail is a yaml.YAMLError: too-deep nesting, and
-    values its constructors cannot build (a 5,000-digit integer, a 30th of February)."""
+    """yaml.safe_load, where every way it can fail is a yaml.YAMLError: too-deep nesting,
+    values its constructors cannot build (a 5,000-digit integer, a 30th of February), and a
+    key given twice in one mapping (YAML keeps the last silently: a second `data:` section
+    would drop the first one's settings)."""
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader
     except RecursionError:
         raise yaml.YAMLError("it nests too deeply to be read") from None
     except (ValueError, OverflowError) as exc:
         raise yaml.YAMLError(f"a value cannot be read ({exc})") from None
+
+
+@functools.cache
+def _strict_loader() -> type:
+    """yaml.SafeLoader refusing a key given twice in one mapping (keys merged in with `<<`
+    may still be overridden, as YAML means them to be)."""
+    import yaml
+
+    class StrictSafeLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN202 - PyYAML's
+            seen = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key_node.value!r} is given twice in one "
+                        "mapping", key_node.start_mark)
+                seen.add(key_node.value)
+            return super().construct_mapping(node, deep)
+
+    return StrictSafeLoader
 
 
 def check_size(value: Any, *, max_nodes: int, max_chars: int, what: str) -> None:

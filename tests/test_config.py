@@ -1,5 +1,6 @@
 import pytest
 
+from charrnn import safeload
 from charrnn.config import Config, load_config, parse_override
 from charrnn.errors import ConfigError, UsageError
 
@@ -76,6 +77,22 @@ def test_yaml_that_is_not_a_mapping_or_not_yaml(tmp_path):
         load_config(write(tmp_path, "model:\n  cell: [lstm\n"))
     with pytest.raises(UsageError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_key_given_twice_is_refused_naming_it(tmp_path):
+    """YAML keeps the last of two equal keys silently: a second `data:` section would drop
+    the first one's settings. Keys merged in with `<<` may still be overridden."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  path: a.txt\nmodel:\n  hidden_size: 32\ndata:\n  seq_len: 16\n")
+    with pytest.raises(UsageError, match="line 5, column 1: the key 'data' is given twice"):
+        load_config(path)
+    path.write_text("model:\n  hidden_size: 32\n  hidden_size: 64\n")
+    with pytest.raises(UsageError, match="'hidden_size' is given twice"):
+        load_config(path)
+    path.write_text("base: &b {lr: 0.01, weight_decay: 0.1}\noptim:\n  <<: *b\n  lr: 0.02\n"
+                    "train:\n  max_time: 60\n")
+    merged = safeload.load_yaml(path.read_text())
+    assert merged["optim"] == {"lr": 0.02, "weight_decay": 0.1}
 
 
 def test_a_budget_is_required():
