@@ -665,8 +665,8 @@ def read_prime_file(path: str | Path) -> str:
         if path.stat().st_size > MAX_PRIME_BYTES:
             raise UsageError(f"--prime-file {path} is larger than {MAX_PRIME_BYTES:,} bytes; "
                              "a prime is the start of a text: use its last part")
-        # Its bytes as they are: line endings are the vocabulary's to normalise (a model
-        # trained on CRLF text keeps \r\n, as a prime given with --prime would).
+        # Its bytes as they are, CRLF kept: whether a model reads them as such (trained on
+        # CRLF text) or as LF is the caller's to decide (`charrnn sample` knows the model).
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"--prime-file {path} is not UTF-8 text (byte {exc.start}); "

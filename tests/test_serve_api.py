@@ -732,3 +732,28 @@ def test_a_long_answer_lets_the_event_loop_run_while_it_is_written():
     text, turns = asyncio.run(race())
     assert text == _json(summary("m", outcome, True))
     assert turns >= 2 * 64  # about 100 KB per sample: several turns each (at once: one)
+
+
+def test_a_failed_stream_ends_with_an_error_event_carrying_the_answer():
+    """A model that fails mid-stream: the text so far, then `error` with the whole answer."""
+    from types import SimpleNamespace
+
+    from charrnn.serve.answers import events
+    from charrnn.serve.streams import ERROR, Delta, RequestStream
+
+    async def read() -> list[bytes]:
+        stream = RequestStream("r", 1, False, 2, asyncio.get_running_loop())
+        stream._put(Delta(["ab"]))
+        stream._end([ERROR], "the scores are not numbers")
+        stream._ready.set()
+        served = SimpleNamespace(name="m", engine=SimpleNamespace(load=lambda: {"rows": 0},
+                                                                  abort=lambda _: None))
+        return [event async for event in events(served, stream, False)]
+
+    delta, last = asyncio.run(read())
+    assert delta.startswith(b"event: delta\n")
+    name, data = last.decode().strip().split("\n")
+    assert name == "event: error" and json.loads(data.removeprefix("data: ")) == {
+        "error": {"type": "model_error", "message": "the scores are not numbers"},
+        "model": "m", "samples": [{"text": "ab", "finish_reason": "error"}],
+        "usage": {"prime_chars": 2, "generated_chars": 2}}

@@ -55,8 +55,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _sse(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {_json(data)}\n\n".encode()
+def _sse(event: str, data_json: str) -> bytes:
+    """One server-sent event carrying JSON already written."""
+    return f"event: {event}\ndata: {data_json}\n\n".encode()
 
 
 async def answer_json(model: str, outcome: Outcome, with_logprobs: bool,
@@ -103,7 +104,7 @@ def _delta_event(delta: Delta) -> bytes:
             if delta.logprobs is not None:
                 sample["logprobs"] = _rounded(delta.logprobs[i])
             samples.append(sample)
-    return _sse("delta", {"samples": samples})
+    return _sse("delta", _json({"samples": samples}))
 
 
 async def events(served: ServedModel, stream: RequestStream, with_logprobs: bool
@@ -123,13 +124,10 @@ async def events(served: ServedModel, stream: RequestStream, with_logprobs: bool
                 # Let text gather: one event per interval.
                 await stream.pause(event_interval(served.engine.load()["rows"]))
         outcome = stream.outcome()
-        if outcome.error is not None or ERROR in outcome.finish_reasons:
-            error = {"type": "model_error", "message": outcome.error}
-            answer = await answer_json(served.name, outcome, with_logprobs, error)
-            yield f"event: error\ndata: {answer}\n\n".encode()
-        else:
-            answer = await answer_json(served.name, outcome, with_logprobs)
-            yield f"event: done\ndata: {answer}\n\n".encode()
+        failed = outcome.error is not None or ERROR in outcome.finish_reasons
+        error = {"type": "model_error", "message": outcome.error} if failed else None
+        answer = await answer_json(served.name, outcome, with_logprobs, error)
+        yield _sse("error" if failed else "done", answer)
     finally:
         if not stream.finished:
             served.engine.abort(stream.id)
