@@ -130,6 +130,63 @@ def test_requests_queue_beyond_max_streams_and_are_refused_beyond_max_queue(make
     assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
 
 
+def test_one_client_may_hold_only_its_share_of_the_queue(make_engine):
+    """A client sending requests as fast as it can gets 503 once it holds half the queue's
+    places; another client's requests still queue. A library caller naming no client may
+    fill the queue as before."""
+    engine = make_engine(max_streams=1, max_queue=4)
+
+    async def scenario():
+        endless = params(length=ENDLESS)
+        running = engine.add_request("run", "", endless, client="A")
+        queued = [engine.add_request(f"a{i}", "", endless, client="A") for i in range(2)]
+        with pytest.raises(Overloaded) as refused:
+            engine.add_request("a-over", "", endless, client="A")
+        queued += [engine.add_request(f"b{i}", "", endless, client="B") for i in range(2)]
+        with pytest.raises(Overloaded):  # the queue itself is full now
+            engine.add_request("c0", "", endless, client="C")
+        for stream in queued:
+            engine.abort(stream.id)
+        unnamed = [engine.add_request(f"n{i}", "", endless) for i in range(4)]
+        load = engine.load()
+        for stream in (running, *unnamed):
+            engine.abort(stream.id)
+        await asyncio.gather(*(stream.result() for stream in (running, *queued, *unnamed)))
+        return refused.value, load
+
+    refused, load = asyncio.run(scenario())
+    assert "2 requests of yours queued" in str(refused) and refused.retry_after >= 1
+    assert load["queued"] == 4
+    assert engine.load() == {"rows": 0, "queued": 0, "beams": 0}
+
+
+def test_one_client_may_hold_only_its_share_of_the_beam_queue(make_engine):
+    engine = make_engine(max_streams=4, max_queue=4)
+    gate = threading.Event()
+    run_beam = engine._run_beam
+
+    def held(request) -> None:  # noqa: ANN001 - the engine's record
+        gate.wait(10)  # the first search holds the worker while the others queue
+        run_beam(request)
+
+    engine._run_beam = held
+
+    async def scenario():
+        beam = GenerationParams(SampleSettings(length=5, beam=2))
+        streams = [engine.add_request("a0", "", beam, client="A")]
+        await until(lambda: not engine._beam_queues)  # a0 started: it holds no place
+        streams += [engine.add_request(f"a{i}", "", beam, client="A") for i in (1, 2)]
+        with pytest.raises(Overloaded) as refused:
+            engine.add_request("a-over", "", beam, client="A")
+        streams.append(engine.add_request("b0", "", beam, client="B"))
+        gate.set()
+        return refused.value, await asyncio.gather(*(s.result() for s in streams))
+
+    refused, outcomes = asyncio.run(scenario())
+    assert "2 beam searches of yours queued" in str(refused)
+    assert all(outcome.finish_reasons == [LENGTH] for outcome in outcomes)
+
+
 def test_queued_requests_take_turns_by_client(make_engine):
     """One client's backlog does not hold back another's request: the next to start is the
     earliest of the client holding the fewest rows. A request whose rows do not fit yet is

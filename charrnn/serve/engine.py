@@ -25,10 +25,12 @@ the characters or the readers, and the loop never waits for an event loop.
 The batch holds at most `max_streams` rows (a request takes `num_samples` of them); beyond it
 requests queue, at most `max_queue` of them, and beyond that `add_request` raises Overloaded.
 Queued requests take turns by client: the next to start is the earliest of the client holding
-the fewest rows (one client's backlog does not hold back everyone else's requests).
+the fewest rows (one client's backlog does not hold back everyone else's requests), and a
+named client may hold at most CLIENT_QUEUE_SHARE of the queue's places (its backlog cannot
+fill the queue and turn everyone else away).
 Beam search (deterministic, its texts known only at the end) runs outside the batch, on one
 worker thread, in at most BEAM_SHARE of the time while any engine of the process generates;
-queued searches also take turns by client.
+queued searches also take turns by client, and share their queue by client alike.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ BEAM_SHARE = 0.25
 MAX_BEAM_PAUSE = 1.0
 # Clients whose last search's start is remembered, to give them their turn after others'.
 BEAM_CLIENTS_KEPT = 1024
+# The share of the queue's places (and of the beam searches' queue) one named client may hold.
+# Without it one client sending requests as fast as it could filled the queue, and every other
+# client got 503 until the backlog drained; with it the other half stays theirs.
+CLIENT_QUEUE_SHARE = 0.5
 RETRY_AFTER = 1  # seconds a refused caller should wait: rows free up within about that
 NOT_FINITE = ("the model's scores are not numbers (NaN or inf): its weights are damaged or "
               "its training diverged; serve another checkpoint")
@@ -278,12 +284,13 @@ class Engine:
             if not self._queue and \
                     self._reserved_rows + request.samples <= self.max_streams:
                 self._reserve_locked(request)
-            elif len(self._queue) < self.max_queue:
-                self._queue.append(request)
-            else:
+            elif len(self._queue) >= self.max_queue:
                 raise Overloaded(f"model {self.name} is generating {self._reserved_rows} "
                                  f"streams with {len(self._queue)} requests queued; try again "
                                  "shortly", retry_after=RETRY_AFTER)
+            else:
+                self._check_share_locked(client, self._queue, "requests")
+                self._queue.append(request)
             self._requests[request_id] = request
             self._work.notify()
         return stream
@@ -331,10 +338,25 @@ class Engine:
         if self._beams_pending > self.max_queue:  # one running, max_queue waiting
             raise Overloaded(f"model {self.name} has {self._beams_pending} beam searches "
                              "waiting; try again shortly", retry_after=RETRY_AFTER)
+        self._check_share_locked(request.client, self._beam_queues.get(request.client, ()),
+                                 "beam searches")
         self._beams_pending += 1
         self._requests[request.id] = request
         self._beam_queues.setdefault(request.client, collections.deque()).append(request)
         self._beams.submit(self._run_next_beam)  # one task per search; each takes the next
+
+    def _check_share_locked(self, client: str | None, queued: Iterable[_Request],
+                            what: str) -> None:
+        """Raise Overloaded if a named `client` already holds its share of a queue's places
+        (`queued`: the queue, or that client's own queued requests)."""
+        if client is None:  # a library caller with no clients to be fair between
+            return
+        share = max(1, int(self.max_queue * CLIENT_QUEUE_SHARE))
+        held = sum(request.client == client for request in queued)
+        if held >= share:
+            raise Overloaded(f"model {self.name} already has {held} {what} of yours queued, "
+                             f"the most one client may have waiting ({share}); send more as "
+                             "these finish", retry_after=RETRY_AFTER)
 
     def _run_next_beam(self) -> None:
         """Run the queued search whose turn it is: the next of the client whose last search
