@@ -10,7 +10,13 @@ import signal
 import httpx
 import pytest
 
-from charrnn.serve.siteguard import SiteGuard, hostname, is_loopback_name
+from charrnn.serve.siteguard import (
+    SiteGuard,
+    explicit_port,
+    hostname,
+    is_loopback_name,
+    page_site,
+)
 from serving import ServerProcess, load, running_server
 
 
@@ -105,11 +111,36 @@ def test_an_origin_that_is_not_a_url_is_refused_not_a_server_error(origin):
     assert answer((), {"origin": origin})[0] == 403  # no Host either
 
 
+def test_ports_in_host_headers_and_origins():
+    assert explicit_port("localhost:8000") == explicit_port("[::1]:8000") == 8000
+    assert explicit_port("localhost") is explicit_port("[::1]") is explicit_port("a:") is None
+    assert explicit_port("a:\u0668") is None  # a digit, but not an ASCII one
+    assert page_site("http://localhost:3000") == ("localhost", 3000)
+    assert page_site("https://Chat.Example.") == ("chat.example", 443)
+    assert page_site("http://[::1]") == ("::1", 80)
+    assert page_site("null") is page_site("http://[::1") is page_site("file://") is None
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:3000", "http://localhost",
+                                    "https://localhost"])
+def test_a_page_on_another_port_of_the_same_name_is_refused(origin):
+    """Another program's page on localhost is another site."""
+    status, error = answer((), {"host": "localhost:8000", "origin": origin})
+    assert status == 403 and error["type"] == "cross_origin"
+    assert "localhost:8000" in error["message"]
+
+
 def test_the_servers_own_page_and_programs_without_an_origin_are_answered():
     assert answer((), {"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"})[0] == 200
     assert answer((), {"host": "localhost:8000"})[0] == 200
-    # Behind a TLS proxy the port differs: the name is what counts.
+    assert answer((), {"host": "[::1]:8000", "origin": "http://[::1]:8000"})[0] == 200
+    assert answer((), {"host": "localhost", "origin": "http://localhost"})[0] == 200
+    # Behind a TLS proxy passing on the bare name the port differs: the name is what counts.
     assert answer(("chat.example",), {"host": "chat.example",
+                                      "origin": "https://chat.example"})[0] == 200
+    assert answer((), {"host": "localhost", "origin": "https://localhost:8443"})[0] == 200
+    # A name given with --allow-host is trusted on any port.
+    assert answer(("chat.example",), {"host": "chat.example:8000",
                                       "origin": "https://chat.example"})[0] == 200
     # A proxy passing on its own address as Host: the page's name is an --allow-host.
     assert answer(("chat.example",), {"host": "127.0.0.1:8000",
@@ -123,6 +154,9 @@ def test_a_real_server_refuses_rebinding_and_other_sites(tiny_run):
         refused = client.post("/v1/generate", json={"length": 5},
                               headers={"Origin": "http://evil.example"})
         assert refused.status_code == 403 and refused.json()["error"]["field"] == "headers"
+        another_port = client.post("/v1/generate", json={"length": 5},
+                                   headers={"Origin": "http://127.0.0.1:1"})
+        assert another_port.status_code == 403
         assert client.post("/v1/generate", json={"length": 5},
                            headers={"Origin": url}).json()["usage"]["generated_chars"] == 5
 

@@ -13,9 +13,12 @@ http://127.0.0.1:8000; two kinds get through unless the server refuses them:
   name (localhost, *.localhost, 127.x.x.x, [::1]) or to a name given with --allow-host (403
   otherwise). A server listening on another address has no such list: use --api-key there.
 
-Ports are not compared: behind a TLS proxy a browser's Origin and the Host the server sees
-differ in port, not in name. Two Host headers are refused (which one counts would depend on
-who reads them), and so are websockets: the API has none.
+A page of the same name on another port (another program's page on localhost:3000) is
+another site too: when the Host header names a port, an Origin of that name must have the
+same one. A Host without a port is not compared (a TLS proxy passing on the bare name sees
+the browser's https port 443 in Origin), nor is an Origin named by --allow-host (a proxy
+passing on its own address as Host). Two Host headers are refused (which one counts would
+depend on who reads them), and so are websockets: the API has none.
 """
 
 from __future__ import annotations
@@ -34,6 +37,29 @@ def hostname(host_header: str) -> str:
         return host_header[1:].partition("]")[0].lower()
     name = host_header.rpartition(":")[0] if ":" in host_header else host_header
     return name.lower().rstrip(".")
+
+
+def explicit_port(host_header: str) -> int | None:
+    """The port a Host header names ('localhost:8000' -> 8000), None if it names none."""
+    after = host_header.rpartition("]")[2] if host_header.startswith("[") else host_header
+    port = after.rpartition(":")[2] if ":" in after else ""
+    return int(port) if port.isascii() and port.isdigit() else None
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def page_site(origin: str) -> tuple[str, int | None] | None:
+    """The name and port of a page's Origin header ('http://localhost:3000'), the scheme's
+    port if none is written; None if it is not a URL (an unclosed IPv6 bracket, 'null')."""
+    try:
+        parts = urlsplit(origin)
+        name, port = (parts.hostname or "").rstrip("."), parts.port
+    except ValueError:
+        return None
+    if not name:
+        return None
+    return name, port if port is not None else DEFAULT_PORTS.get(parts.scheme)
 
 
 def is_loopback_name(name: str) -> bool:
@@ -75,22 +101,29 @@ class SiteGuard:
         if len(hosts) > 1:  # which one counts would depend on who reads them
             return "forbidden_host", "headers: more than one Host header; send one"
         headers = dict(header_list)
-        host = hostname(hosts[0].decode("latin-1") if hosts else "")
+        host_header = hosts[0].decode("latin-1") if hosts else ""
+        host = hostname(host_header)
         if not self.any_host and host and not is_loopback_name(host) and host not in self.hosts:
             return ("forbidden_host",
                     f"headers: this server answers to localhost names only, not {host!r} (a "
                     "web page may be reaching it through its own name: DNS rebinding); to "
                     f"serve it under that name, start it with --allow-host {host}")
         origin = headers.get(b"origin")
-        if origin is not None:
-            try:
-                origin_host = (urlsplit(origin.decode("latin-1")).hostname or "").rstrip(".")
-            except ValueError:  # not a URL (an unclosed IPv6 bracket): no page of this server
-                origin_host = None
-            # A proxy may pass on its own address as Host: its public name is an --allow-host.
-            if origin_host is None or (origin_host != host and origin_host not in self.hosts):
-                return ("cross_origin",
-                        f"headers: a page of {origin.decode('latin-1')!r} may not use this "
-                        f"server ({host or 'no host'}); open the playground on this server, "
-                        "or call the API from a program (which sends no Origin header)")
+        if origin is not None and not self._own_page(page_site(origin.decode("latin-1")),
+                                                     host, explicit_port(host_header)):
+            return ("cross_origin",
+                    f"headers: a page of {origin.decode('latin-1')!r} may not use this "
+                    f"server ({host_header or 'no host'}); open the playground on this server, "
+                    "or call the API from a program (which sends no Origin header)")
         return None
+
+    def _own_page(self, page: tuple[str, int | None] | None, host: str,
+                  port: int | None) -> bool:
+        """Whether a page at `page` (name, port) is this server's own, reached as host:port."""
+        if page is None:  # not a URL: no page of this server
+            return False
+        name, page_port = page
+        # A proxy may pass on its own address as Host: its public name is an --allow-host.
+        if name in self.hosts:
+            return True
+        return name == host and (port is None or page_port == port)
