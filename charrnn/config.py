@@ -182,10 +182,16 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def replace(self, **sections: dict) -> Config:
-        """A copy with some fields changed, e.g. replace(train={"max_steps": 5})."""
+        """A copy with some fields changed, e.g. replace(train={"max_steps": 5}); not checked
+        (see `checked`)."""
         updated = {name: dataclasses.replace(getattr(self, name), **values)
                    for name, values in sections.items()}
         return dataclasses.replace(self, **updated)
+
+    def checked(self) -> Config:
+        """This config after the checks a config file gets (ConfigError naming each bad key):
+        one built or changed in code (`replace`) has had none."""
+        return dataclasses.replace(config_from_dict(self.to_dict()), given=self.given)
 
 
 _SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,

@@ -20,6 +20,7 @@ import math
 import random
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,23 +60,32 @@ class RunResult:
 
 
 def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool = False,
-          view: TrainingView | None = None, stop: StopRequest | None = None) -> RunResult:
+          view: TrainingView | None = None, stop: StopRequest | None = None,
+          exit_after_grace: bool = False) -> RunResult:
     """Train as `config` says, or continue the run in `resume` (True: config's out_dir).
 
     `view` shows progress and messages (silent when None); `stop` is asked after every step
-    whether to stop (by default: Ctrl-C, SIGTERM or SIGUSR1, with train.preempt_grace seconds
-    to save and exit). Under torchrun every process calls this, and rank 0 reports for all of
-    them; when torchrun restarts the workers, they resume from the last.pt their job wrote.
+    whether to stop (by default: Ctrl-C, SIGTERM or SIGUSR1; training saves last.pt and
+    raises TrainingStopped). With `exit_after_grace` (the command line), or under torchrun,
+    the process also ends train.preempt_grace seconds after the signal if still running (a
+    save stuck on a slow disk, a peer that hangs); a notebook's kernel is never ended so.
+    Under torchrun every process calls this, and rank 0 reports for all of them; when
+    torchrun restarts the workers, they resume from the last.pt their job wrote.
+
+    Training seeds torch's and Python's random numbers and sets torch's thread count for
+    itself; the caller's are as they were afterwards.
     """
+    config = config.checked()  # one built in code has had no checks
     if resume not in (False, None, True):
         config = config.replace(train={"out_dir": str(resume)})
     run_dir = RunDir(config.train.out_dir)
     fileio.ensure_dir(run_dir.path)  # on every machine: each encodes its corpus copy there
-    with World.from_environment(config.train.device) as world, \
+    with _callers_state_kept(), World.from_environment(config.train.device) as world, \
             contextlib.ExitStack() as scope:
         if not world.is_main or view is None:
             view = SilentView()
-        stop = scope.enter_context(stop or _stop_on_signals(config, run_dir, view))
+        hard_exit = exit_after_grace or world.job is not None or world.size > 1
+        stop = scope.enter_context(stop or _stop_on_signals(config, run_dir, view, hard_exit))
         restarted_job = world.job.run_id if world.job and world.job.restarted else None
         # Rank 0 alone locks, tidies and reads the run directory, and passes on what it read.
         resume_from = world.run_on_main(lambda: run_dir.open(
@@ -109,7 +119,23 @@ def _plan(config: Config, run_dir: RunDir, resume_from: dict | None,
     return autosize.plan(config, data.vocab.size, len(data.train), world.device, world.size)
 
 
-def _stop_on_signals(config: Config, run_dir: RunDir, view: TrainingView) -> StopRequest:
+@contextlib.contextmanager
+def _callers_state_kept() -> Iterator[None]:
+    """The caller's random numbers (torch's CPU generator and Python's) and torch's thread
+    count, as they were before training, afterwards."""
+    threads, python_random = torch.get_num_threads(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_random)
+        torch.set_num_threads(threads)
+
+
+def _stop_on_signals(config: Config, run_dir: RunDir, view: TrainingView,
+                     hard_exit: bool) -> StopRequest:
+    if not hard_exit:
+        return StopRequest()
     grace = config.train.preempt_grace
 
     def out_of_time(name: str) -> None:

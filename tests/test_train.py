@@ -6,14 +6,16 @@ prints nothing itself), and stops cleanly when asked.
 """
 
 import math
+import random
 import signal
+import time
 
 import pytest
 import torch
 
 from charrnn import checkpoint
 from charrnn.config import load_config
-from charrnn.errors import TrainingStopped
+from charrnn.errors import ConfigError, TrainingStopped
 from charrnn.metrics import read_metrics
 from charrnn.model import CharRNN
 from charrnn.train import RunResult, Trainer, train
@@ -141,3 +143,49 @@ def test_a_training_step_updates_every_weight(tmp_path, corpus):
     after = trainer.model.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before)
     assert trainer.state is not None  # the hidden state carried to the next window
+
+
+def test_a_signal_in_a_notebook_stops_training_without_ending_the_process(tmp_path, corpus):
+    """Ctrl-C ("interrupt kernel") saves and raises TrainingStopped; the hard exit after
+    train.preempt_grace is the command line's (and torchrun's), never a library caller's."""
+
+    class InterruptedView(RecordingView):
+        def update(self, step, fraction, fields):
+            super().update(step, fraction, fields)
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.6)  # still running past the grace period below
+
+    config = config_for(corpus, tmp_path / "run",
+                        **{"train.max_steps": 50, "train.log_every": 5,
+                           "train.preempt_grace": 0.2})
+    with pytest.raises(TrainingStopped):
+        train(config, view=InterruptedView())
+    assert 5 <= checkpoint.load(tmp_path / "run" / "last.pt")["step"] <= 6  # the next step
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_config_built_in_code_gets_the_config_files_checks(tmp_path, corpus):
+    config = config_for(corpus, tmp_path / "run")
+    with pytest.raises(ConfigError, match="'train.max_steps' must be at least 1"):
+        train(config.replace(train={"max_steps": 0}))
+    with pytest.raises(ConfigError, match="'model.cell' must be one of"):
+        train(config.replace(model={"cell": "transformer"}))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_callers_random_numbers_and_threads_are_kept(tmp_path, corpus):
+    threads = torch.get_num_threads()
+    expected = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        expected.append((torch.rand(1).item(), random.random()))
+    seen = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        train(config_for(corpus, tmp_path / f"run{seed}",
+                         **{"train.max_steps": 3, "train.threads": 1}))
+        seen.append((torch.rand(1).item(), random.random()))
+        assert torch.get_num_threads() == threads
+    assert seen == expected

@@ -59,7 +59,8 @@ def train(
     else:
         cfg = load_config(config, overrides)
     view = make_view(out, quiet) if speaks_for_the_run() else None
-    result = run_training(cfg, resume=resume_target, overwrite=overwrite, view=view)
+    result = run_training(cfg, resume=resume_target, overwrite=overwrite, view=view,
+                          exit_after_grace=True)
     if not speaks_for_the_run():
         return
     final = f"; val {result.final.line()}" if result.final is not None else ""
