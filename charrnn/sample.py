@@ -18,6 +18,7 @@ distribution: deterministic, no random numbers.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -69,6 +70,9 @@ class SampleSettings:
 
     def validate(self, vocab: Vocab) -> None:
         check_temperature(self.temperature)
+        self._check_types()
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed must be between 0 and {MAX_SEED}, not {self.seed}")
         if self.length < 0:
             raise UsageError(f"--length must be 0 or more, not {self.length}")
         if self.num_samples < 1:
@@ -90,11 +94,25 @@ class SampleSettings:
                                  "probabilities; leave out --temperature, --top-k and --top-p")
 
 
+    def _check_types(self) -> None:
+        """Settings built in code get what the command line and the server check on parsing:
+        a seed of "7" or 2**70 stopped a server's generation loop for every request."""
+        for name in ("length", "num_samples", "top_k", "seed", "beam"):
+            value = getattr(self, name)
+            optional = name not in ("length", "num_samples")
+            if not (value is None and optional) and (
+                    not isinstance(value, int) or isinstance(value, bool)):
+                raise UsageError(f"{name} must be a whole number, not {value!r}")
+        if self.top_p is not None and (not isinstance(self.top_p, (int, float))
+                                       or isinstance(self.top_p, bool)):
+            raise UsageError(f"top_p must be a number, not {self.top_p!r}")
+
+
 def check_temperature(value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) \
             or math.isinf(value) or value < 0:
         raise UsageError(f"temperature must be a finite number >= 0 (0 means greedy), "
-                         f"not {value}")
+                         f"not {value!r}")
 
 
 @dataclass
@@ -454,31 +472,35 @@ class Sampler:
         streams = self.start(settings, prime)
         stepper = self.stepper()
         generator = new_generator(settings.seed, self.device)
-        rows = settings.num_samples
-        with speed.using_threads(self.threads_for(stepper, rows)):
-            yield from self._generate(streams, stepper, generator, settings, with_logprobs)
+        threads = self.threads_for(stepper, settings.num_samples)
+        yield from self._generate(streams, stepper, generator, settings, with_logprobs, threads)
 
     def _generate(self, streams: Streams, stepper: Stepper, generator: torch.Generator,
-                  settings: SampleSettings, with_logprobs: bool) -> Iterator[Chunk]:
+                  settings: SampleSettings, with_logprobs: bool, threads: int
+                  ) -> Iterator[Chunk]:
         rows = settings.num_samples
         out = torch.empty(rows, FLUSH_EVERY, dtype=torch.long, device=self.device)
         logp = torch.empty(rows, FLUSH_EVERY, device=self.device) if with_logprobs else None
         done = 0
         while done < settings.length:
             n = min(FLUSH_EVERY, settings.length - done)
-            finite = streams.finite()
-            uniforms = draw_uniforms(generator, n, rows, self.device)
-            for i in range(n):
-                out[:, i], lp = streams.advance(stepper, uniforms[i], with_logprobs)
-                if lp is not None:
-                    logp[:, i] = lp
+            # The thread count is this chunk's only, never held across a yield: a paused
+            # stream (a notebook's next()) would leave it set for its caller, and two
+            # interleaved streams would restore each other's.
+            with speed.using_threads(threads):
+                finite = streams.finite()
+                uniforms = draw_uniforms(generator, n, rows, self.device)
+                for i in range(n):
+                    out[:, i], lp = streams.advance(stepper, uniforms[i], with_logprobs)
+                    if lp is not None:
+                        logp[:, i] = lp
+                # Checked once per chunk: a per-step check would wait on the device each step.
+                if not bool(finite & streams.finite()):
+                    raise CheckpointError("the model's scores are not numbers (NaN or inf): "
+                                          "its weights are damaged or its training diverged; "
+                                          "use another checkpoint")
+                ids = out[:, :n].tolist()  # one device sync per chunk
             done += n
-            # Checked once per chunk: a per-step check would wait on the device every step.
-            if not bool(finite & streams.finite()):
-                raise CheckpointError("the model's scores are not numbers (NaN or inf): its "
-                                      "weights are damaged or its training diverged; use "
-                                      "another checkpoint")
-            ids = out[:, :n].tolist()  # one device sync per chunk
             yield Chunk([self.vocab.decode(r) for r in ids],
                         logp[:, :n].tolist() if logp is not None else [])
 
@@ -517,13 +539,15 @@ class Sampler:
     def samples(self, settings: SampleSettings, prime: str = "", stop: str | None = None,
                 with_logprobs: bool = False) -> list[Sample]:
         """Whole samples with what produced them, each ended at `stop` when given."""
+        settings.validate(self.vocab)
         if settings.beam is not None:
-            settings.validate(self.vocab)
             stop = self.prepare_stop(stop) if stop is not None else None
             return beam_search(self, settings, prime, stop)
+        chunks = self.stream(settings, prime, stop, with_logprobs)
+        first = next(chunks, None)  # the rows start: their memory is checked before the lists
         texts: list[list[str]] = [[] for _ in range(settings.num_samples)]
         logprobs: list[list[float]] = [[] for _ in range(settings.num_samples)]
-        for chunk in self.stream(settings, prime, stop, with_logprobs):
+        for chunk in itertools.chain([first] if first is not None else [], chunks):
             for i, piece in enumerate(chunk.texts):
                 texts[i].append(piece)
                 if with_logprobs:

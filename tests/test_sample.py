@@ -309,3 +309,34 @@ def test_beam_search_ends_at_the_stop_text(tiny_model):
 def test_beam_options_are_checked(tiny_model, settings, fragment):
     with pytest.raises(UsageError, match=fragment):
         tiny_model.samples(settings, "a")
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    (SampleSettings(seed=2**70), "seed must be between 0 and"),
+    (SampleSettings(seed=-1), "seed must be between 0 and"),
+    (SampleSettings(seed="7"), "seed must be a whole number, not '7'"),
+    (SampleSettings(length=5.5), "length must be a whole number, not 5.5"),
+    (SampleSettings(num_samples=None), "num_samples must be a whole number, not None"),
+    (SampleSettings(top_k=True), "top_k must be a whole number"),
+    (SampleSettings(top_p="0.9"), "top_p must be a number, not '0.9'"),
+    (SampleSettings(temperature="0.8"), "not '0.8'"),
+])
+def test_settings_built_in_code_are_checked_as_the_command_line_checks_them(
+        tiny_model, settings, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        tiny_model.sample_text(settings, "a")
+
+
+def test_a_paused_stream_leaves_the_callers_thread_count_alone(tiny_model, monkeypatch):
+    """The sampler's thread count holds while it computes a chunk, not while a caller (a
+    notebook's next()) holds the stream between chunks."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(tiny_model, "threads_for", lambda stepper, rows: before + 1)
+    one = tiny_model.stream(SampleSettings(length=200, seed=1), "a")
+    two = tiny_model.stream(SampleSettings(length=200, seed=2), "a")
+    next(one)
+    assert torch.get_num_threads() == before
+    next(two)
+    one.close()
+    two.close()
+    assert torch.get_num_threads() == before

@@ -187,6 +187,31 @@ def test_one_client_may_hold_only_its_share_of_the_beam_queue(make_engine):
     assert all(outcome.finish_reasons == [LENGTH] for outcome in outcomes)
 
 
+def test_a_bad_setting_is_refused_and_the_engine_goes_on(engine):
+    """A seed the generator cannot take (too large, a string) stopped the generation loop,
+    and every later request got ShuttingDown."""
+
+    async def scenario():
+        for seed in (2**70, "7"):
+            with pytest.raises(UsageError, match="seed must be"):
+                engine.add_request(f"bad-{seed}", "", params(length=5, seed=seed))
+        return await engine.add_request("good", "", params(length=5, seed=1)).result()
+
+    assert asyncio.run(scenario()).finish_reasons == [LENGTH]
+    assert engine.healthy
+
+
+def test_an_engine_not_started_refuses_requests_instead_of_holding_them(sampler):
+    engine = Engine(sampler)
+
+    async def scenario():
+        with pytest.raises(UsageError, match="not started: call its start"):
+            engine.add_request("r", "", params(length=5))
+
+    asyncio.run(scenario())
+    engine.close()
+
+
 def test_queued_requests_take_turns_by_client(make_engine):
     """One client's backlog does not hold back another's request: the next to start is the
     earliest of the client holding the fewest rows. A request whose rows do not fit yet is

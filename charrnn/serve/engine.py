@@ -276,6 +276,9 @@ class Engine:
         with self._lock:
             if self._stopping:
                 raise ShuttingDown(f"model {self.name} is shutting down")
+            if self._thread is None:  # its requests would wait for ever
+                raise UsageError(f"the engine of model {self.name} is not started: call its "
+                                 "start() first")
             if request_id in self._requests:
                 raise ValueError(f"request id {request_id!r} is already in use")
             if settings.beam is not None:
