@@ -120,8 +120,13 @@ class StreamBatches:
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.window, self.offset = state["epoch"], state["window"], state["offset"]
+        """Continue from a saved position (ValueError if it is not one of this text's)."""
+        epoch, window, offset = state["epoch"], state["window"], state["offset"]
+        _check_whole("epoch", epoch, 0, None)
+        _check_whole("window", window, 0, self.windows - 1)
+        _check_whole("offset", offset, 0, self.slack)
         self.generator.set_state(state["generator"])
+        self.epoch, self.window, self.offset = epoch, window, offset
 
 
 class RandomBatches:
@@ -160,8 +165,16 @@ class RandomBatches:
         return {"steps": self.steps, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps = state["steps"]
+        """Continue from a saved position (ValueError if it is not one)."""
+        _check_whole("steps", state["steps"], 0, None)
         self.generator.set_state(state["generator"])
+        self.steps = state["steps"]
+
+
+def _check_whole(name: str, value: object, least: int, most: int | None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least \
+            or (most is not None and value > most):
+        raise ValueError(f"the saved data position's {name} is {value!r}")
 
 
 

@@ -31,7 +31,7 @@ from charrnn.batches import make_batches
 from charrnn.config import Config
 from charrnn.data import Dataset, check_named_vocab, load_dataset, same_corpus
 from charrnn.distributed import ElasticJob, World
-from charrnn.errors import CharRNNError, ConfigError, TrainingStopped
+from charrnn.errors import CheckpointError, ConfigError, TrainingStopped
 from charrnn.evaluate import Score, score_stream
 from charrnn.interrupts import StopRequest, exit_code, signal_name
 from charrnn.metrics import (
@@ -547,12 +547,34 @@ class Trainer:
             torchrun_job=self.world.job and self.world.job.run_id)
 
     def _restore(self, payload: dict) -> None:
-        state = TrainState.from_dict(payload["train_state"])
+        """Continue where last.pt left off. Its weights were checked on loading; what else it
+        holds is checked here, since a damaged optimizer state is not just wrong: AdamW's
+        fused step wrote past a moment smaller than its weight (a segmentation fault)."""
         try:
+            state = TrainState.from_dict(payload["train_state"])
             self.optimizer.load_state_dict(state.optimizer)
-        except (ValueError, KeyError) as exc:
-            raise CharRNNError(f"cannot resume: the optimizer state does not fit ({exc}); "
-                               "start a new run with train.init_from instead") from None
+            self._check_optimizer_state()
+            self._restore_position(payload, state)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError,
+                RuntimeError) as exc:
+            last = self.run_dir.path / checkpoint.LAST
+            raise CheckpointError(
+                f"cannot resume from {last}: its training state (besides the weights) is "
+                f"damaged or from another run ({_one_line(exc)}); start over with --overwrite, "
+                f"or keep its weights in a new run with train.init_from: {last}") from None
+
+    def _check_optimizer_state(self) -> None:
+        for weight, state in self.optimizer.state.items():
+            for name, value in state.items():
+                if not torch.is_tensor(value):
+                    raise TypeError(f"the optimizer's {name} is not a tensor")
+                if value.dim() > 0 and value.shape != weight.shape:
+                    raise ValueError(f"the optimizer's {name} has shape {tuple(value.shape)} "
+                                     f"for a weight of {tuple(weight.shape)}")
+                if not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"the optimizer's {name} is not a number (NaN or inf)")
+
+    def _restore_position(self, payload: dict, state: TrainState) -> None:
         self.step = payload["step"]
         self.elapsed = payload.get("elapsed", 0.0)
         self.best_val_loss = payload.get("best_val_loss")
@@ -572,11 +594,25 @@ class Trainer:
             # (L, B, H): every stream's; this process's rows below.
             self.state = None if state.hidden is None else map_state(
                 lambda s: s[:, self.batches.rows].contiguous().to(self.device), state.hidden)
+            self._check_hidden_state()
         rng = state.rng_for(self.world.rank, self.world.size)
         if rng is not None:
             restore_rng(rng)
         if self.world.is_main:
             self.run_dir.truncate_metrics(self.step)
+
+    def _check_hidden_state(self) -> None:
+        args = self.model.args
+        rows = len(range(self.batches.batch_size)[self.batches.rows])  # this process's
+        expected = (args.num_layers, rows, args.hidden_size)
+        parts = () if self.state is None else \
+            self.state if isinstance(self.state, tuple) else (self.state,)
+        if len(parts) not in (0, 2 if args.cell == "lstm" else 1):
+            raise ValueError(f"the saved hidden state has {len(parts)} parts")
+        for part in parts:
+            if tuple(part.shape) != expected or not bool(torch.isfinite(part).all()):
+                raise ValueError(f"the saved hidden state has shape {tuple(part.shape)} for "
+                                 f"{expected}, or is not a number")
 
     def _batch_layout(self) -> dict:
         """What a saved data position and hidden state are only valid for."""
@@ -589,6 +625,12 @@ class Trainer:
         now = self._batch_layout()
         return ", ".join(f"{key} changed ({saved.get(key)} -> {value})"
                          for key, value in now.items() if saved.get(key) != value)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's first line, cut short: torch's can run to a page."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0] if len(lines[0]) <= 160 else lines[0][:157] + "..."
 
 
 class Clock:

@@ -494,3 +494,38 @@ def test_init_from_encodes_new_text_with_the_checkpoints_vocabulary(tmp_path, ti
     refused = runner.invoke(app, [*args, "--set", "data.unknown=error",
                                   "--set", f"train.out_dir={tmp_path / 'strict'}"])
     assert_clean_error(refused, 1, "20 characters", "not in the vocabulary", "data.unknown")
+
+
+def _damage(state: dict, what: str) -> None:
+    if what == "small moment":  # AdamW's fused step wrote past it: a segmentation fault
+        state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(5)
+    elif what == "NaN moment":
+        state["optimizer"]["state"][0]["exp_avg_sq"].fill_(float("nan"))
+    elif what == "window":
+        state["batches"]["window"] = 10**9
+    elif what == "hidden width":
+        state["hidden"] = tuple(h[..., :3] for h in state["hidden"])
+    elif what == "layout":
+        state["batch_layout"] = "x"
+    elif what == "torch rng":
+        state["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
+    elif what == "python rng":
+        state["rng"]["python"] = [3, [1, 2], None]
+
+
+@pytest.mark.parametrize("what", ["small moment", "NaN moment", "window", "hidden width",
+                                  "layout", "torch rng", "python rng"])
+def test_a_damaged_training_state_is_refused_naming_the_way_out(tmp_path, corpus, what):
+    """The weights of last.pt are checked on loading; the rest of what resuming reads is
+    checked before training goes on, and the run is left as it was."""
+    run = tmp_path / "run"
+    base = ["train", *set_args(corpus, run, **{"train.max_steps": 4, "train.eval_every": 0})]
+    assert runner.invoke(app, base).exit_code == 0
+    payload = torch.load(run / "last.pt", weights_only=False)
+    _damage(payload["train_state"], what)
+    torch.save(payload, run / "last.pt")
+    saved = (run / "last.pt").read_bytes()
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=8"])
+    assert_clean_error(result, 1, "training state (besides the weights) is damaged",
+                       "--overwrite", "train.init_from")
+    assert (run / "last.pt").read_bytes() == saved
