@@ -150,9 +150,10 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> dict:
             raise CheckpointError(f"refusing to load {path}: it holds objects that would run "
                                   "code when unpickled; only load checkpoints charrnn wrote "
                                   "(it is not a charrnn checkpoint)") from None
+        other = BEST if Path(path).name == LAST else LAST
         raise CheckpointError(f"{path} is damaged, truncated or not a PyTorch file "
                               f"({_failure_reason(exc)}); use another checkpoint, e.g. the "
-                              "run's last.pt") from None
+                              f"run's {other}") from None
     validate(payload, path)
     return payload
 

@@ -119,8 +119,8 @@ class ModelConfig(ModelShape):
 class OptimConfig:
     lr: float = _opt(4e-3, "peak AdamW learning rate", min=0.0, min_exclusive=True)
     weight_decay: float = _opt(0.1, "AdamW decoupled weight decay (matrices only)", min=0.0)
-    beta1: float = _opt(0.9, "AdamW beta1", min=0.0, max=1.0)
-    beta2: float = _opt(0.99, "AdamW beta2", min=0.0, max=1.0)
+    beta1: float = _opt(0.9, "AdamW beta1", min=0.0, max=1.0, max_exclusive=True)
+    beta2: float = _opt(0.99, "AdamW beta2", min=0.0, max=1.0, max_exclusive=True)
     grad_clip: float = _opt(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
     schedule: str = _opt("cosine", "constant | cosine (decay to min_lr) | linear",
                          choices=("constant", "cosine", "linear"))

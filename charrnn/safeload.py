@@ -62,6 +62,27 @@ def _strict_loader() -> type:
                 seen.add(key_node.value)
             return super().construct_mapping(node, deep)
 
+        # YAML 1.1 reads 017 as octal (15) and 1:30 in base 60 (90): a hidden_size of 017
+        # trained 15 units without a word. Read so by no one on purpose.
+        def construct_yaml_int(self, node):  # noqa: ANN001, ANN202 - PyYAML's
+            digits = node.value.replace("_", "").lstrip("+-")
+            _refuse_old_base(node, ":" in digits or (
+                len(digits) > 1 and digits[0] == "0" and digits[1].isdigit()))
+            return super().construct_yaml_int(node)
+
+        def construct_yaml_float(self, node):  # noqa: ANN001, ANN202 - PyYAML's
+            _refuse_old_base(node, ":" in node.value)
+            return super().construct_yaml_float(node)
+
+    def _refuse_old_base(node, refused: bool) -> None:  # noqa: ANN001 - a yaml.ScalarNode
+        if refused:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value} would be read in base 8 or 60 (YAML 1.1); write "
+                "it without the leading zero or the colon, or quote it", node.start_mark)
+
+    StrictSafeLoader.add_constructor("tag:yaml.org,2002:int", StrictSafeLoader.construct_yaml_int)
+    StrictSafeLoader.add_constructor("tag:yaml.org,2002:float",
+                                     StrictSafeLoader.construct_yaml_float)
     return StrictSafeLoader
 
 

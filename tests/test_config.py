@@ -95,6 +95,26 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path):
     assert merged["optim"] == {"lr": 0.02, "weight_decay": 0.1}
 
 
+def test_numbers_yaml_would_read_in_base_8_or_60_are_refused(tmp_path):
+    """YAML 1.1 reads 017 as 15 and 1:30 as 90: a hidden_size of 017 trained 15 units."""
+    path = tmp_path / "c.yaml"
+    for text in ("model:\n  hidden_size: 017\n", "train:\n  max_time: 1:30\n"):
+        path.write_text(text)
+        with pytest.raises(UsageError, match="line 2, column .*: .* would be read in base 8 "
+                                             "or 60 .* without the leading zero or the colon"):
+            load_config(path)
+    for override in ("train.seed=0123", "train.max_time=1:30"):  # read as text, so refused
+        with pytest.raises(ConfigError, match="must be"):
+            load_config(None, [override])
+    assert load_config(None, ["train.seed=0", "model.hidden_size=0x20", "optim.lr=0.01",
+                              "data.separator='017'"]).model.hidden_size == 32
+
+
+def test_adamw_betas_must_be_below_one():
+    with pytest.raises(ConfigError, match="'optim.beta2' must be less than 1, not 1"):
+        load_config(None, ["optim.beta2=1"])
+
+
 def test_a_budget_is_required():
     with pytest.raises(ConfigError, match="both null"):
         load_config(None, ["train.max_steps=null"])

@@ -529,3 +529,13 @@ def test_a_damaged_training_state_is_refused_naming_the_way_out(tmp_path, corpus
     assert_clean_error(result, 1, "training state (besides the weights) is damaged",
                        "--overwrite", "train.init_from")
     assert (run / "last.pt").read_bytes() == saved
+
+
+def test_a_truncated_last_pt_points_to_best_pt_not_to_itself(tmp_path, corpus):
+    run = tmp_path / "run"
+    base = ["train", *set_args(corpus, run, **{"train.max_steps": 4, "train.eval_every": 2})]
+    assert runner.invoke(app, base).exit_code == 0
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[:len(data) // 2])
+    result = runner.invoke(app, ["train", "--resume", str(run)])
+    assert_clean_error(result, 1, "last.pt is damaged", "e.g. the run's best.pt")
