@@ -116,19 +116,37 @@ class Source:
         return [str(self.path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def resolve_sources(specs: str | Sequence[str]) -> list[Source]:
-    """Turn files, directories, globs and builtin:NAME into an ordered list of sources."""
+def resolve_sources(specs: str | Sequence[str], run_dir: Path | None = None) -> list[Source]:
+    """Turn files, directories, globs and builtin:NAME into an ordered list of sources.
+
+    Directories and globs leave out charrnn's run directories (`run_dir`, the run reading
+    them, and any other holding a run's lock and config): a run kept under its corpus's
+    directory (data.path: . with runs in ./runs) read its own files as text."""
     if isinstance(specs, str):
         specs = [specs]
     if not specs:
         raise UsageError("no input given; pass a file, directory, glob or builtin:NAME")
+    skipped = _RunDirectories(run_dir)
     sources: list[Source] = []
     for spec in specs:
-        sources.extend(_resolve_one(str(spec)))
+        sources.extend(_resolve_one(str(spec), skipped))
     return sources
 
 
-def _resolve_one(spec: str) -> list[Source]:
+class _RunDirectories:
+    def __init__(self, run_dir: Path | None):
+        self.own = os.path.realpath(run_dir) if run_dir is not None else None
+        self._seen: dict[str, bool] = {}  # a glob's files share their parents
+
+    def __contains__(self, directory: str | os.PathLike) -> bool:
+        key = os.fspath(directory)
+        if key not in self._seen:
+            self._seen[key] = (self.own is not None and os.path.realpath(key) == self.own) \
+                or fileio.is_run_directory(key)
+        return self._seen[key]
+
+
+def _resolve_one(spec: str, skipped: _RunDirectories) -> list[Source]:
     if spec.startswith("builtin:"):
         return builtin_sources(spec.removeprefix("builtin:"))
     if not spec.strip():
@@ -153,10 +171,11 @@ def _resolve_one(spec: str) -> list[Source]:
         if not os.access(path, os.R_OK | os.X_OK):
             raise CorpusError(f"cannot read the directory {path}: permission denied; fix its "
                               f"permissions (chmod u+rx {shlex.quote(str(path))})")
-        return _walk_directory(path)
+        return _walk_directory(path, skipped)
     if GLOB_CHARS & set(spec):
         matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
-        files = [p for p in matches if p.is_file()]
+        files = [p for p in matches
+                 if p.is_file() and not any(parent in skipped for parent in p.parents)]
         if not files:
             raise CorpusError(f"the pattern {spec!r} matches no files; check the pattern "
                               "(quote it so the shell does not expand it)")
@@ -166,10 +185,13 @@ def _resolve_one(spec: str) -> list[Source]:
     raise CorpusError(f"no such file or directory: {spec}; check the path")
 
 
-def _walk_directory(root: Path) -> list[Source]:
+def _walk_directory(root: Path, run_directories: _RunDirectories) -> list[Source]:
     sources, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         # Sorted, hidden entries (.git, .venv) skipped: the same tree always gives the same text.
+        if dirpath in run_directories:
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name

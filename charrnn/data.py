@@ -42,7 +42,7 @@ def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
     `vocab` (from a checkpoint) takes precedence over cfg.vocab. `warn` hears about corpus
     characters the vocabulary lacks.
     """
-    sources = resolve_sources(cfg.path)
+    sources = resolve_sources(cfg.path, run_dir=cache_dir)
     if vocab is None and cfg.vocab:
         vocab = Vocab.load(cfg.vocab)
     given = vocab is not None

@@ -40,6 +40,14 @@ from charrnn.errors import CharRNNError, UsageError
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
 TEMP_PREFIX = ".charrnn-"  # open_output's temporary files: .charrnn-XXXXXXXX.tmp
 STDOUT_FIX = "redirect it somewhere writable (e.g. > file, on a disk with room)"
+# A run directory's lock and config (rundir.py): reading a corpus skips directories holding
+# both, so a run kept under its corpus's directory (data.path: . with runs in ./runs) never
+# reads itself. A lock alone is no sign: pytest's temporary directories hold one too.
+RUN_LOCK_FILE, RUN_CONFIG_FILE = ".lock", "config.yaml"
+
+
+def is_run_directory(path: str | os.PathLike) -> bool:
+    return all((Path(path) / name).is_file() for name in (RUN_LOCK_FILE, RUN_CONFIG_FILE))
 
 
 @contextlib.contextmanager

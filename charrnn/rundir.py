@@ -36,8 +36,8 @@ try:
 except ImportError:  # Windows: no advisory locks; a second run is not detected there
     fcntl = None
 
-CONFIG_FILE = "config.yaml"
-LOCK_FILE = ".lock"
+CONFIG_FILE = fileio.RUN_CONFIG_FILE
+LOCK_FILE = fileio.RUN_LOCK_FILE
 
 
 @dataclass

@@ -95,3 +95,21 @@ def test_builtin_python_docs_is_available_offline():
 def test_unknown_builtin_is_an_error():
     with pytest.raises(CorpusError, match="unknown built-in corpus"):
         resolve_sources("builtin:nope")
+
+
+def test_charrnn_run_directories_under_a_corpus_are_not_read(tmp_path):
+    """A run kept under its corpus's directory (data.path: . with runs in ./runs) read its own
+    files (config, metrics, the encoded corpus) as text."""
+    (tmp_path / "a.txt").write_text("text\n", encoding="utf-8")
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / ".lock").write_text("")
+    (run / "config.yaml").write_text("data: {}\n", encoding="utf-8")
+    (run / "notes").mkdir()
+    (run / "notes" / "n.txt").write_text("run notes\n", encoding="utf-8")
+    assert [s.path.name for s in resolve_sources(str(tmp_path))] == ["a.txt"]
+    assert [s.path.name for s in resolve_sources(str(tmp_path / "**" / "*"))] == ["a.txt"]
+    # The run reading the corpus, before it has written its config: named by the caller.
+    (run / "config.yaml").unlink()
+    assert [s.path.name for s in resolve_sources(str(tmp_path))] == ["a.txt", "n.txt"]
+    assert [s.path.name for s in resolve_sources(str(tmp_path), run_dir=run)] == ["a.txt"]

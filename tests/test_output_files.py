@@ -9,6 +9,7 @@ output. Device nodes and FIFOs here are made under tmp_path, never the real /dev
 
 import errno
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -270,6 +271,20 @@ def test_vocab_build_refuses_to_write_over_its_corpus(tmp_path):
     assert_clean_error(invoke("vocab", "build", tmp_path, "-o", corpus), 2,
                        "it is a corpus file being read", one_line=True)
     assert corpus.read_bytes() == before
+
+
+def test_vocab_build_refuses_to_write_over_a_runs_files(tmp_path, tiny_run):
+    """A run's last.pt written over with JSON could not be resumed; a new file beside it, or
+    any file elsewhere, may still be written."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    corpus = poem(tmp_path)
+    for name in ("last.pt", "vocab.json"):
+        before = (run / name).read_bytes()
+        assert_clean_error(invoke("vocab", "build", corpus, "-o", run / name), 2,
+                           "it is a file of a charrnn run directory", one_line=True)
+        assert (run / name).read_bytes() == before
+    assert invoke("vocab", "build", corpus, "-o", run / "other.json").exit_code == 0
 
 
 def test_an_output_that_cannot_be_made_is_refused_before_any_work(tmp_path, tiny_run,
