@@ -25,16 +25,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from charrnn import memory, speed
 from charrnn.config import Config
+from charrnn.errors import TrainingStopped
+from charrnn.interrupts import exit_code, signal_name
 from charrnn.model import CharRNN, ModelArgs
 
 CALIBRATION_SHARE = 0.05  # of the time budget, at most, spent measuring candidates
 MIN_MEASURE_S = 0.05  # each measurement runs at least this long (two steps, whatever it takes)
+# ... and at most this long: a longer one reads the speed no better, and 5% of a budget of
+# days (or of max_time: 1e12) kept a run measuring for hours before its first step.
+MAX_MEASURE_S = 3.0
 WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
 DEPTHS = (1, 2)
 EVALUATION_SHARE = 0.03  # of the budget left for periodic and final evaluation
@@ -123,11 +129,14 @@ def learning_rate_for(hidden: int, layers: int) -> float:
 
 
 def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device,
-         processes: int = 1, already: float = 0.0) -> Plan:
+         processes: int = 1, already: float = 0.0,
+         stop_signal: Callable[[], int | None] = lambda: None) -> Plan:
     """Resolve `model.size: auto` and `train.precision: auto` for this machine.
 
     `train_chars`: the training split's length; `processes`: data-parallel processes that
-    will share the work; `already`: seconds of the budget spent before this.
+    will share the work; `already`: seconds of the budget spent before this;
+    `stop_signal`: the stop signal received, if any, asked between measurements (raises
+    TrainingStopped: nothing has been trained yet).
     """
     sizing = config.model.size == "auto"
     if not sizing and config.train.precision != "auto":
@@ -154,6 +163,9 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     allowance = max(CALIBRATION_SHARE * t.max_time - already, 0.0)
     # Seconds of training the prediction assumes: what is left once measuring is done.
     left = max(t.max_time - already - allowance, 0.0) * (1 - EVALUATION_SHARE)
+    # A step budget the user set ends training first, bounding what any candidate reads.
+    max_chars = t.max_steps * batch * seq_len \
+        if t.max_steps and "train.max_steps" in given else math.inf
     measured: list[Candidate] = []
     worse = 0  # candidates in a row predicted worse than the best so far
     for index, (layers, hidden) in enumerate(shapes):
@@ -162,20 +174,22 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
         # worse (fewer characters outweigh more parameters), the rest would be worse still.
         if measured and (remaining <= 0 or worse >= 2):
             break
-        per_measure = max(remaining / ((len(shapes) - index) * len(precisions)), MIN_MEASURE_S)
+        per_measure = min(max(remaining / ((len(shapes) - index) * len(precisions)),
+                              MIN_MEASURE_S), MAX_MEASURE_S)
         args = ModelArgs(vocab_size=vocab_size, **{**base.shape(), "num_layers": layers,
                                                    "hidden_size": hidden})
         parameters = CharRNN(args).num_parameters()
         best = min((c.predicted for c in measured), default=math.inf)
         for precision in precisions:
+            _check_stop(stop_signal())
             chars_per_s = processes * speed.training_speed(args, batch, seq_len, device,
                                                            precision, per_measure)
             measured.append(_predict(Candidate(layers, hidden, precision, chars_per_s,
-                                               parameters), left, train_chars))
+                                               parameters), left, train_chars, max_chars))
         worse = worse + 1 if min(c.predicted for c in measured[-len(precisions):]) > best else 0
     spent = time.perf_counter() - start
     left = max(t.max_time - already - spent, 0.0) * (1 - EVALUATION_SHARE)
-    measured = [_predict(c, left, train_chars) for c in measured]
+    measured = [_predict(c, left, train_chars, max_chars) for c in measured]
     chosen = min(measured, key=lambda c: (c.predicted, c.parameters))
     resolved = _apply(config, chosen, batch, seq_len)
     return Plan(resolved, chosen, measured, spent, train_chars)
@@ -193,8 +207,16 @@ def _shapes(config: Config) -> list[tuple[int, int]]:
     return [(layers, hidden) for layers in depths for hidden in widths]
 
 
-def _predict(candidate: Candidate, seconds: float, train_chars: int) -> Candidate:
-    chars = candidate.chars_per_s * seconds
+def _check_stop(signum: int | None) -> None:
+    if signum:
+        raise TrainingStopped(f"stopped by {signal_name(signum)} while measuring the candidate "
+                              "models (model.size: auto); nothing was trained",
+                              exit_code=exit_code(signum))
+
+
+def _predict(candidate: Candidate, seconds: float, train_chars: int,
+             max_chars: float = math.inf) -> Candidate:
+    chars = min(candidate.chars_per_s * seconds, max_chars)
     return dataclasses.replace(candidate, chars=chars, predicted=predicted_loss(
         candidate.parameters, chars, train_chars, candidate.layers))
 

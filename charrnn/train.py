@@ -92,7 +92,10 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
             scope, bool(resume), overwrite, restarted_job))
         _report_start(view, run_dir, world.job, resume=bool(resume), found=resume_from)
         # Rank 0 measures what `auto` leaves open, and every process trains as it decided.
-        plan = world.run_on_main(lambda: _plan(config, run_dir, resume_from, world))
+        if resume_from is None and config.model.size == "auto":
+            view.message("measuring candidate models on this machine for model.size: auto "
+                         "(counted in train.max_time)")
+        plan = world.run_on_main(lambda: _plan(config, run_dir, resume_from, world, stop))
         if plan.measured:
             view.message(plan.describe())
         # Rank 0 first: the others then find the corpus already encoded.
@@ -102,7 +105,7 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
 
 
 def _plan(config: Config, run_dir: RunDir, resume_from: dict | None,
-          world: World) -> autosize.Plan:
+          world: World, stop: StopRequest) -> autosize.Plan:
     """`model.size: auto` and `train.precision: auto` made concrete for this machine; a
     resumed run keeps what its checkpoint's run chose."""
     if resume_from is not None:
@@ -116,7 +119,8 @@ def _plan(config: Config, run_dir: RunDir, resume_from: dict | None,
     if config.train.init_from:
         vocab = Vocab.from_dict(checkpoint.load(config.train.init_from)["vocab"])
     data = load_dataset(config.data, run_dir.path, vocab, warn=lambda text: None)
-    return autosize.plan(config, data.vocab.size, len(data.train), world.device, world.size)
+    return autosize.plan(config, data.vocab.size, len(data.train), world.device, world.size,
+                         stop_signal=lambda: stop.signum)
 
 
 @contextlib.contextmanager

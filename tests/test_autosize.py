@@ -2,13 +2,14 @@
 training for `train.max_time`; keys the user set are kept; the choice is written down."""
 
 import math
+import signal
 
 import pytest
 import torch
 
 from charrnn import autosize, speed
 from charrnn.config import load_config
-from charrnn.errors import ConfigError
+from charrnn.errors import ConfigError, TrainingStopped
 from charrnn.model import ModelArgs
 from charrnn.rundir import saved_config
 from charrnn.train import train
@@ -142,3 +143,32 @@ def test_the_bf16_trial_matches_what_training_does():
         if runs:  # then a real bf16 step of that cell trains
             args = ModelArgs(vocab_size=30, cell=cell, hidden_size=16)
             assert speed.training_speed(args, 4, 8, torch.device("cpu"), "bf16", 0.0) > 0
+
+
+def test_a_stop_signal_ends_the_measuring_at_once(corpus, tmp_path):
+    """Ctrl-C while candidates are measured stops there (it waited for the grace period)."""
+    config = load_config(None, auto_overrides(corpus, tmp_path / "run",
+                                              **{"train.max_time": 600}))
+    asked = []
+
+    def stop_signal():
+        asked.append(1)
+        return signal.SIGINT if len(asked) > 1 else None
+
+    with pytest.raises(TrainingStopped, match="stopped by SIGINT while measuring") as stopped:
+        autosize.plan(config, 60, 100_000, torch.device("cpu"), stop_signal=stop_signal)
+    assert stopped.value.exit_code == 130 and len(asked) == 2
+
+
+def test_measuring_a_huge_budget_is_bounded_and_a_step_budget_bounds_the_plan(
+        corpus, tmp_path, monkeypatch):
+    """5% of max_time: 1e12 kept a run measuring for hours; a max_steps the user set ends
+    training long before max_time, and the plan predicts for the characters it allows."""
+    monkeypatch.setattr(autosize, "MAX_MEASURE_S", 0.1)
+    config = load_config(None, auto_overrides(corpus, tmp_path / "run", **{
+        "train.max_time": 1e12, "train.max_steps": 20, "model.num_layers": 1,
+        "train.precision": "fp32", "data.batch_size": 4, "data.seq_len": 16}))
+    plan = autosize.plan(config, 60, 100_000, torch.device("cpu"))
+    assert plan.seconds < 0.1 * len(autosize.WIDTHS) + 5
+    assert all(candidate.chars <= 20 * 4 * 16 for candidate in plan.measured)
+    assert plan.config.train.max_steps == 20  # the user's, kept
