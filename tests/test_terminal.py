@@ -7,8 +7,10 @@ a regular file under tmp_path with a file-size limit (RLIMIT_FSIZE), never a /de
 
 import os
 import resource
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -201,3 +203,24 @@ def test_a_broken_pipe_in_interactive_mode_is_quiet(tiny_run):
     assert child.wait(timeout=300) == 141
     assert child.stderr.read() == b""
 
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_torch_is_imported_ends_the_command_cleanly(tmp_path, tiny_run, signum):
+    """Raised inside `import torch`, the exception left its modules half made: a traceback
+    about numpy, an abort (134), or a lost signal and a run that went on to its end. Sent at
+    moments spread over the start, every one ends the command as the signal asks."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for delay in (0.3, 0.5, 0.7, 0.9, 1.2):
+        child = subprocess.Popen([*CHARRNN, "sample", "-k", str(tiny_run), "-n", "10000000",
+                                  "-o", str(tmp_path / "out.txt")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=env)
+        time.sleep(delay)
+        child.send_signal(signum)
+        _, stderr = child.communicate(timeout=300)
+        # Before the command's handlers exist (the first few tenths of a second), Python's
+        # own end it (-signum); never a run that goes on, an abort or an error.
+        assert child.returncode in (128 + signum, -signum), (delay, child.returncode, stderr)
+        if child.returncode == 128 + signum:
+            assert "Traceback" not in stderr, (delay, stderr)

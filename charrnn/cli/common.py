@@ -226,24 +226,51 @@ def _guarded_terminal():
             console.width = MIN_WIDTH
     stdout = sys.stdout
     sys.stdout = _GuardedOutput(stdout)
-    previous = _on_sigterm(_raise_terminated)
+    previous = {signum: _on_signal(signum, _raise_outside_imports(exception))
+                for signum, exception in ((signal.SIGTERM, _Terminated),
+                                          (signal.SIGINT, KeyboardInterrupt))}
     try:
         yield
         sys.stdout.flush()  # a last buffered write that fails, fails here and not at exit
     finally:
-        _on_sigterm(previous)
+        for signum, handler in previous.items():
+            _on_signal(signum, handler)
         sys.stdout = stdout
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise _Terminated
+# An exception raised inside an import (torch's takes a second) leaves its modules half made:
+# numpy swallowed it and torch then failed on a missing attribute, pybind11 aborted the
+# process (exit 134), or the signal was lost and a run went on to its end. Inside an import
+# the signal is sent again this much later, until the import is done.
+REDELIVER_SECONDS = 0.05
 
 
-def _on_sigterm(handler):
-    """Install `handler` for SIGTERM (main thread only); the one it replaces."""
+def _raise_outside_imports(exception: type[BaseException]) -> Callable:
+    def handle(signum, frame) -> None:
+        if _importing(frame):
+            timer = threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        raise exception
+
+    return handle
+
+
+def _importing(frame) -> bool:
+    """Whether `frame` runs inside an import (the import machinery is on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_signal(signum: int, handler):
+    """Install `handler` for `signum` (main thread only); the one it replaces."""
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signum, handler)
 
 
 def _report_output_failure(error: OSError) -> None:
