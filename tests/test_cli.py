@@ -206,3 +206,17 @@ def test_cuda_without_cuda_is_a_clean_error(corpus, tmp_path, tiny_run):
 def test_unknown_option_is_one_line(tiny_run):
     assert_clean_error(invoke("sample", "--checkpoint", tiny_run, "--tempreature", "1"), 2,
                        "--tempreature")
+
+
+def test_train_without_a_config_says_what_it_trains(tmp_path, corpus):
+    """A bare `charrnn train` trained a default 2,000-step model for minutes without a word."""
+    result = invoke("train", *set_args(corpus, tmp_path / "run", **{"train.max_steps": 2}))
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("no --config: built-in defaults and --set") and "2 steps" in first
+    assert str(tmp_path / "run") in first
+    with_config = tmp_path / "c.yaml"
+    with_config.write_text("train:\n  max_steps: 2\n", encoding="utf-8")
+    again = invoke("train", "--config", with_config,
+                   *set_args(corpus, tmp_path / "run2", **{"train.max_steps": 2}))
+    assert "no --config" not in again.stdout

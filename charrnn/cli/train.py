@@ -58,6 +58,14 @@ def train(
                       f"{escape(', '.join(named))}", style="dim")
     else:
         cfg = load_config(config, overrides)
+        if config is None and resume is None and speaks_for_the_run() and not quiet:
+            # Nothing named says what is trained: say it (a 2,000-step run is minutes).
+            limits = [f"{cfg.train.max_steps:,} steps" if cfg.train.max_steps else "",
+                      f"{cfg.train.max_time:g} s" if cfg.train.max_time else ""]
+            out.print(f"no --config: built-in defaults and --set ({escape(cfg.data.path)}, "
+                      f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, "
+                      f"{' or '.join(filter(None, limits))}) into "
+                      f"{escape(cfg.train.out_dir)}; configs/ has examples", style="dim")
     view = make_view(out, quiet) if speaks_for_the_run() else None
     result = run_training(cfg, resume=resume_target, overwrite=overwrite, view=view,
                           exit_after_grace=True)
