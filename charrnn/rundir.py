@@ -54,6 +54,7 @@ class TrainState:
     evaluations: int = 0  # evaluations so far (train.sample_every counts them)
     rng_per_rank: list[dict] | None = None  # under torchrun: every process's own RNG state
     torchrun_job: str | None = None  # the torchrun job (its rendezvous id) that wrote it
+    recent_losses: dict | None = None  # the steps' losses since the last log (RecentLosses)
 
     def to_dict(self) -> dict:
         state = {f.name: getattr(self, f.name) for f in fields(self)}

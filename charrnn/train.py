@@ -537,6 +537,7 @@ class Trainer:
         """
         hidden = None if self.state is None else map_state(
             lambda s: s.detach().cpu().clone(), self.state)
+        recent = self.losses.state(self.world)  # a collective: every process takes part
         every = self.world.gather({"hidden": hidden, "rng": capture_rng()})
         if every is None:
             return None
@@ -546,7 +547,7 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), batches=self.batches.state_dict(),
             hidden=hidden, rng=every[0]["rng"], data_key=self.data.key,
             batch_layout=self._batch_layout(), best_step=self.best_step,
-            evaluations=self.evaluations,
+            evaluations=self.evaluations, recent_losses=recent,
             rng_per_rank=[own["rng"] for own in every] if len(every) > 1 else None,
             torchrun_job=self.world.job and self.world.job.run_id)
 
@@ -584,6 +585,8 @@ class Trainer:
         self.best_val_loss = payload.get("best_val_loss")
         self.best_val_chars = payload.get("best_val_chars")
         self.best_step, self.evaluations = state.best_step, state.evaluations
+        if state.recent_losses is not None:  # the log interval it stopped in, so far
+            self.losses.restore(state.recent_losses, self.device)
         if self.best_step == self.step and self.world.is_main:
             self.run_dir.repair_best(payload)
         changed = self._batching_changes(state.batch_layout or self._batch_layout())
@@ -664,6 +667,22 @@ class RecentLosses:
 
     def clear(self) -> None:
         self.losses, self.norms = [], []
+
+    def state(self, world: World) -> dict:
+        """For last.pt: a run stopped mid-interval and resumed logs the interval's mean over
+        all its steps (it logged the steps after the resume alone). Every process calls it."""
+        losses = world.mean(torch.stack(self.losses).float()).cpu() if self.losses else []
+        return {"losses": [float(v) for v in losses],
+                "norms": [float(v) for v in torch.stack(self.norms).float().cpu()]
+                if self.norms else []}
+
+    def restore(self, state: dict, device: torch.device) -> None:
+        losses, norms = state["losses"], state["norms"]
+        if not all(isinstance(v, float) for v in [*losses, *norms]) \
+                or len(norms) not in (0, len(losses)):
+            raise ValueError("the saved losses of the log interval are not numbers")
+        self.losses = [torch.tensor(v, device=device) for v in losses]
+        self.norms = [torch.tensor(v, device=device) for v in norms]
 
     def mean(self, world: World) -> tuple[float, int | None]:
         """(mean loss over all processes, index of the first non-finite step or None)."""

@@ -82,10 +82,15 @@ def evaluations(run):
             if r["kind"] == "eval"]
 
 
+def train_losses(run):
+    return [(r["step"], r["loss"]) for r in read_metrics(run) if r["kind"] == "train"]
+
+
 def assert_same_run(expected, actual):
     assert_same_checkpoint(expected / "last.pt", actual / "last.pt")
     assert_same_checkpoint(expected / "best.pt", actual / "best.pt")
     assert evaluations(actual) == evaluations(expected)
+    assert train_losses(actual) == train_losses(expected)  # stopped mid-interval too
 
 
 # ---- stop and resume, in this process -----------------------------------------------------------
@@ -93,10 +98,12 @@ def assert_same_run(expected, actual):
     ({}, [1]),
     ({}, [20]),  # at an evaluation
     ({}, [7, 13, 21]),  # stopped three times
+    ({"train.log_every": 5}, [7, 13]),  # within log intervals: their means span the stops
     ({"model.cell": "gru", "data.batching": "random"}, [9]),
     ({"model.cell": "rnn", "optim.grad_clip": 0, "optim.weight_decay": 0.1,
       "optim.schedule": "linear"}, [33]),
-], ids=["lstm-step-1", "lstm-at-eval", "lstm-three-stops", "gru-random-windows", "rnn-no-clip"])
+], ids=["lstm-step-1", "lstm-at-eval", "lstm-three-stops", "lstm-mid-interval",
+         "gru-random-windows", "rnn-no-clip"])
 def test_stopped_and_resumed_run_ends_with_the_same_weights(monkeypatch, tmp_path, corpus,
                                                             reference, settings, stops):
     run = tmp_path / "run"
