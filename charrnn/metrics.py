@@ -35,7 +35,8 @@ MESSAGE_KINDS = ("info", "note", "warning", "result", "sample")
 
 
 class TrainingView(Protocol):
-    """What a person watching training sees; entered around the training loop."""
+    """What a person watching training sees; entered around the training loop when it has
+    __enter__ and __exit__ (a view with update and message alone will do)."""
 
     def __enter__(self) -> TrainingView: ...
 

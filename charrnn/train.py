@@ -226,7 +226,9 @@ class Trainer:
         self.clock = Clock(self.elapsed)
         self.speed_from = (self.step, self.elapsed)  # where the current speed window starts
         self.saved_at = (self.step, self.elapsed)  # the last write of last.pt (or the resume)
-        with self.view:
+        # A view need not be a context manager: one with update and message alone will do.
+        entered = self.view if hasattr(self.view, "__enter__") else contextlib.nullcontext()
+        with entered:
             while (fraction := self._budget_used()) < 1.0:
                 lr = self._set_lr(fraction)
                 with self.world.averaging_gradients():

@@ -189,3 +189,20 @@ def test_the_callers_random_numbers_and_threads_are_kept(tmp_path, corpus):
         seen.append((torch.rand(1).item(), random.random()))
         assert torch.get_num_threads() == threads
     assert seen == expected
+
+
+def test_a_view_with_update_and_message_alone_will_do(tmp_path, corpus):
+    class Plain:
+        def __init__(self):
+            self.steps = []
+
+        def update(self, step, fraction, fields):
+            self.steps.append(step)
+
+        def message(self, text, kind="info"):
+            pass
+
+    view = Plain()
+    train(config_for(corpus, tmp_path / "run", **{"train.max_steps": 4, "train.log_every": 2}),
+          view=view)
+    assert view.steps == [2, 4]
