@@ -172,9 +172,11 @@ def _check_rows_fit(model: CharRNN, rows: int, length: int, device: torch.device
                           "lower --streams (1 reads the text as one sequential pass)")
 
 
-def score_text(model: CharRNN, ids: np.ndarray, device: torch.device, *,
+def score_text(model: CharRNN, ids: np.ndarray, device: torch.device | str, *,
                window: int | None = None, streams: int | None = None) -> Score:
-    """Score `ids`: in one full stateful pass, or with at most `window` characters of context."""
+    """Score `ids` (`vocab.encode(vocab.normalize(text))`): in one full stateful pass, or with
+    at most `window` characters of context."""
+    device = torch.device(device)
     if len(ids) < 2:
         raise CharRNNError("the text to score has fewer than two characters; give more text")
     if window:

@@ -89,3 +89,22 @@ def test_best_checkpoint_compares_scores_of_the_same_text(tmp_path, corpus):
     on_the_same_text = score_stream(model, val[:301], torch.device("cpu")).loss
     best = min([r["val_loss"] for r in periodic] + [on_the_same_text])
     assert payload["best_val_loss"] == pytest.approx(best)
+
+
+def test_the_readmes_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """README.md, "Using charrnn from Python": the library without the command line."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Using charrnn from Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "configs").mkdir()
+    shutil.copy(root / "configs" / "default.yaml", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 - our own
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("60 ") and len(printed) >= 3
+    assert (tmp_path / "runs" / "nb" / "best.pt").is_file()
