@@ -226,6 +226,10 @@ class Trainer:
         self.clock = Clock(self.elapsed)
         self.speed_from = (self.step, self.elapsed)  # where the current speed window starts
         self.saved_at = (self.step, self.elapsed)  # the last write of last.pt (or the resume)
+        if self.step == 0 and self._budget_used() >= 1.0:  # it would save an untrained model
+            raise ConfigError([f"'train.max_time' ({t.max_time:g} s) is used up before the "
+                               f"first step ({self.elapsed:.1f} s went to measuring this "
+                               "machine); give more time"])
         # A view need not be a context manager: one with update and message alone will do.
         entered = self.view if hasattr(self.view, "__enter__") else contextlib.nullcontext()
         with entered:

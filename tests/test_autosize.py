@@ -172,3 +172,12 @@ def test_measuring_a_huge_budget_is_bounded_and_a_step_budget_bounds_the_plan(
     assert plan.seconds < 0.1 * len(autosize.WIDTHS) + 5
     assert all(candidate.chars <= 20 * 4 * 16 for candidate in plan.measured)
     assert plan.config.train.max_steps == 20  # the user's, kept
+
+
+def test_a_budget_used_up_by_measuring_is_refused_not_saved_untrained(tmp_path, corpus):
+    run = tmp_path / "run"
+    config = load_config(None, auto_overrides(corpus, run, **{"train.max_time": 0.001}))
+    with pytest.raises(ConfigError, match="'train.max_time' .* is used up before the first "
+                                          "step"):
+        train(config)
+    assert not (run / "best.pt").exists() and not (run / "last.pt").exists()

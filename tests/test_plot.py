@@ -57,8 +57,10 @@ def test_default_size_and_several_runs_in_one_figure(tiny_run, tmp_path):
 
 def test_svg_output(tiny_run, tmp_path):
     image = tmp_path / "loss.svg"
-    assert invoke("plot", tiny_run, "-o", image).exit_code == 0
+    result = invoke("plot", tiny_run, "-o", image)
+    assert result.exit_code == 0
     assert b"<svg" in image.read_bytes()[:500]
+    assert "12 x 8 inches" in result.output  # a vector image has no pixels
 
 
 def test_legend_labels_are_run_names_unless_they_clash(tmp_path):

@@ -25,7 +25,9 @@ def plot(
                                         help="Image height in pixels.")] = 800,
 ) -> None:
     """Loss (nats and bits per char) and learning rate against step and wall time."""
-    from charrnn.plot import plot_runs
+    from charrnn.plot import DPI, plot_runs
 
     plot_runs(run_dirs, output, width=width, height=height)
-    report_written(output, f"{width} x {height} pixels")
+    vector = output.suffix.lower() in (".svg", ".pdf")  # sized in inches, not pixels
+    report_written(output, f"{width / DPI:g} x {height / DPI:g} inches" if vector
+                   else f"{width} x {height} pixels")
