@@ -86,8 +86,17 @@ class Plan:
     measured: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0  # spent measuring, counted in the time budget
     train_chars: int = 0
+    precision_only: bool = False  # train.precision: auto decided, the model's size given
+
+    @property
+    def decided(self) -> bool:
+        """Whether it chose anything (a resumed run's plan only adopts its checkpoint's)."""
+        return bool(self.measured) or self.precision_only
 
     def describe(self) -> str:
+        if self.chosen is None and not self.measured:
+            return (f"precision auto: {self.config.train.precision} (bf16 is not fast on "
+                    "this device: nothing to time)")
         if self.chosen is None:
             speeds = ", ".join(f"{c.precision} {c.chars_per_s:,.0f}" for c in self.measured)
             return (f"precision auto: {self.config.train.precision} ({speeds} chars/s, "
@@ -153,7 +162,8 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
         precision, speeds = speed.fastest_precision(args, batch, seq_len, device)
         measured = [Candidate(1, 0, p, s) for p, s in speeds.items()]
         spent = time.perf_counter() - start
-        return Plan(config.replace(train={"precision": precision}), None, measured, spent)
+        return Plan(config.replace(train={"precision": precision}), None, measured, spent,
+                    precision_only=True)
 
     base = config.model
     shapes = sorted(_shapes(config), key=lambda shape: _flops_per_char(*shape, base.embedding_dim))

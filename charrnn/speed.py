@@ -89,9 +89,12 @@ def precisions_to_try(name: str, args: ModelArgs, batch: int, device: torch.devi
 
 def fastest_precision(args: ModelArgs, batch: int, seq_len: int, device: torch.device,
                       seconds: float = 0.3) -> tuple[str, dict[str, float]]:
-    """The faster of fp32 and bf16 autocast for training this shape here, and the speeds."""
-    speeds = {p: training_speed(args, batch, seq_len, device, p, seconds)
-              for p in precisions_to_try("auto", args, batch, device)}
+    """The faster of fp32 and bf16 autocast for training this shape here, and the speeds
+    (none when there is only one to try: timing fp32 alone cost each start a second)."""
+    precisions = precisions_to_try("auto", args, batch, device)
+    if len(precisions) == 1:
+        return precisions[0], {}
+    speeds = {p: training_speed(args, batch, seq_len, device, p, seconds) for p in precisions}
     return choose_precision(speeds), speeds
 
 

@@ -96,7 +96,7 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
             view.message("measuring candidate models on this machine for model.size: auto "
                          "(counted in train.max_time)")
         plan = world.run_on_main(lambda: _plan(config, run_dir, resume_from, world, stop))
-        if plan.measured:
+        if plan.decided:
             view.message(plan.describe())
         # Rank 0 first: the others then find the corpus already encoded.
         trainer = world.in_turns(lambda: Trainer(plan.config, run_dir, world, view,

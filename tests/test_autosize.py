@@ -133,6 +133,14 @@ def test_bf16_where_the_kernels_refuse_it_is_a_config_error_and_auto_keeps_fp32(
                                                **{"train.precision": "bf16"})))
     args = ModelArgs(vocab_size=30, hidden_size=16)
     assert speed.precisions_to_try("auto", args, 4, torch.device("cpu")) == ["fp32"]
+    # One precision to try: nothing is timed (fp32 alone cost every start a second).
+    monkeypatch.setattr(speed, "training_speed", None)
+    assert speed.fastest_precision(args, 4, 16, torch.device("cpu")) == ("fp32", {})
+    run, view = tmp_path / "b", Messages()
+    train(load_config(None, tiny_overrides(corpus, run, **{"train.precision": "auto"})),
+          view=view)
+    assert "precision auto: fp32 (bf16 is not fast on this device: nothing to time)" \
+        in view.lines
 
 
 def test_the_bf16_trial_matches_what_training_does():
