@@ -190,6 +190,10 @@ class Trainer:
             check_named_vocab(config.data, vocab)
         if resume_from is not None:  # before the corpus is read: refusing must cost nothing
             self._check_same_architecture(resume_from)
+            started_from = ((resume_from.get("config") or {}).get("train") or {}).get("init_from")
+            if t.init_from and t.init_from != started_from:
+                view.message(f"train.init_from ({t.init_from}) is not read when resuming: the "
+                             "run goes on from its last.pt", "warning")
         self.data: Dataset = load_dataset(config.data, run_dir.path, vocab,
                                           warn=lambda text: view.message(text, "warning"))
         self.vocab = self.data.vocab
@@ -598,7 +602,10 @@ class Trainer:
         changed = self._batching_changes(state.batch_layout or self._batch_layout())
         if not same_corpus(state.data_key, self.data.key):
             self.view.message("the corpus changed since the checkpoint; its data position "
-                              "restarts from the beginning", "warning")
+                              "restarts from the beginning, and best.pt (scored on the old "
+                              "validation text) is replaced at the next evaluation", "warning")
+            # A best loss on other text is no bar to compare with.
+            self.best_val_loss = self.best_val_chars = None
         elif changed:
             self.view.message(f"{changed} since the checkpoint; the data position restarts "
                               "from the beginning with a fresh hidden state", "warning")

@@ -458,6 +458,9 @@ def test_resume_on_another_corpus_of_the_same_length_restarts_the_data(tmp_path,
                                  "--set", "train.max_steps=8"])
     assert result.exit_code == 0, result.output
     assert "the corpus changed since the checkpoint" in result.stdout
+    # best.pt's score was on the old text: the first evaluation on the new one replaces it.
+    assert "best.pt (scored on the old validation text) is replaced" in result.stdout
+    assert checkpoint.load(run / "best.pt")["step"] == 8
 
 
 def test_resume_with_another_model_is_refused_before_the_corpus_is_read(tmp_path, corpus):
@@ -546,3 +549,14 @@ def test_a_truncated_last_pt_points_to_best_pt_not_to_itself(tmp_path, corpus):
     (run / "last.pt").write_bytes(data[:len(data) // 2])
     result = runner.invoke(app, ["train", "--resume", str(run)])
     assert_clean_error(result, 1, "last.pt is damaged", "e.g. the run's best.pt")
+
+
+def test_init_from_given_on_a_resume_is_said_to_be_ignored(tmp_path, corpus, tiny_run):
+    run = tmp_path / "run"
+    base = ["train", *set_args(corpus, run, **{"train.max_steps": 4, "train.eval_every": 0})]
+    assert runner.invoke(app, base).exit_code == 0
+    result = runner.invoke(app, ["train", "--resume", str(run), "--set", "train.max_steps=6",
+                                 "--set", f"train.init_from={tiny_run / 'best.pt'}"])
+    assert result.exit_code == 0, result.output
+    assert "train.init_from" in result.output and "is not read when resuming" in result.output
+    assert checkpoint.load(run / "last.pt")["step"] == 6
