@@ -448,6 +448,11 @@ class Trainer:
                           f"{self.model.num_parameters():,} parameters | vocabulary: "
                           f"{self.vocab.size:,} | train {len(self.data.train):,} chars, "
                           f"val {len(self.data.val):,} chars")
+        o = self.config.optim
+        if o.schedule != "constant" and o.min_lr > o.lr:  # a schedule that climbs instead
+            self.view.message(f"optim.min_lr ({o.min_lr:g}) is above optim.lr ({o.lr:g}): the "
+                              "learning rate rises to it as training goes on; lower "
+                              "optim.min_lr", "warning")
         if not self.step:
             return
         where = f"at step {self.step:,} ({self.elapsed:.0f} s trained)"

@@ -206,3 +206,14 @@ def test_a_view_with_update_and_message_alone_will_do(tmp_path, corpus):
     train(config_for(corpus, tmp_path / "run", **{"train.max_steps": 4, "train.log_every": 2}),
           view=view)
     assert view.steps == [2, 4]
+
+
+def test_a_minimum_learning_rate_above_the_peak_is_warned_about(tmp_path, corpus):
+    view = RecordingView()
+    train(config_for(corpus, tmp_path / "run", **{"train.max_steps": 2, "optim.lr": 1e-4,
+                                                  "optim.min_lr": 1e-3}), view=view)
+    assert ("warning", "optim.min_lr (0.001) is above optim.lr (0.0001): the learning rate "
+            "rises to it as training goes on; lower optim.min_lr") in view.messages
+    quiet = RecordingView()
+    train(config_for(corpus, tmp_path / "run2", **{"train.max_steps": 2}), view=quiet)
+    assert not any("optim.min_lr" in text for _, text in quiet.messages)
