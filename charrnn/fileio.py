@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import functools
 import io
 import os
@@ -44,10 +45,21 @@ STDOUT_FIX = "redirect it somewhere writable (e.g. > file, on a disk with room)"
 # both, so a run kept under its corpus's directory (data.path: . with runs in ./runs) never
 # reads itself. A lock alone is no sign: pytest's temporary directories hold one too.
 RUN_LOCK_FILE, RUN_CONFIG_FILE = ".lock", "config.yaml"
+# The files a run directory keeps of its own (checkpoint.py, metrics.py, idcache.py and
+# rundir.py name them; a test holds them to this list): no output a user names may replace
+# one, in any run directory (`sample -k runs/a -o runs/b/last.pt` lost run b's checkpoint).
+RUN_OWN_FILES = ("*.pt", RUN_CONFIG_FILE, RUN_LOCK_FILE, "metrics.jsonl", "ids.bin", "ids.json",
+                 "vocab.json", "vocab.meta.json")
 
 
 def is_run_directory(path: str | os.PathLike) -> bool:
     return all((Path(path) / name).is_file() for name in (RUN_LOCK_FILE, RUN_CONFIG_FILE))
+
+
+def is_run_file(path: Path) -> bool:
+    """Whether `path` (links resolved) names one of a run directory's own files."""
+    return any(fnmatch.fnmatchcase(path.name, pattern) for pattern in RUN_OWN_FILES) \
+        and is_run_directory(path.parent)
 
 
 @contextlib.contextmanager
@@ -159,6 +171,7 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         return
     shown = Path(path)
     target = Path(os.path.realpath(Path(path).expanduser()))  # through every symbolic link
+    _refuse_run_file(shown, target)
     existing = _existing_output(shown, target)
     ensure_dir(target.parent)
     try:
@@ -195,6 +208,7 @@ def check_output(path: str | os.PathLike, reads: Mapping[Path, str] | None = Non
         with contextlib.suppress(OSError):  # a file that is not there is not this one
             if os.path.samefile(target, read):
                 raise UsageError(f"cannot write {shown}: it is {what}; name another file")
+    _refuse_run_file(shown, target)
     _existing_output(shown, target)
     folder = target.parent
     while not folder.exists() and folder != folder.parent:  # the part that exists already
@@ -205,6 +219,13 @@ def check_output(path: str | os.PathLike, reads: Mapping[Path, str] | None = Non
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CharRNNError(_write_problem(shown, PermissionError(
             errno.EACCES, os.strerror(errno.EACCES))))
+
+
+def _refuse_run_file(shown: Path, target: Path) -> None:
+    if is_run_file(target):
+        raise UsageError(f"cannot write {shown}: it is a file of a charrnn run directory (its "
+                         "checkpoints, config, metrics and caches); name a file outside it, or "
+                         "another name")
 
 
 def _existing_output(shown: Path, target: Path) -> os.stat_result | None:

@@ -8,6 +8,7 @@ output. Device nodes and FIFOs here are made under tmp_path, never the real /dev
 """
 
 import errno
+import fnmatch
 import os
 import shutil
 import socket
@@ -273,18 +274,37 @@ def test_vocab_build_refuses_to_write_over_its_corpus(tmp_path):
     assert corpus.read_bytes() == before
 
 
-def test_vocab_build_refuses_to_write_over_a_runs_files(tmp_path, tiny_run):
-    """A run's last.pt written over with JSON could not be resumed; a new file beside it, or
-    any file elsewhere, may still be written."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    corpus = poem(tmp_path)
-    for name in ("last.pt", "vocab.json"):
-        before = (run / name).read_bytes()
-        assert_clean_error(invoke("vocab", "build", corpus, "-o", run / name), 2,
-                           "it is a file of a charrnn run directory", one_line=True)
-        assert (run / name).read_bytes() == before
-    assert invoke("vocab", "build", corpus, "-o", run / "other.json").exit_code == 0
+@pytest.mark.parametrize("writer", ["sample -o", "vocab build -o"])  # plot writes images only
+@pytest.mark.parametrize("name", ["last.pt", "step-00000010.pt", "config.yaml", "vocab.json",
+                                  "metrics.jsonl", "ids.bin"])
+def test_no_output_replaces_a_file_of_another_run(writer, name, tmp_path, tiny_run):
+    """`sample -k runs/a -o runs/b/last.pt` wrote samples over run b's checkpoint, which then
+    could not resume; a file of its own name, or a run's file copied outside a run, may be."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    (other / name).write_bytes(b"kept")
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    assert_clean_error(invoke(*WRITERS[writer](tmp_path, tiny_run, other / name)), 2,
+                       "it is a file of a charrnn run directory", one_line=True)
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    link = tmp_path / "link.pt"
+    link.symlink_to(other / name)  # nor through a link
+    assert invoke(*WRITERS[writer](tmp_path, tiny_run, link)).exit_code == 2
+    assert (other / name).read_bytes() == b"kept"
+    assert invoke(*WRITERS[writer](tmp_path, tiny_run, other / "mine.out")).exit_code == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert invoke(*WRITERS[writer](tmp_path, tiny_run, outside / name)).exit_code == 0
+
+
+def test_the_list_of_a_runs_own_files_names_every_file_a_run_writes():
+    from charrnn import checkpoint, idcache, metrics, rundir
+
+    names = [checkpoint.LAST, checkpoint.BEST, "step-00000100.pt", metrics.METRICS_FILE,
+             rundir.CONFIG_FILE, rundir.LOCK_FILE, idcache.IDS_FILE, idcache.IDS_META,
+             idcache.VOCAB_FILE, idcache.VOCAB_META]
+    for name in names:
+        assert any(fnmatch.fnmatchcase(name, p) for p in fileio.RUN_OWN_FILES), name
 
 
 def test_an_output_that_cannot_be_made_is_refused_before_any_work(tmp_path, tiny_run,

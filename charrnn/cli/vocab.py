@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 
 from charrnn.cli.common import CommandGroup, handles_errors, out, report_written
-from charrnn.errors import UsageError
 
 app = typer.Typer(cls=CommandGroup, no_args_is_help=True,
                   help="Build and inspect character vocabularies.")
@@ -54,11 +53,6 @@ def build(
     sources = resolve_sources(inputs)
     # Before counting: a corpus file named as the output would be replaced by its vocabulary.
     fileio.check_output(output, {s.path: "a corpus file being read" for s in sources if s.path})
-    target = Path(output).expanduser()
-    if target.is_file() and fileio.is_run_directory(target.parent):
-        # Its checkpoints and vocabulary: a run's last.pt became JSON and could not resume.
-        raise UsageError(f"cannot write {output}: it is a file of a charrnn run directory (its "
-                         "checkpoints, config and vocabulary); name a file outside it")
     norm = Normalization(lowercase=lowercase, newline=newline.value, unicode=unicode.value,
                          strip_bom=strip_bom)
     vocab = Vocab.build(iter_text(sources, norm), norm, min_count)
