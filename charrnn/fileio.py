@@ -10,7 +10,8 @@ Two kinds of file are written, each through its own door:
   `open_output`. The path is the user's, and so is whatever it leads to: a symbolic link is
   written through (the link stays a link), an existing file keeps its permissions, owner and
   hard links, anything that is not a regular file (a FIFO, a device, a socket, a directory) is
-  refused, and `-` or /dev/stdout means standard output.
+  refused, and `-` or /dev/stdout means standard output. What a killed process (SIGKILL, a
+  power cut) left there is removed by the next output written to the same directory.
 - **A file of charrnn's own** (a run directory's checkpoints, config, caches): `atomic_open`.
   Its temporary name carries the file's name, so that the run directory's owner can find and
   remove what a killed process left (`remove_temporaries`).
@@ -26,9 +27,11 @@ import contextlib
 import errno
 import fnmatch
 import functools
+import hashlib
 import io
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -39,7 +42,10 @@ from typing import IO
 from charrnn.errors import CharRNNError, UsageError
 
 STDOUT_NAMES = frozenset({"-", "/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"})
-TEMP_PREFIX = ".charrnn-"  # open_output's temporary files: .charrnn-XXXXXXXX.tmp
+# open_output's temporary files: .charrnn-HOST-PID-XXXXXXXX.tmp, HOST a digest of the host's
+# name, so that the next output written to the same directory can remove what a killed
+# process of this host left (`_remove_orphans`).
+TEMP_PREFIX = ".charrnn-"
 STDOUT_FIX = "redirect it somewhere writable (e.g. > file, on a disk with room)"
 # A run directory's lock and config (rundir.py): reading a corpus skips directories holding
 # both, so a run kept under its corpus's directory (data.path: . with runs in ./runs) never
@@ -174,8 +180,10 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     _refuse_run_file(shown, target)
     existing = _existing_output(shown, target)
     ensure_dir(target.parent)
+    _remove_orphans(target.parent)
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_prefix()}{os.getpid()}-",
+                                   suffix=".tmp")
     except OSError as exc:
         raise CharRNNError(_write_problem(shown, exc)) from None
 
@@ -193,6 +201,40 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     with _through_temporary(fd, tmp, mode, shown, lambda: _take_over_identity(fd, existing),
                             put_in_place) as f:
         yield f
+
+
+@functools.cache
+def _temp_prefix() -> str:
+    """The start of the temporary names of this host's outputs: .charrnn-HOST-."""
+    host = hashlib.sha256(socket.gethostname().encode(errors="replace")).hexdigest()[:8]
+    return f"{TEMP_PREFIX}{host}-"
+
+
+def _remove_orphans(directory: Path) -> None:
+    """Delete the temporary outputs that processes of this host left when they were killed
+    (SIGKILL, a power cut) while writing into `directory`: those whose process is gone.
+
+    A download killed half-way left a hidden file as large as what it had read. Another
+    host's files (a shared file system) are left alone: their processes cannot be asked.
+    """
+    if os.name != "posix":  # os.kill(pid, 0) asks only here; on Windows it would end it
+        return
+    prefix = _temp_prefix()
+    for tmp in directory.glob(f"{prefix}*-*.tmp"):
+        pid = tmp.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove_quietly(str(tmp))
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` of this host exists (True when that cannot be told)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process; a number no pid can have
+        return True
+    return True
 
 
 def check_output(path: str | os.PathLike, reads: Mapping[Path, str] | None = None) -> None:

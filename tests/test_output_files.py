@@ -233,6 +233,38 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
     assert not target.exists() and not list(tmp_path.glob(".charrnn-*"))
 
 
+def test_what_a_killed_writer_left_is_removed_by_the_next_output_there(tmp_path):
+    """A SIGKILL (or a power cut) cannot be unwound: `data get` killed half-way left a hidden
+    file as large as what it had read. The next output written into that directory removes
+    the temporary files of this host's processes that are gone, and only those."""
+    script = tmp_path / "killed_writer.py"
+    script.write_text(
+        "import sys, time\n"
+        "from charrnn import fileio\n"
+        "def writer(f):\n"
+        "    f.write(b'partial' * 1000)\n"
+        "    f.flush()\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(600)\n"
+        "fileio.write_output_with(sys.argv[1], writer)\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    child = subprocess.Popen([sys.executable, str(script), str(out / "corpus.txt")],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "writing\n"
+    child.kill()
+    child.communicate(timeout=60)
+    [orphan] = out.glob(".charrnn-*.tmp")
+    assert str(child.pid) in orphan.name
+    live = out / f"{fileio._temp_prefix()}{os.getpid()}-abcd1234.tmp"  # being written now
+    elsewhere = out / f"{fileio.TEMP_PREFIX}0123abcd-{child.pid}-abcd1234.tmp"  # another host
+    for kept in (live, elsewhere):
+        kept.write_bytes(b"kept")
+    fileio.write_output(out / "samples.txt", "text")
+    assert sorted(p.name for p in out.iterdir()) == sorted([live.name, elsewhere.name,
+                                                            "samples.txt"])
+
+
 # ---- an output that is one of the command's inputs, or cannot be written ------------------------
 @pytest.mark.parametrize(("name", "says"), [
     ("best.pt", "it is the checkpoint being read"),
