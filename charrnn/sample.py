@@ -18,7 +18,6 @@ distribution: deterministic, no random numbers.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -468,13 +467,17 @@ class Sampler:
     @torch.inference_mode()
     def generate(self, settings: SampleSettings, prime: str = "",
                  with_logprobs: bool = False) -> Iterator[Chunk]:
-        """Yield the generated text in chunks (the prime itself is not yielded)."""
+        """The generated text in chunks (the prime itself is not yielded).
+
+        The settings, the prime and the memory the rows need are checked, and the prime read,
+        when this is called: a bad request fails here, not at the first chunk asked for."""
         streams = self.start(settings, prime)
         stepper = self.stepper()
         generator = new_generator(settings.seed, self.device)
         threads = self.threads_for(stepper, settings.num_samples)
-        yield from self._generate(streams, stepper, generator, settings, with_logprobs, threads)
+        return self._generate(streams, stepper, generator, settings, with_logprobs, threads)
 
+    @torch.inference_mode()
     def _generate(self, streams: Streams, stepper: Stepper, generator: torch.Generator,
                   settings: SampleSettings, with_logprobs: bool, threads: int
                   ) -> Iterator[Chunk]:
@@ -514,19 +517,30 @@ class Sampler:
 
         The stop text is kept. An occurrence may begin in the prime but must end in generated
         text. Generation ends once every sample has stopped, within one chunk of steps.
+        Everything is checked when this is called, as `generate` does; a beam search runs
+        when its one chunk (the best beams, known only at the end) is asked for.
         """
-        if settings.beam is not None:  # the best beam is known only at the end
-            found = self.samples(settings, prime, stop, with_logprobs)
-            yield Chunk([s.text for s in found], [s.logprobs for s in found]
-                        if with_logprobs else [])
-            return
+        settings.validate(self.vocab)
+        stop = self.prepare_stop(stop) if stop is not None else None
+        if settings.beam is not None:
+            self.encode_prime(prime)
+            return self._beam_chunk(settings, prime, stop, with_logprobs)
+        chunks = self.generate(settings, prime, with_logprobs)
         if stop is None:
-            yield from self.generate(settings, prime, with_logprobs)
-            return
-        stop = self.prepare_stop(stop)
+            return chunks
+        return self._cut_at_stop(chunks, settings, prime, stop, with_logprobs)
+
+    def _beam_chunk(self, settings: SampleSettings, prime: str, stop: str | None,
+                    with_logprobs: bool) -> Iterator[Chunk]:
+        found = beam_search(self, settings, prime, stop)
+        yield Chunk([s.text for s in found], [s.logprobs for s in found]
+                    if with_logprobs else [])
+
+    def _cut_at_stop(self, chunks: Iterator[Chunk], settings: SampleSettings, prime: str,
+                     stop: str, with_logprobs: bool) -> Iterator[Chunk]:
         watch = [StopWatch(stop, self.vocab.normalize(prime))
                  for _ in range(settings.num_samples)]
-        for chunk in self.generate(settings, prime, with_logprobs):
+        for chunk in chunks:
             texts, logprobs = [], []
             for i, piece in enumerate(chunk.texts):
                 cut = watch[i].cut(piece)
@@ -534,20 +548,20 @@ class Sampler:
                 logprobs.append(chunk.logprobs[i][:cut] if chunk.logprobs else [])
             yield Chunk(texts, logprobs if with_logprobs else [])
             if all(w.ended for w in watch):
-                return  # closing `generate` stops the model early
+                chunks.close()  # stops the model early
+                return
 
     def samples(self, settings: SampleSettings, prime: str = "", stop: str | None = None,
                 with_logprobs: bool = False) -> list[Sample]:
         """Whole samples with what produced them, each ended at `stop` when given."""
-        settings.validate(self.vocab)
         if settings.beam is not None:
-            stop = self.prepare_stop(stop) if stop is not None else None
-            return beam_search(self, settings, prime, stop)
-        chunks = self.stream(settings, prime, stop, with_logprobs)
-        first = next(chunks, None)  # the rows start: their memory is checked before the lists
+            settings.validate(self.vocab)
+            return beam_search(self, settings, prime,
+                               self.prepare_stop(stop) if stop is not None else None)
+        chunks = self.stream(settings, prime, stop, with_logprobs)  # checks all, rows' memory too
         texts: list[list[str]] = [[] for _ in range(settings.num_samples)]
         logprobs: list[list[float]] = [[] for _ in range(settings.num_samples)]
-        for chunk in itertools.chain([first] if first is not None else [], chunks):
+        for chunk in chunks:
             for i, piece in enumerate(chunk.texts):
                 texts[i].append(piece)
                 if with_logprobs:

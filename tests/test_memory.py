@@ -117,6 +117,8 @@ def test_the_library_sampler_refuses_what_the_machine_cannot_hold(tiny_run, mach
     with pytest.raises(ResourceError, match=r"10,000,000,000 samples read together needs "
                                             r"about .* ask for fewer samples"):
         sampler.sample_text(SampleSettings(length=5, num_samples=10_000_000_000))
+    with pytest.raises(ResourceError):  # a stop watch per sample was made before the check
+        sampler.stream(SampleSettings(length=5, num_samples=10_000_000_000), stop="e")
     assert len(sampler.sample_text(SampleSettings(length=5, num_samples=3))) == 3
 
 

@@ -340,3 +340,24 @@ def test_a_paused_stream_leaves_the_callers_thread_count_alone(tiny_model, monke
     one.close()
     two.close()
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("options", [{}, {"stop": "b"}, {"with_logprobs": True}])
+@pytest.mark.parametrize("call", ["generate", "stream"])
+def test_a_bad_request_fails_when_its_stream_is_made_not_when_it_is_read(tiny_model, call,
+                                                                          options):
+    """A notebook's `chunks = sampler.stream(...)` is told at once, as `charrnn sample` is,
+    not at some later next()."""
+    if call == "generate" and "stop" in options:
+        pytest.skip("generate has no stop")
+    make = getattr(tiny_model, call)
+    with pytest.raises(UsageError, match="length must be"):
+        make(SampleSettings(length=-1), "a", **options)
+    with pytest.raises(UsageError, match="cannot write"):
+        make(SampleSettings(length=5), "a€", **options)
+    if call == "stream":
+        with pytest.raises(UsageError, match="--beam"):
+            make(SampleSettings(beam=0), "a", **options)
+    chunks = make(SampleSettings(length=5, seed=1), "a", **options)
+    whole = tiny_model.samples(SampleSettings(length=5, seed=1), "a", options.get("stop"))
+    assert "".join(c.texts[0] for c in chunks) == whole[0].text
