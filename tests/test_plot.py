@@ -4,6 +4,7 @@ import json
 import shutil
 import struct
 import sys
+import warnings
 from functools import partial
 
 import pytest
@@ -84,6 +85,18 @@ def test_gaps_and_records_without_times_still_plot(tmp_path):
     result = invoke("plot", run, "-o", image, "--width", 400, "--height", 300)
     assert result.exit_code == 0, result.output
     assert png_size(image) == (400, 300)
+
+
+def test_values_no_run_could_log_leave_gaps_without_warnings(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"kind": "train", "step": 10, "loss": 3.0, "lr": 1e308, "elapsed": 1e300},
+               {"kind": "train", "step": 20, "loss": 2.0, "lr": 1e-3, "elapsed": 2.0}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's overflow warning was printed
+        result = invoke("plot", run, "-o", tmp_path / "forged.png", "--width", 400)
+    assert result.exit_code == 0, result.output
 
 
 def test_plot_errors(tiny_run, tmp_path):

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from charrnn.cli.progress import LiveView, PlainView, make_view
+from charrnn.cli.progress import LiveView, PlainView, format_duration, make_view
 
 FIELDS = {"loss": 1.5, "val_loss": 1.6, "val_bpc": 2.308, "chars_per_sec": 12345.0,
           "epoch": 0.5, "lr": 1e-3, "device": "cpu (2 threads)"}
@@ -57,3 +57,10 @@ def test_quiet_shows_only_results():
         view.message("a warning", "warning")
         view.message("step 40: val 1.6", "result")
     assert console.file.getvalue().strip() == "step 40: val 1.6"
+
+
+def test_durations_read_as_clock_times_and_absurd_ones_stay_short():
+    assert format_duration(59.9) == "00:59"
+    assert format_duration(3 * 3600 + 61) == "3:01:01"
+    assert format_duration(float("inf")) == "?"
+    assert format_duration(1e300) == "over 10 years"  # max_time 1e300: 300 digits before

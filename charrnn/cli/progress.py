@@ -15,9 +15,14 @@ TICKS = 10_000  # the bar's resolution; progress is a fraction of the step or ti
 LABELS = {"note": "[yellow]note:[/] ", "warning": "[yellow]warning:[/] "}
 
 
+LONGEST_SHOWN = 10 * 365 * 86400  # seconds: longer estimates are shown as "over 10 years"
+
+
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
+    if seconds >= LONGEST_SHOWN:  # max_time 1e300 printed an estimate 300 digits long
+        return "over 10 years"
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
