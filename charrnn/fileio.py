@@ -63,7 +63,7 @@ def is_run_directory(path: str | os.PathLike) -> bool:
 
 
 def is_run_file(path: Path) -> bool:
-    """Whether `path` (links resolved) names one of a run directory's own files."""
+    """Whether `path` (its links already resolved) names one of a run directory's own files."""
     return any(fnmatch.fnmatchcase(path.name, pattern) for pattern in RUN_OWN_FILES) \
         and is_run_directory(path.parent)
 
