@@ -20,13 +20,14 @@ import json
 import os
 import random
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from charrnn import checkpoint, fileio
+from charrnn import checkpoint, fileio, idcache
 from charrnn.config import Config, config_from_dict, read_yaml_mapping
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.metrics import METRICS_FILE, read_metrics
@@ -99,24 +100,26 @@ class RunDir:
         self.path = Path(path)
 
     def open(self, locks: contextlib.ExitStack, resume: bool, overwrite: bool,
-             restarted_job: str | None = None) -> dict | None:
+             restarted_job: str | None = None, reads: Collection[Path] = ()) -> dict | None:
         """Lock the directory and tidy it; the checkpoint payload to resume from, if any.
 
         The lock is held until `locks` closes. A new run (nothing to resume) is refused where
-        a run already is, unless `overwrite`. `restarted_job`: the torchrun job whose workers
-        torchrun restarted; they resume from the last.pt it wrote, if it wrote one.
+        a run already is, or where files are that it would replace or delete, unless
+        `overwrite`; `reads`: files the run reads, which it keeps (its data.vocab).
+        `restarted_job`: the torchrun job whose workers torchrun restarted; they resume from
+        the last.pt it wrote, if it wrote one.
         """
         fileio.ensure_dir(self.path)
         locks.enter_context(RunLock(self.path))
         # What a killed process was writing; holding the lock, no one else writes these now.
-        fileio.remove_temporaries(self.path, ("*.pt", METRICS_FILE, CONFIG_FILE))
+        fileio.remove_temporaries(self.path, fileio.RUN_OWN_FILES)
         payload = None
         if resume:
             payload = self._resume_payload()
         elif restarted_job is not None:
             payload = self._checkpoint_of(restarted_job)
-        if payload is None:
-            self._refuse_to_clobber(overwrite)
+        if payload is None and not overwrite:
+            self._refuse_to_clobber(anew=not resume and restarted_job is None, reads=reads)
         return payload
 
     def _resume_payload(self) -> dict | None:
@@ -148,14 +151,32 @@ class RunDir:
         written_by = (payload.get("train_state") or {}).get("torchrun_job")
         return payload if written_by == job else None
 
-    def _refuse_to_clobber(self, overwrite: bool) -> None:
+    def _refuse_to_clobber(self, anew: bool, reads: Collection[Path]) -> None:
+        """Refuse to start where a run is; `anew` (not a resume, nor torchrun's restart of a
+        job that had saved nothing): also where files are that the run would replace or
+        delete (a user's own config.yaml, passed as --config, lost its comments)."""
         existing = [name for name in (checkpoint.LAST, checkpoint.BEST)
                     if (self.path / name).exists()]
-        if existing and not overwrite:
+        if existing:
             raise CharRNNError(f"{self.path} already holds a run ({', '.join(existing)}); "
                                "continue it with --resume, start over with --overwrite, or "
                                "choose another train.out_dir")
-
+        if not anew:
+            return
+        kept = {os.path.realpath(path) for path in reads}
+        # What could not be made again: caches (an encoded corpus, a counted vocabulary with
+        # its key) are, so a run that failed on its input may simply be started again.
+        precious = [self.path / CONFIG_FILE, self.path / METRICS_FILE,
+                    *self.path.glob("step-*.pt")]
+        if not (self.path / idcache.VOCAB_META).exists():  # a vocabulary the user put there
+            precious.append(self.path / idcache.VOCAB_FILE)
+        replaced = sorted(path.name for path in precious
+                          if path.exists() and os.path.realpath(path) not in kept)
+        if replaced:
+            raise CharRNNError(f"{self.path} holds {', '.join(replaced)}, which a new run there "
+                               "would replace or delete; choose another train.out_dir, or pass "
+                               "--overwrite to replace them (a run stopped before its first "
+                               "checkpoint starts again with --resume)")
     def clear_previous(self) -> None:
         """Remove what an overwritten run left; called only once the new run's inputs check out."""
         # Old step checkpoints too: keep_last would otherwise count them as the new run's.

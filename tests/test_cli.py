@@ -189,6 +189,45 @@ def test_train_corpus_errors(tmp_path, corpus):
     assert_clean_error(invoke("train", *sets), 1, "no such file")
 
 
+def test_a_new_run_keeps_the_files_it_would_replace_unless_told(tmp_path, corpus):
+    """A folder with one's own config.yaml (passed as --config), notes of earlier runs and a
+    hand-made vocabulary: a new run there replaced the config (comments lost), deleted
+    metrics.jsonl and step checkpoints, and rebuilt vocab.json, all without --overwrite."""
+    from charrnn.config import Config
+
+    run = tmp_path / "exp"
+    run.mkdir()
+    own = {"config.yaml": Config().to_yaml() + "# my notes\n", "metrics.jsonl": "log\n",
+           "step-00000001.pt": "mine", "vocab.json": "{}"}
+    for name, text in own.items():
+        (run / name).write_text(text)
+    sets = [a for kv in tiny_overrides(corpus, run) for a in ("--set", kv)]
+    for name in own:
+        assert_clean_error(invoke("train", "--config", run / "config.yaml", *sets), 1,
+                           f"{run} holds ", name, "--overwrite", one_line=True)
+    assert {n: (run / n).read_text() for n in own} == own
+    # A vocabulary the run reads is not in its way (nor replaced).
+    for name in ("config.yaml", "metrics.jsonl", "step-00000001.pt"):
+        (run / name).unlink()
+    assert invoke("vocab", "build", corpus, "-o", run / "vocab.json").exit_code == 0
+    built = (run / "vocab.json").read_bytes()
+    reading = [a for kv in tiny_overrides(corpus, run, **{"data.vocab": run / "vocab.json"})
+               for a in ("--set", kv)]
+    assert invoke("train", *reading).exit_code == 0
+    assert (run / "vocab.json").read_bytes() == built
+    # Caches a failed start left are no obstacle: the same command, input fixed, runs.
+    fresh = tmp_path / "fresh"
+    short = tmp_path / "short.txt"
+    short.write_text("tiny text")
+    failed = [a for kv in tiny_overrides(short, fresh) for a in ("--set", kv)]
+    assert invoke("train", *failed).exit_code == 1
+    fixed = [a for kv in tiny_overrides(corpus, fresh) for a in ("--set", kv)]
+    assert invoke("train", *fixed).exit_code == 0
+    (run / "config.yaml").write_text(own["config.yaml"])
+    assert invoke("train", *sets, "--overwrite").exit_code == 0  # told: replaced
+    assert "# my notes" not in (run / "config.yaml").read_text()
+
+
 def test_cuda_without_cuda_is_a_clean_error(corpus, tmp_path, tiny_run):
     import torch
 

@@ -405,6 +405,8 @@ def test_resume_with_nothing_to_resume_starts_a_new_run(tmp_path, corpus):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"kind": "train", "step": 99, "loss": 1.0}\n{"ki')
     (run / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # left by a kill
+    (run / ".ids.bin.x1y2.tmp").write_bytes(b"half an encoded corpus")  # was never removed
+    (run / ".vocab.json.x1y2.tmp").write_bytes(b"half a vocabulary")
     args = ["train", *set_args(corpus, run, **{"train.max_steps": 5, "train.eval_every": 0}),
             "--resume"]
     result = runner.invoke(app, args)
