@@ -81,7 +81,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise CharRNNError(_write_problem(path, exc)) from None
+        raise CharRNNError(write_problem(path, exc)) from None
 
     def put_in_place() -> None:
         os.replace(tmp, path)
@@ -109,7 +109,7 @@ def _through_temporary(fd: int, tmp: str, mode: str, shown: Path, prepare: Calla
         put_in_place()
     except OSError as exc:
         _remove_quietly(tmp)
-        raise CharRNNError(_write_problem(shown, exc)) from None
+        raise CharRNNError(write_problem(shown, exc)) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -152,7 +152,7 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise CharRNNError(_write_problem(path, exc)) from None
+        raise CharRNNError(write_problem(path, exc)) from None
 
 
 # ---- files the user named ---------------------------------------------------------------------
@@ -185,7 +185,7 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_prefix()}{os.getpid()}-",
                                    suffix=".tmp")
     except OSError as exc:
-        raise CharRNNError(_write_problem(shown, exc)) from None
+        raise CharRNNError(write_problem(shown, exc)) from None
 
     def put_in_place() -> None:
         if existing is not None and existing.st_nlink > 1:
@@ -256,10 +256,10 @@ def check_output(path: str | os.PathLike, reads: Mapping[Path, str] | None = Non
     while not folder.exists() and folder != folder.parent:  # the part that exists already
         folder = folder.parent
     if not folder.is_dir():
-        raise CharRNNError(_write_problem(shown, NotADirectoryError(
+        raise CharRNNError(write_problem(shown, NotADirectoryError(
             errno.ENOTDIR, os.strerror(errno.ENOTDIR))))
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CharRNNError(_write_problem(shown, PermissionError(
+        raise CharRNNError(write_problem(shown, PermissionError(
             errno.EACCES, os.strerror(errno.EACCES))))
 
 
@@ -278,9 +278,9 @@ def _existing_output(shown: Path, target: Path) -> os.stat_result | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise CharRNNError(_write_problem(shown, exc)) from None
+        raise CharRNNError(write_problem(shown, exc)) from None
     if stat.S_ISDIR(existing.st_mode):
-        raise CharRNNError(_write_problem(shown, IsADirectoryError(
+        raise CharRNNError(write_problem(shown, IsADirectoryError(
             errno.EISDIR, os.strerror(errno.EISDIR))))
     if not stat.S_ISREG(existing.st_mode):
         raise CharRNNError(f"cannot write {shown}: {_kind(existing.st_mode)}, not a regular "
@@ -397,7 +397,7 @@ def _kind(mode: int) -> str:
     return "it is not a regular file"
 
 
-def _write_problem(path: Path, exc: OSError) -> str:
+def write_problem(path: Path, exc: OSError) -> str:
     """One line naming a failed write and the fix that fits its cause."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         fix = "free some disk space or choose another location"

@@ -23,7 +23,7 @@ import numpy as np
 
 from charrnn import fileio, safeload
 from charrnn.corpus import Normalization, Source, iter_text
-from charrnn.errors import VocabError
+from charrnn.errors import CharRNNError, VocabError
 from charrnn.vocab import UNK_ID, CharCounter, Vocab
 
 IDS_FILE, IDS_META = "ids.bin", "ids.json"
@@ -139,7 +139,12 @@ def readable_as(sources: list[Source]) -> int:
 def _map(path: Path, dtype: np.dtype, length: int) -> np.ndarray:
     if length == 0:
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", shape=(length,))
+    except (OSError, ValueError) as exc:  # unreadable, or cut short since its key was written
+        raise CharRNNError(f"cannot read {path} (the run's encoded corpus): "
+                           f"{getattr(exc, 'strerror', None) or exc}; check its permissions, "
+                           "or start the run again with --overwrite") from None
 
 
 def _forget(meta: Path) -> None:

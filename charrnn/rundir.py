@@ -179,12 +179,22 @@ class RunDir:
                                "checkpoint starts again with --resume)")
     def clear_previous(self) -> None:
         """Remove what an overwritten run left; called only once the new run's inputs check out."""
-        # Old step checkpoints too: keep_last would otherwise count them as the new run's.
-        for path in (self.path / checkpoint.LAST, self.path / checkpoint.BEST,
-                     *self.path.glob("step-*.pt")):
-            path.unlink(missing_ok=True)
-        # The records of the run overwritten, or of one killed before its first checkpoint.
-        (self.path / METRICS_FILE).unlink(missing_ok=True)
+        # Old step checkpoints too: keep_last would otherwise count them as the new run's;
+        # and the records of the run overwritten, or of one killed before its first checkpoint.
+        paths = [self.path / checkpoint.LAST, self.path / checkpoint.BEST,
+                 *self.path.glob("step-*.pt"), self.path / METRICS_FILE]
+        for path in paths:  # all checked before any is removed
+            kind = fileio.file_kind(path)
+            if kind not in ("file", "missing") and not path.is_symlink():
+                raise CharRNNError(f"cannot replace {path}: {fileio.what_it_is(kind)}, not a "
+                                   "file charrnn wrote; move it away, or choose another "
+                                   "train.out_dir")
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise CharRNNError(f"cannot remove {path}: {exc.strerror or exc}; check the "
+                                   "permissions, or choose another train.out_dir") from None
 
     def write_config(self, config: Config) -> None:
         """config.yaml: what a later `--resume RUN_DIR` continues with."""
@@ -266,8 +276,12 @@ class RunLock:
                 raise CharRNNError(f"{self.path.parent} is in use by {who} (still training); "
                                    "wait for it, stop it, or choose another train.out_dir") \
                     from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: better now than at the first checkpoint
+            os.close(fd)
+            raise CharRNNError(fileio.write_problem(self.path, exc)) from None
         self._fd = fd
 
     def release(self) -> None:

@@ -198,3 +198,65 @@ def test_config_and_checkpoint_are_readable_after_a_real_run(tiny_run):
     assert json.loads((tiny_run / "vocab.json").read_text(encoding="utf-8"))["chars"]
     for name in ("best.pt", "last.pt"):
         checkpoint.load_model(tiny_run / name)
+
+
+# ---- a run directory the disk or its owner got in the way of (one line each, nothing lost) ----
+def test_a_full_disk_when_locking_the_run_is_one_line(tmp_path, monkeypatch):
+    from charrnn.rundir import RunLock
+
+    def full(fd, length):  # noqa: ANN001, ANN202 - os.ftruncate's signature
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "ftruncate", full)
+    with pytest.raises(CharRNNError, match="No space left on device; free some disk space"):
+        RunLock(tmp_path).acquire()  # was a traceback from os.write
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "step-00000001.pt", "best.pt"])
+def test_overwrite_refuses_a_directory_in_its_way_before_removing_anything(tmp_path, tiny_run,
+                                                                           name):
+    """It removed last.pt and best.pt, then stopped with IsADirectoryError's traceback."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / name).unlink(missing_ok=True)
+    (run / name).mkdir()
+    config = load_config(run / "config.yaml")
+    args = ["train", "--config", run / "config.yaml", "--overwrite",
+            *set_args(Path(config.data.path), run, **{"train.max_steps": 2})]
+    before = sorted(p.name for p in run.iterdir())
+    assert_clean_error(CliRunner().invoke(app, [str(a) for a in args]), 1,
+                       f"cannot replace {run / name}: it is a directory", one_line=True)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_overwrite_where_a_file_cannot_be_removed_is_one_line(tmp_path, tiny_run, monkeypatch):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    unlink = Path.unlink
+
+    def refused(path, missing_ok=False):  # noqa: ANN001, ANN202 - a directory of mode 555
+        if path.name == "last.pt":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refused)
+    config = load_config(run / "config.yaml")
+    args = ["train", "--config", run / "config.yaml", "--overwrite",
+            *set_args(Path(config.data.path), run, **{"train.max_steps": 2})]
+    assert_clean_error(CliRunner().invoke(app, [str(a) for a in args]), 1,
+                       f"cannot remove {run / 'last.pt'}: Permission denied", one_line=True)
+
+
+def test_an_unreadable_encoded_corpus_is_one_line(tiny_run, monkeypatch):
+    import numpy as np
+
+    def unreadable(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - mode 000, not root
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(np, "memmap", unreadable)
+    assert_clean_error(CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_run)]), 1,
+                       "ids.bin (the run's encoded corpus): Permission denied", one_line=True)
