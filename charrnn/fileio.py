@@ -10,8 +10,10 @@ Two kinds of file are written, each through its own door:
   `open_output`. The path is the user's, and so is whatever it leads to: a symbolic link is
   written through (the link stays a link), an existing file keeps its permissions, owner and
   hard links, anything that is not a regular file (a FIFO, a device, a socket, a directory) is
-  refused, and `-` or /dev/stdout means standard output. What a killed process (SIGKILL, a
-  power cut) left there is removed by the next output written to the same directory.
+  refused, and `-` or /dev/stdout means standard output. A run directory's own files, a
+  checkpoint under any name, a read-only file and a link another user planted in a shared
+  directory are refused. What a killed process (SIGKILL, a power cut) left there is removed
+  by the next output written to the same directory.
 - **A file of charrnn's own** (a run directory's checkpoints, config, caches): `atomic_open`.
   Its temporary name carries the file's name, so that the run directory's owner can find and
   remove what a killed process left (`remove_temporaries`).
@@ -176,7 +178,7 @@ def open_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             yield f
         return
     shown = Path(path)
-    target = Path(os.path.realpath(Path(path).expanduser()))  # through every symbolic link
+    target = _output_target(shown)
     _refuse_run_file(shown, target)
     existing = _existing_output(shown, target)
     ensure_dir(target.parent)
@@ -245,7 +247,7 @@ def check_output(path: str | os.PathLike, reads: Mapping[Path, str] | None = Non
     if names_stdout(path):
         return
     shown = Path(path)
-    target = Path(os.path.realpath(shown.expanduser()))
+    target = _output_target(shown)
     for read, what in (reads or {}).items():
         with contextlib.suppress(OSError):  # a file that is not there is not this one
             if os.path.samefile(target, read):
@@ -261,6 +263,56 @@ def check_output(path: str | os.PathLike, reads: Mapping[Path, str] | None = Non
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CharRNNError(write_problem(shown, PermissionError(
             errno.EACCES, os.strerror(errno.EACCES))))
+
+
+def _output_target(shown: Path) -> Path:
+    """The file an output path leads to, through every symbolic link; a link the system
+    itself would not follow for this user is refused (see `_foreign_link`)."""
+    link = _foreign_link(shown.expanduser())
+    if link is not None:
+        raise CharRNNError(f"cannot write {shown}: {link} is a symbolic link another user "
+                           f"made in the shared directory {link.parent}, which charrnn, like "
+                           "the system, does not follow; remove it or name another file")
+    return Path(os.path.realpath(shown.expanduser()))
+
+
+def _foreign_link(path: Path) -> Path | None:
+    """The first symbolic link on the way to `path` that Linux's protected_symlinks would
+    refuse to follow: one in a sticky, world-writable directory (/tmp) owned neither by this
+    user nor by the directory's owner. Resolving the path in Python and renaming over what it
+    leads to never asks the kernel to follow the link, so its protection must be asked here:
+    otherwise another user's `ln -s ~victim/.bashrc /tmp/out.txt` made `sample -o
+    /tmp/out.txt` replace the victim's file."""
+    if os.name != "posix":
+        return None
+    absolute = Path(os.path.abspath(path))
+    walked, todo = Path(absolute.anchor), list(absolute.parts[1:])
+    for _ in range(4096):  # links followed and names walked, at most (a loop ends here)
+        if not todo:
+            return None
+        name = todo.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            walked = walked.parent
+            continue
+        step = walked / name
+        try:
+            info = os.lstat(step)
+        except OSError:  # not there (yet): nothing further to follow
+            return None
+        if not stat.S_ISLNK(info.st_mode):
+            walked = step
+            continue
+        folder = os.stat(walked)
+        if folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH \
+                and info.st_uid not in (os.geteuid(), folder.st_uid):
+            return step
+        target = Path(os.readlink(step))
+        if target.is_absolute():
+            walked = Path(target.anchor)
+        todo[:0] = list(target.parts[1:] if target.is_absolute() else target.parts)
+    return None
 
 
 def _refuse_run_file(shown: Path, target: Path) -> None:
@@ -285,7 +337,25 @@ def _existing_output(shown: Path, target: Path) -> os.stat_result | None:
     if not stat.S_ISREG(existing.st_mode):
         raise CharRNNError(f"cannot write {shown}: {_kind(existing.st_mode)}, not a regular "
                            "file; name a regular file, or - for standard output")
+    if not os.access(target, os.W_OK):  # a rename would replace it all the same
+        raise CharRNNError(f"cannot write {shown}: it is read-only; make it writable "
+                           "(chmod u+w) or name another file")
+    if _holds_a_checkpoint(target):  # another name (a hard link, a copy) of a model's file
+        raise UsageError(f"cannot write {shown}: it holds a PyTorch checkpoint (a model's "
+                         "weights); name another file")
     return existing
+
+
+def _holds_a_checkpoint(path: Path) -> bool:
+    """Whether a file starts as torch.save's archives do: a zip whose first entry is
+    .../data.pkl."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as f:
+            head = f.read(96)
+        if head[:4] == b"PK\x03\x04" and len(head) >= 30:
+            size = int.from_bytes(head[26:28], "little")
+            return head[30:30 + size].endswith(b"/data.pkl")
+    return False
 
 
 def write_output(path: str | os.PathLike, content: str | bytes) -> None:

@@ -353,3 +353,61 @@ def test_an_output_that_cannot_be_made_is_refused_before_any_work(tmp_path, tiny
                        "Not a directory", one_line=True)
     assert_clean_error(invoke("vocab", "build", a_file, "-o", a_file / "sub" / "v.json"), 1,
                        "Not a directory", one_line=True)
+
+
+# ---- what the system itself protects, and other names of a model ------------------------------
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="making a link another user owns needs root")
+def test_another_users_link_in_a_shared_directory_is_not_followed(tmp_path, tiny_run):
+    """Linux does not follow, for you, a link another user made in a sticky world-writable
+    directory such as /tmp (`> /tmp/out.txt` fails): a rename over the resolved path went
+    round that, and `sample -o /tmp/out.txt` replaced the file the link pointed at."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = shared / "out.txt"
+    planted.symlink_to(victim)
+    os.lchown(planted, 65534, 65534)  # nobody's link
+    for args in (WRITERS["sample -o"](tmp_path, tiny_run, planted),
+                 WRITERS["sample -o"](tmp_path, tiny_run, shared / "." / "out.txt")):
+        assert_clean_error(invoke(*args), 1, "is a symbolic link another user made in the "
+                           "shared directory", one_line=True)
+    assert victim.read_text() == "precious"
+    os.lchown(planted, os.geteuid(), os.getegid())  # one's own link is followed, as before
+    assert invoke(*WRITERS["sample -o"](tmp_path, tiny_run, planted)).exit_code == 0
+    assert victim.read_text() != "precious" and planted.is_symlink()
+
+
+def test_a_read_only_file_is_not_replaced(tmp_path, tiny_run, monkeypatch):
+    """`echo x > keep.txt` is refused for a 0444 file; a rename replaced it all the same.
+    (Root may write anything, so the check is shown with os.access answering as for a user.)"""
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    keep.chmod(0o444)
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if (
+        Path(path) == keep and mode & os.W_OK) else access(path, mode, **kw))
+    for writer in ("sample -o", "vocab build -o"):
+        assert_clean_error(invoke(*WRITERS[writer](tmp_path, tiny_run, keep)), 1,
+                           "it is read-only; make it writable", one_line=True)
+    assert keep.read_text() == "precious"
+
+
+def test_another_name_of_a_checkpoint_is_not_written_over(tmp_path, tiny_run):
+    """A hard link or a copy of a run's best.pt (outside any run directory) took sample text
+    and the run could no longer load its model."""
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    backup = tmp_path / "backup.txt"
+    os.link(other / "last.pt", backup)
+    copied = tmp_path / "copied" / "best.pt"  # cp runs/x/*.pt leaves the hidden .lock out
+    copied.parent.mkdir()
+    shutil.copy(other / "last.pt", copied)
+    before = (other / "last.pt").read_bytes()
+    for target in (backup, copied):
+        for writer in ("sample -o", "vocab build -o"):
+            assert_clean_error(invoke(*WRITERS[writer](tmp_path, tiny_run, target)), 2,
+                               "it holds a PyTorch checkpoint", one_line=True)
+    assert (other / "last.pt").read_bytes() == before == copied.read_bytes()
