@@ -84,8 +84,10 @@ def build_payload(model: CharRNN, vocab: Vocab, *, step: int, val_loss: float | 
     return payload
 
 
-def save(payload: dict, path: str | Path) -> None:
-    fileio.write_with(path, lambda f: _save_reporting_write_errors(payload, f))
+def save(payload: dict, path: str | Path, permissions: int | None = None) -> None:
+    """Write a checkpoint atomically; `permissions` for a new file (see fileio.atomic_open)."""
+    fileio.write_with(path, lambda f: _save_reporting_write_errors(payload, f),
+                      permissions=permissions)
 
 
 def _save_reporting_write_errors(payload: dict, f: BinaryIO) -> None:

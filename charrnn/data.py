@@ -18,7 +18,13 @@ from charrnn.batches import check_window_fits
 from charrnn.config import DataConfig
 from charrnn.corpus import Normalization, iter_text, resolve_sources, total_bytes
 from charrnn.errors import ConfigError, CorpusError, VocabError
-from charrnn.idcache import IDS_FILE, build_vocab_cached, encode_cached, load_encoded
+from charrnn.idcache import (
+    IDS_FILE,
+    build_vocab_cached,
+    encode_cached,
+    load_encoded,
+    readable_as,
+)
 from charrnn.memory import check_fits
 from charrnn.vocab import UNK_ID, Vocab
 
@@ -33,6 +39,9 @@ class Dataset:
     val: np.ndarray
     unknown: int  # corpus characters that became <unk>
     key: dict  # identifies this encoding; a resumed run checks it is unchanged
+    # Permissions for files made from the text (caches, checkpoints): none more readable than
+    # the corpus (idcache.readable_as), so a private corpus gives private checkpoints.
+    file_mode: int | None = None
 
 
 def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
@@ -68,7 +77,7 @@ def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
                       "raise data.val_fraction, use more text or a smaller data.seq_len")
     key = {"length": n, "vocab": vocab.digest, "val_fraction": cfg.val_fraction,
            "sampled": sampled_digest(encoded.ids)}
-    return Dataset(vocab, train, val, encoded.unknown, key)
+    return Dataset(vocab, train, val, encoded.unknown, key, readable_as(sources))
 
 
 def same_corpus(saved: dict | None, current: dict) -> bool:

@@ -72,11 +72,13 @@ def is_run_file(path: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
-                permissions: int | None = None) -> Iterator[IO]:
+                permissions: int | None = None, exact: bool = False) -> Iterator[IO]:
     """Open a temporary sibling of `path` for writing; on success, move it over `path`.
 
-    For charrnn's own files; `permissions` (default: what open() would give a new file)
-    lets a cache be no more readable than the files it was made from.
+    For charrnn's own files. A new file gets `permissions` (default: what open() would give
+    it), which keeps a checkpoint or cache no more readable than the corpus it was made from;
+    a file replaced keeps the permissions its owner may have given it, unless `exact` (a
+    cache, whose permissions follow its corpus's as they are now).
     """
     path = Path(path)
     ensure_dir(path.parent)
@@ -90,10 +92,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
         _fsync_dir(path.parent)
 
     # mkstemp's 0600 would make checkpoints private
-    mode_bits = _new_file_mode() if permissions is None else permissions
+    mode_bits = None if exact else _mode_of(path)
+    if mode_bits is None:
+        mode_bits = _new_file_mode() if permissions is None else permissions
     with _through_temporary(fd, tmp, mode, path, lambda: os.fchmod(fd, mode_bits),
                             put_in_place) as f:
         yield f
+
+
+def _mode_of(path: Path) -> int | None:
+    """The permissions of the regular file at `path` (not followed if a link); None if none."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode):
+            return stat.S_IMODE(info.st_mode)
+    return None
 
 
 @contextlib.contextmanager
@@ -123,9 +136,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[IO], None], *,
-               permissions: int | None = None) -> None:
-    """Atomically write `path` by handing a binary file object to `writer`."""
-    with atomic_open(path, "wb", permissions=permissions) as f:
+               permissions: int | None = None, exact: bool = False) -> None:
+    """Atomically write `path` by handing a binary file object to `writer` (see atomic_open
+    for `permissions` and `exact`)."""
+    with atomic_open(path, "wb", permissions=permissions, exact=exact) as f:
         writer(f)
 
 

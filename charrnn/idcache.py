@@ -49,7 +49,7 @@ def build_vocab_cached(sources: list[Source], normalization: Normalization, min_
     vocab = counter.to_vocab(normalization, min_count)
     _forget(cache_dir / VOCAB_META)
     fileio.write_with(cache_dir / VOCAB_FILE, lambda f: f.write(vocab.to_json().encode()),
-                      permissions=readable_as(sources))
+                      permissions=readable_as(sources), exact=True)
     fileio.write_text(cache_dir / VOCAB_META, json.dumps(key))
     return vocab
 
@@ -89,7 +89,7 @@ def encode_cached(sources: list[Source], vocab: Vocab, separator: str, cache_dir
                 on_progress(len(ids))
 
     _forget(cache_dir / IDS_META)
-    fileio.write_with(path, write, permissions=readable_as(sources))
+    fileio.write_with(path, write, permissions=readable_as(sources), exact=True)
     fileio.write_text(cache_dir / IDS_META,
                       json.dumps({"key": key, "length": length, "unknown": unknown}))
     return EncodedCorpus(_map(path, vocab.dtype, length), unknown)

@@ -98,6 +98,8 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # For new checkpoints: set from the corpus read (Dataset.file_mode); None: the umask's.
+        self.checkpoint_mode: int | None = None
 
     def open(self, locks: contextlib.ExitStack, resume: bool, overwrite: bool,
              restarted_job: str | None = None, reads: Collection[Path] = ()) -> dict | None:
@@ -206,12 +208,13 @@ class RunDir:
         last.pt goes first, so a run can be resumed from its first checkpoint on; should a
         kill fall before best.pt is written too, resuming writes it (`repair_best`).
         """
-        checkpoint.save(last, self.path / checkpoint.LAST)
+        checkpoint.save(last, self.path / checkpoint.LAST, self.checkpoint_mode)
         if best is not None:
-            checkpoint.save(best, self.path / checkpoint.BEST)
+            checkpoint.save(best, self.path / checkpoint.BEST, self.checkpoint_mode)
         if keep_last:
             weights_only = {k: v for k, v in last.items() if k != "train_state"}
-            checkpoint.save(weights_only, self.path / f"step-{step:08d}.pt")
+            checkpoint.save(weights_only, self.path / f"step-{step:08d}.pt",
+                            self.checkpoint_mode)
             for old in sorted(self.path.glob("step-*.pt"))[:-keep_last]:
                 old.unlink(missing_ok=True)
 
@@ -221,7 +224,8 @@ class RunDir:
         with contextlib.suppress(CheckpointError):  # missing: the kill came before it
             if checkpoint.load(path)["step"] == last["step"]:
                 return
-        checkpoint.save({k: v for k, v in last.items() if k != "train_state"}, path)
+        checkpoint.save({k: v for k, v in last.items() if k != "train_state"}, path,
+                        self.checkpoint_mode)
 
     def truncate_metrics(self, step: int) -> None:
         """Drop records logged after the checkpoint being resumed: they will be logged again."""

@@ -198,6 +198,7 @@ class Trainer:
         self.data: Dataset = load_dataset(config.data, run_dir.path, vocab,
                                           warn=lambda text: view.message(text, "warning"))
         self.vocab = self.data.vocab
+        run_dir.checkpoint_mode = self.data.file_mode
         self.model = self._build_model(inherited)
         self.amp = speed.PRECISIONS[self._precision()]
         self.optimizer = self._make_optimizer()

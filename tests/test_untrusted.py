@@ -143,7 +143,9 @@ def test_the_encoded_cache_is_no_more_readable_than_its_corpus(tmp_path):
         train(config)
     finally:
         os.umask(old)
-    for name in ("ids.bin", "vocab.json"):
+    # The checkpoints too: they hold the corpus's characters with their counts, and weights
+    # that can say its text again (they were 0644 with the caches 0600).
+    for name in ("ids.bin", "vocab.json", "last.pt", "best.pt"):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o600, name
     private.chmod(0o644)
     (run / "ids.json").unlink()
@@ -153,6 +155,21 @@ def test_the_encoded_cache_is_no_more_readable_than_its_corpus(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((run / "ids.bin").stat().st_mode) == 0o644
+
+
+def test_permissions_a_user_gave_a_runs_files_survive_its_next_save(tmp_path, tiny_run):
+    """A resume wrote last.pt, best.pt and config.yaml back with the umask's 0644."""
+    run = copy_run(tiny_run, tmp_path / "run")
+    for name in ("last.pt", "best.pt", "config.yaml"):
+        (run / name).chmod(0o640)
+    old = os.umask(0o022)
+    try:
+        resumed = invoke("train", "--resume", run, "--set", "train.max_steps=32")
+    finally:
+        os.umask(old)
+    assert resumed.exit_code == 0, resumed.output
+    for name in ("last.pt", "best.pt", "config.yaml"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o640, name
 
 
 # ---- structures that expand, refused with bounded memory ----------------------------------------
