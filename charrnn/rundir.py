@@ -227,14 +227,18 @@ class RunDir:
         checkpoint.save({k: v for k, v in last.items() if k != "train_state"}, path,
                         self.checkpoint_mode)
 
-    def truncate_metrics(self, step: int) -> None:
-        """Drop records logged after the checkpoint being resumed: they will be logged again."""
+    def truncate_metrics(self, step: int, ends_here: bool = False) -> None:
+        """Drop records logged after the checkpoint being resumed: they will be logged again.
+
+        So will the final evaluation at `step`, if the resumed run `ends_here` (its budget is
+        spent); a run resumed to train longer keeps it, and those of earlier ends: they are
+        its history (dropping them left gaps where a run had been extended before).
+        """
         path = self.path / METRICS_FILE
         if not path.is_file():
             return
-        # A final evaluation is logged again when the resumed run ends.
-        keep = [r for r in read_metrics(self.path)
-                if r.get("step", 0) <= step and not r.get("final")]
+        keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step
+                and not (r.get("final") and ends_here and r.get("step") == step)]
         fileio.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 

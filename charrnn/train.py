@@ -626,7 +626,7 @@ class Trainer:
         if rng is not None:
             restore_rng(rng)
         if self.world.is_main:
-            self.run_dir.truncate_metrics(self.step)
+            self.run_dir.truncate_metrics(self.step, ends_here=self._budget_used() >= 1.0)
 
     def _check_hidden_state(self) -> None:
         args = self.model.args

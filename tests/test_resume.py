@@ -122,6 +122,19 @@ def test_resuming_a_finished_run_changes_nothing(monkeypatch, tmp_path, corpus, 
     assert_same_run(reference(), run)  # also: the final evaluation is not logged twice
 
 
+def test_a_finished_run_trained_longer_keeps_the_evaluation_it_ended_with(monkeypatch,
+                                                                           tmp_path, corpus):
+    """`--resume --set train.max_steps=...` dropped the first end's final evaluation (step 30
+    here, between the regular ones at 20 and 40), leaving a gap in the history."""
+    run = tmp_path / "run"
+    train_here(monkeypatch, corpus, run, **{"train.max_steps": 30})
+    first = evaluations(run)
+    assert first[-1][0] == 30 and first[-1][2]
+    train_here(monkeypatch, corpus, run, resume=True, **{"train.max_steps": 50})
+    assert evaluations(run) == [*first, (40, evaluations(run)[-2][1], False),
+                                (50, evaluations(run)[-1][1], True)]
+
+
 # ---- signals, in a real process ---------------------------------------------------------------
 def start_training(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "charrnn", "train", *args],
@@ -383,8 +396,8 @@ def test_a_kill_right_after_the_first_checkpoint_file_leaves_a_resumable_run(
 
     real_save = checkpoint.save
 
-    def save_then_die(payload, path):
-        real_save(payload, path)
+    def save_then_die(payload, path, *args):
+        real_save(payload, path, *args)
         raise Killed  # the process dies before it writes the next file
 
     run = tmp_path / "run"
