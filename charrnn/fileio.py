@@ -516,6 +516,12 @@ def _new_file_mode() -> int:
 def ensure_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir's "File exists" named neither the cause nor the fix
+        kind = file_kind(directory)
+        what = "a broken symbolic link" if directory.is_symlink() and kind == "missing" \
+            else "a file" if kind == "file" else kind
+        raise CharRNNError(f"cannot create directory {directory}: {what} is in its place; "
+                           "move it away or choose another location") from None
     except OSError as exc:
         raise CharRNNError(f"cannot create directory {directory}: {exc.strerror}; "
                            "choose a writable location") from None

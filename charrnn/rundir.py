@@ -115,6 +115,12 @@ class RunDir:
         locks.enter_context(RunLock(self.path))
         # What a killed process was writing; holding the lock, no one else writes these now.
         fileio.remove_temporaries(self.path, fileio.RUN_OWN_FILES)
+        for name in (checkpoint.LAST, checkpoint.BEST):  # now, not at the first save
+            kind = fileio.file_kind(self.path / name)
+            if kind not in ("file", "missing"):
+                raise CharRNNError(f"cannot use {self.path / name}: "
+                                   f"{fileio.what_it_is(kind)}, not a checkpoint; move it away, "
+                                   "or choose another train.out_dir")
         payload = None
         if resume:
             payload = self._resume_payload()

@@ -260,3 +260,28 @@ def test_an_unreadable_encoded_corpus_is_one_line(tiny_run, monkeypatch):
     monkeypatch.setattr(np, "memmap", unreadable)
     assert_clean_error(CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_run)]), 1,
                        "ids.bin (the run's encoded corpus): Permission denied", one_line=True)
+
+
+def test_what_stands_where_a_run_directory_or_checkpoint_goes_is_named(tmp_path, tiny_run):
+    """A file or a broken link as train.out_dir said "File exists"; a directory as best.pt
+    was found only at the first save, after a whole segment of training."""
+    import shutil
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "nowhere" / "run")
+    corpus = Path(load_config(tiny_run / "config.yaml").data.path)
+    for out_dir, what in ((a_file, "a file is in its place"),
+                          (broken, "a broken symbolic link is in its place")):
+        args = ["train", *set_args(corpus, out_dir)]
+        assert_clean_error(CliRunner().invoke(app, [str(a) for a in args]), 1,
+                           f"cannot create directory {out_dir}: {what}", one_line=True)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "best.pt").unlink()
+    (run / "best.pt").mkdir()
+    resumed = CliRunner().invoke(app, ["train", "--resume", str(run), "--set",
+                                       "train.max_steps=40"])
+    assert_clean_error(resumed, 1, "best.pt: it is a directory, not a checkpoint", one_line=True)
+    assert "step 31" not in resumed.output  # refused before training
