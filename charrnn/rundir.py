@@ -185,6 +185,7 @@ class RunDir:
                                "would replace or delete; choose another train.out_dir, or pass "
                                "--overwrite to replace them (a run stopped before its first "
                                "checkpoint starts again with --resume)")
+
     def clear_previous(self) -> None:
         """Remove what an overwritten run left; called only once the new run's inputs check out."""
         # Old step checkpoints too: keep_last would otherwise count them as the new run's;
