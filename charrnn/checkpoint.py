@@ -152,6 +152,9 @@ def load(path: str | Path, device: torch.device | str = "cpu") -> dict:
             raise CheckpointError(f"refusing to load {path}: it holds objects that would run "
                                   "code when unpickled; only load checkpoints charrnn wrote "
                                   "(it is not a charrnn checkpoint)") from None
+        if isinstance(exc, PermissionError):  # the file may be whole; it is not ours to read
+            raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}; check its "
+                                  "permissions") from None
         other = BEST if Path(path).name == LAST else LAST
         raise CheckpointError(f"{path} is damaged, truncated or not a PyTorch file "
                               f"({_failure_reason(exc)}); use another checkpoint, e.g. the "

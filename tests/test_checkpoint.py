@@ -87,3 +87,17 @@ def test_other_versions_missing_keys_and_inconsistent_vocabularies_are_refused(t
         torch.save(bad, tmp_path / name)
         with pytest.raises(CheckpointError, match=message):
             checkpoint.load_model(tmp_path / name)
+
+
+def test_a_checkpoint_that_cannot_be_read_is_not_called_damaged(tiny_run, monkeypatch):
+    """A last.pt of mode 000 was "damaged, truncated or not a PyTorch file; use best.pt"."""
+    import errno
+    import os
+
+    def unreadable(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - root reads anything
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(checkpoint.torch, "load", unreadable)
+    with pytest.raises(CheckpointError, match="cannot read .*last.pt: Permission denied; "
+                                               "check its permissions"):
+        checkpoint.load(tiny_run / "last.pt")
