@@ -102,3 +102,49 @@ def test_the_api_documents_itself_without_the_internet(tiny_run, browser_page):
         for part in ("POST /v1/generate", "GET /v1/models", "GET /healthz", "temperature",
                      "num_samples", "422"):
             assert part in text, part
+
+
+def test_the_page_sends_what_it_shows(tiny_run, browser_page):
+    """A seed above 2**53 was rounded as a JavaScript number (another text than asked for;
+    the documented maximum was refused); after the browser's Back the sliders' labels showed
+    their first values, not the ones the next request sends; the icon broke the page's own
+    Content-Security-Policy (an error in the console on every load)."""
+    page = browser_page
+    errors = []
+    page.on("console", lambda message: errors.append(message.text)
+            if message.type == "error" else None)
+    with running_server(load(tiny_run)) as url:
+        page.goto(url + "/")
+        wait_in_page(page, "document.querySelector('#model').options.length > 0")
+        seed = 2**64 - 1
+        page.fill("#prime", "The ")
+        page.fill("#length", "100")
+        page.fill("#seed", str(seed))
+        page.click("#generate")
+        wait_in_page(page, "document.querySelector('#status').textContent.startsWith('done')")
+        expected = httpx.post(url + "/v1/generate", timeout=30, json={
+            "prime": "The ", "length": 100, "temperature": 0.8, "seed": seed}).json()
+        assert page.inner_text("#output") == "The " + expected["samples"][0]["text"]
+
+        page.eval_on_selector("#temperature", "el => { el.value = '1.5'; "
+                                              "el.dispatchEvent(new Event('input')) }")
+        page.goto(url + "/docs")
+        page.go_back()
+        wait_in_page(page, "document.querySelector('#model').options.length > 0")
+        assert page.inner_text("#temperature-value") == page.input_value("#temperature")
+    assert not errors, errors
+
+
+def test_a_wrong_api_key_is_told_from_a_missing_one(tiny_run, browser_page):
+    page = browser_page
+    with running_server(load(tiny_run), api_key="right") as url:
+        page.goto(url + "/")
+        wait_in_page(page, "!document.querySelector('#key-row').hidden")
+        assert page.inner_text("#status") == "this server needs an API key"
+        page.fill("#api-key", "wrong")
+        page.press("#api-key", "Enter")  # Enter uses the key, as the button does
+        wait_in_page(page, "document.querySelector('#status').textContent.includes('not this')")
+        page.fill("#api-key", "right")
+        page.press("#api-key", "Enter")
+        wait_in_page(page, "document.querySelector('#model').options.length > 0")
+        assert page.is_hidden("#key-row")

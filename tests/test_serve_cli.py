@@ -112,6 +112,13 @@ def test_model_names_and_loopback_addresses():
     assert not any(_is_loopback(h) for h in ("0.0.0.0", "192.168.1.4", "::", "example.org"))
 
 
+def test_a_model_name_not_allowed_is_named_as_such(tiny_run):
+    """`-k '<b>x</b>=RUN'` said "checkpoint not found: <b>x</b>=RUN"."""
+    for name in ("<b>x</b>", "my model"):
+        result = CliRunner().invoke(app, ["serve", "-k", f"{name}={tiny_run}", "--port", "0"])
+        assert_clean_error(result, 2, f"model name {name!r} is not allowed", one_line=True)
+
+
 def test_serving_beyond_this_machine_without_a_key_is_warned_about():
     assert "no authentication" in exposure_warning("0.0.0.0", None)
     assert exposure_warning("0.0.0.0", "k3y") is None

@@ -357,9 +357,9 @@ class Engine:
         share = max(1, int(self.max_queue * CLIENT_QUEUE_SHARE))
         held = sum(request.client == client for request in queued)
         if held >= share:
-            raise Overloaded(f"model {self.name} already has {held} {what} of yours queued, "
-                             f"the most one client may have waiting ({share}); send more as "
-                             "these finish", retry_after=RETRY_AFTER)
+            raise Overloaded(f"model {self.name} already has {what} of yours queued: {held}, "
+                             f"the most one client may have waiting; send more as these "
+                             "finish", retry_after=RETRY_AFTER)
 
     def _run_next_beam(self) -> None:
         """Run the queued search whose turn it is: the next of the client whose last search

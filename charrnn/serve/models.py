@@ -22,8 +22,12 @@ class ServedModel:
 def parse_model_spec(spec: str) -> tuple[str, Path]:
     """'RUN' or 'NAME=RUN' -> (name, path); the name defaults to the run directory's name."""
     name, sep, rest = spec.partition("=")
-    if sep and _NAME.fullmatch(name) and not Path(spec).exists():
-        return name, Path(rest)
+    if sep and not Path(spec).exists():
+        if _NAME.fullmatch(name):
+            return name, Path(rest)
+        if Path(rest).exists():  # it was said "checkpoint not found" of the whole spec
+            raise UsageError(f"model name {name!r} is not allowed: use up to 64 letters, "
+                             "digits, _ . and -, starting with a letter or digit")
     path = Path(spec)
     # runs/shakespeare and runs/shakespeare/best.pt are both "shakespeare".
     stem = path.parent.name if path.suffix == ".pt" and path.stem in ("best", "last") \

@@ -19,9 +19,11 @@ function headers() {
   return h;
 }
 
-function needKey(message) {
+function needKey() {
   ui.keyRow.hidden = false;
-  setStatus(message || "this server needs an API key");
+  setStatus(localStorage.getItem("charrnn-api-key")
+    ? "the API key given is not this server's: enter the right one"
+    : "this server needs an API key");
 }
 
 function setStatus(text) { ui.status.textContent = text; }
@@ -51,11 +53,16 @@ function describeModel() {
 
 // ---- sliders ------------------------------------------------------------------------------
 function showValue(input) { $(input.id + "-value").textContent = input.value; }
-for (const input of [ui.temperature, ui.topP, ui.length]) {
+const sliders = [ui.temperature, ui.topP, ui.length];
+for (const input of sliders) {
   input.addEventListener("input", () => showValue(input));
 }
+// Back to the page: the browser restores the sliders but not their labels.
+window.addEventListener("pageshow", () => sliders.forEach(showValue));
 
 // ---- generating ---------------------------------------------------------------------------
+// The request's JSON. A seed of digits is written as typed: as a JavaScript number, one
+// above 2^53 would be rounded and give another text than the seed asked for.
 function request() {
   const body = {
     prime: ui.prime.value, model: ui.model.value || null, stream: true, logprobs: true,
@@ -63,8 +70,10 @@ function request() {
   };
   const topP = Number(ui.topP.value);
   if (topP < 1) body.top_p = topP;
-  if (ui.seed.value !== "") body.seed = Number(ui.seed.value);
-  return body;
+  const seed = ui.seed.value.trim();
+  if (/^[0-9]+$/.test(seed)) return JSON.stringify(body).slice(0, -1) + `,"seed":${seed}}`;
+  if (seed !== "") body.seed = Number(seed);  // the server says what is wrong with it
+  return JSON.stringify(body);
 }
 
 async function generate() {
@@ -80,12 +89,14 @@ async function generate() {
   ui.output.replaceChildren(prime);
   const started = performance.now();
   let chars = 0;
+  let answered = false;
   setStatus("waiting for the first characters…");
   try {
     const response = await fetch("/v1/generate", {
-      method: "POST", headers: headers(), body: JSON.stringify(request()),
+      method: "POST", headers: headers(), body: request(),
       signal: controller.signal,
     });
+    answered = true;
     if (!response.ok) return showError(response);
     for await (const [event, data] of serverEvents(response, controller.signal)) {
       if (event === "delta") {
@@ -102,7 +113,10 @@ async function generate() {
     if (controller.signal.aborted) setStatus(`stopped after ${chars} characters`);
   } catch (error) {
     if (controller.signal.aborted) setStatus(`stopped after ${chars} characters`);
-    else setStatus("error: " + error.message);
+    else if (error instanceof TypeError) {  // fetch's own failures: the network, the server
+      setStatus(answered ? `lost the connection to the server after ${chars} characters`
+        : "cannot reach the server: is it still running?");
+    } else setStatus("error: " + error.message);
   } finally {
     if (running === controller) {
       running = null;
@@ -113,9 +127,9 @@ async function generate() {
 }
 
 async function showError(response) {
-  if (response.status === 401) return needKey("this server needs an API key");
   let message = "HTTP " + response.status;
   try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+  if (response.status === 401) return needKey();
   ui.output.classList.add("error");
   ui.output.textContent = message;
   setStatus("refused: HTTP " + response.status);
@@ -177,7 +191,7 @@ ui.output.addEventListener("mouseover", (event) => {
   const lp = Number(span.dataset.lp);
   const shown = JSON.stringify(span.textContent);
   ui.hover.textContent = `${shown}: probability ${(100 * Math.exp(lp)).toFixed(2)}% ` +
-    `(log-probability ${lp.toFixed(3)} nats)`;
+    `as drawn (log-probability ${lp.toFixed(3)} nats)`;
 });
 
 ui.generate.addEventListener("click", generate);
@@ -186,11 +200,13 @@ ui.model.addEventListener("change", describeModel);
 ui.prime.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) generate();
 });
-ui.saveKey.addEventListener("click", () => {
+function useKey() {
   localStorage.setItem("charrnn-api-key", ui.apiKey.value);
   ui.keyRow.hidden = true;
   setStatus("");
   loadModels();
-});
+}
+ui.saveKey.addEventListener("click", useKey);
+ui.apiKey.addEventListener("keydown", (event) => { if (event.key === "Enter") useKey(); });
 
 loadModels();
