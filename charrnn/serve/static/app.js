@@ -120,8 +120,10 @@ async function generate() {
   } finally {
     if (running === controller) {
       running = null;
+      const hadFocus = document.activeElement === ui.stop;
       ui.generate.disabled = false;
       ui.stop.disabled = true;
+      if (hadFocus) ui.generate.focus();  // a disabled Stop would drop it to the page
     }
   }
 }
