@@ -31,7 +31,7 @@ from charrnn.batches import make_batches
 from charrnn.config import Config
 from charrnn.data import Dataset, check_named_vocab, load_dataset, same_corpus
 from charrnn.distributed import ElasticJob, World
-from charrnn.errors import CheckpointError, ConfigError, TrainingStopped
+from charrnn.errors import CheckpointError, ConfigError, CorpusError, TrainingStopped
 from charrnn.evaluate import Score, score_stream
 from charrnn.interrupts import StopRequest, exit_code, signal_name
 from charrnn.metrics import (
@@ -87,6 +87,7 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
         hard_exit = exit_after_grace or world.job is not None or world.size > 1
         stop = scope.enter_context(stop or _stop_on_signals(config, run_dir, view, hard_exit))
         restarted_job = world.job.run_id if world.job and world.job.restarted else None
+        _check_same_settings(world, config)
         # Rank 0 alone locks, tidies and reads the run directory, and passes on what it read.
         vocab_read = [Path(config.data.vocab).expanduser()] if config.data.vocab else []
         resume_from = world.run_on_main(lambda: run_dir.open(
@@ -102,7 +103,50 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
         # Rank 0 first: the others then find the corpus already encoded.
         trainer = world.in_turns(lambda: Trainer(plan.config, run_dir, world, view,
                                                  resume_from, spent=plan.seconds))
+        _check_same_data(world, trainer.data.key)
         return trainer.run(stop)
+
+
+# Settings each machine may give its own way: where its files are, and its own CPU threads.
+PER_MACHINE = {("data", "path"), ("data", "vocab"), ("train", "init_from"),
+               ("train", "out_dir"), ("train", "threads")}
+
+
+def _check_same_settings(world: World, config: Config) -> None:
+    """Under torchrun, refuse settings that differ between the processes: rank 0's were
+    trained with and the others' silently ignored (a --set on one machine only)."""
+    shared = {(section, key): value for section, values in config.to_dict().items()
+              for key, value in values.items() if (section, key) not in PER_MACHINE}
+    every = world.gather(shared)
+
+    def compare() -> None:
+        for rank, theirs in enumerate(every):
+            differ = [f"{section}.{key} ({theirs[section, key]!r} against "
+                      f"{shared[section, key]!r})" for section, key in shared
+                      if theirs.get((section, key)) != shared[section, key]]
+            if differ:
+                raise ConfigError([f"rank {rank} was started with other settings than rank 0: "
+                                   f"{', '.join(differ)}; start every process with the same "
+                                   "config and --set options"])
+
+    world.run_on_main(compare)
+
+
+def _check_same_data(world: World, key: dict) -> None:
+    """Under torchrun, refuse processes whose corpus or vocabulary differs from rank 0's:
+    each machine reads its own copy, and another copy gave the same ids other characters
+    (the halves of every batch meant different text) or a model of another width (an error
+    from DDP that hid its cause)."""
+    every = world.gather(key)
+
+    def compare() -> None:
+        for rank, theirs in enumerate(every):
+            if theirs != key:
+                raise CorpusError(f"the corpus or vocabulary of rank {rank} differs from rank "
+                                  "0's (another copy of data.path, or another data.vocab): give "
+                                  "every machine the same files")
+
+    world.run_on_main(compare)
 
 
 def _plan(config: Config, run_dir: RunDir, resume_from: dict | None,

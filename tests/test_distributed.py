@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,6 +180,50 @@ def test_an_error_on_one_process_alone_is_shown_once_by_rank_0(corpus, tmp_path)
     assert errors_in(child.stderr) == ["error: cannot read the corpus here (on rank 1)"], \
         child.stderr
     assert "[rank" not in child.stderr  # no process's traceback (torch marks them [rankN])
+
+
+# Run by torchrun in place of `-m charrnn`: rank 1 is started with its own extra arguments, or
+# in its own directory (--cd DIR), as on another machine.
+RANK_1_DIFFERS = """
+import os, sys
+from charrnn.cli import main
+command, extra = sys.argv[1], sys.argv[2:sys.argv.index("--")]
+rest = sys.argv[sys.argv.index("--") + 1:]
+if os.environ["RANK"] == "1":
+    if extra[:1] == ["--cd"]:
+        os.chdir(extra.pop(1))
+        extra.pop(0)
+    rest += extra
+sys.argv = ["charrnn", command, *rest]
+main()
+"""
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (["--set", "model.hidden_size=64"], "error: config: 1 problem: rank 1 was started with "
+     "other settings than rank 0: model.hidden_size (64 against 32); start every process with "
+     "the same config and --set options"),
+    (["--cd", "{elsewhere}"],
+     "error: the corpus or vocabulary of rank 1 differs from rank 0's (another copy of "
+     "data.path, or another data.vocab): give every machine the same files"),
+], ids=["settings", "corpus"])
+def test_machines_that_differ_are_refused_before_they_train(tmp_path, extra, says):
+    """A --set on one machine only was silently ignored (rank 0's settings won, and which
+    machine is rank 0 is torchrun's choice); another copy of the corpus gave the same ids
+    other characters on each machine, without a word."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"  # each "machine" its own
+    for folder, text in ((here, POEM), (elsewhere, POEM.replace("e", "~"))):
+        folder.mkdir()
+        (folder / "corpus.txt").write_text(text * 120, encoding="utf-8")
+    extra = [a.format(elsewhere=elsewhere) for a in extra]
+    script = tmp_path / "rank_1_differs.py"
+    script.write_text(RANK_1_DIFFERS, encoding="utf-8")
+    command = torchrun(*extra, "--", *set_args(Path("corpus.txt"), Path("run"), **RUN),
+                       script=str(script))
+    child = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=here)
+    assert child.returncode != 0
+    assert says in errors_in(child.stderr), child.stderr
+    assert not list((here / "run").glob("*.pt"))
 
 
 @pytest.mark.slow
