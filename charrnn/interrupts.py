@@ -1,10 +1,11 @@
 """Graceful stop on a signal: finish the step, save, exit with 128 + the signal's number.
 
-Ctrl-C (SIGINT), SIGTERM (what schedulers, torchrun and `kill` send before killing) and
-SIGUSR1 (Slurm's warning before a time limit or preemption, `--signal=USR1@60`) only set a flag
-the training loop checks after each step. From the first signal on the process has `grace`
-seconds: if it is still running then (a save stuck on a slow disk, a peer that hangs), it exits
-anyway. Every file is written atomically, so the last complete checkpoint stays.
+Ctrl-C (SIGINT), SIGTERM (what schedulers, torchrun and `kill` send before killing),
+SIGUSR1 (Slurm's warning before a time limit or preemption, `--signal=USR1@60`) and SIGHUP (a
+closed terminal; not under nohup) only set a flag the training loop checks after each step.
+From the first signal on the process has `grace` seconds: if it is still running then (a save
+stuck on a slow disk, a peer that hangs), it exits anyway. Every file is written atomically,
+so the last complete checkpoint stays.
 
 A second Ctrl-C raises KeyboardInterrupt at once. A second SIGTERM or SIGUSR1 does not: a
 cluster sends its signal to every process of a job and torchrun passes it on to its workers,
@@ -23,7 +24,9 @@ from collections.abc import Callable
 
 STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM]
 if hasattr(signal, "SIGUSR1"):  # not on Windows
-    STOP_SIGNALS.append(signal.SIGUSR1)
+    # SIGHUP: a terminal closed, an SSH session dropped (torchrun passes it on when told to);
+    # it ended training at once, losing the steps since the last save.
+    STOP_SIGNALS += [signal.SIGUSR1, signal.SIGHUP]
 
 
 def signal_name(signum: int) -> str:
@@ -64,6 +67,9 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN and sig == getattr(signal, "SIGHUP",
+                                                                              None):
+                    continue  # `nohup charrnn train`: asked to outlive the terminal
                 self._previous[sig] = signal.signal(sig, self._handle)
             if self.grace is not None:
                 self._deadline = Deadline(self.grace, self._expire)

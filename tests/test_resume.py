@@ -151,9 +151,11 @@ def wait_for_steps(child: subprocess.Popen, count: int) -> None:
     pytest.fail(f"training ended before {count} steps: {child.stderr.read()}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_stops_training_at_a_step_and_resume_is_exact(tmp_path, corpus, reference,
                                                                signum):
+    """SIGHUP too (a closed terminal, a dropped SSH session): it ended training at once."""
     run = tmp_path / "run"
     child = start_training(*set_args(corpus, run, **RUN))
     wait_for_steps(child, 1)
@@ -173,6 +175,19 @@ def test_a_signal_stops_training_at_a_step_and_resume_is_exact(tmp_path, corpus,
     assert resumed.exit_code == 0, resumed.output
     assert f"resuming at step {stopped['step']:,}" in resumed.stdout
     assert_same_run(reference(), run)
+
+
+def test_under_nohup_a_hangup_leaves_training_running(tmp_path, corpus):
+    run = tmp_path / "run"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", *map(str, set_args(corpus, run, **RUN))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+    wait_for_steps(child, 1)
+    child.send_signal(signal.SIGHUP)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 0, stderr
+    assert checkpoint.load(run / "last.pt")["step"] == RUN["train.max_steps"]
 
 
 # Run as `python -c`: train with every file write slowed down, so that saving a checkpoint
