@@ -24,6 +24,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -52,6 +53,10 @@ class ElasticJob:
     # restarted workers can then read their predecessors' addresses and fail to connect
     # (pytorch/pytorch#135712). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun avoids it.
     shares_torchrun_store: bool = False
+    # The torchrun agent that started this process, as [host, pid, start time]: the same for
+    # every restart of its workers on this machine, another for every launch (a --rdzv-id
+    # given again, a requeued Slurm job keeping its id); None where it cannot be read.
+    launch: list | None = None
 
     @classmethod
     def from_environment(cls) -> ElasticJob | None:
@@ -61,7 +66,8 @@ class ElasticJob:
             return None
         return cls(run_id, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
                    int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")),
-                   os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
+                   os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+                   agent_identity())
 
     @property
     def restarted(self) -> bool:
@@ -71,6 +77,19 @@ class ElasticJob:
     def has_own_id(self) -> bool:
         """False for torchrun's default --rdzv-id ("none"), which every job without one shares."""
         return self.run_id != "none"
+
+
+def agent_identity() -> list | None:
+    """[host, pid, start time] of this process's parent (torchrun's agent), from Linux's
+    /proc; None elsewhere."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/stat", "rb") as f:
+            after_name = f.read().rsplit(b")", 1)[1].split()
+        started = int(after_name[19])  # the 22nd field: its start, in clock ticks after boot
+    except (OSError, IndexError, ValueError):
+        return None
+    return [socket.gethostname(), parent, started]
 
 
 PEER_LOST = ("another process of this run failed (its error is printed above, or in torchrun's "

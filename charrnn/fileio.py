@@ -56,8 +56,8 @@ RUN_LOCK_FILE, RUN_CONFIG_FILE = ".lock", "config.yaml"
 # The files a run directory keeps of its own (checkpoint.py, metrics.py, idcache.py and
 # rundir.py name them; a test holds them to this list): no output a user names may replace
 # one, in any run directory (`sample -k runs/a -o runs/b/last.pt` lost run b's checkpoint).
-RUN_OWN_FILES = ("*.pt", RUN_CONFIG_FILE, RUN_LOCK_FILE, "metrics.jsonl", "ids.bin", "ids.json",
-                 "vocab.json", "vocab.meta.json")
+RUN_OWN_FILES = ("*.pt", RUN_CONFIG_FILE, RUN_LOCK_FILE, ".launch.json", "metrics.jsonl",
+                 "ids.bin", "ids.json", "vocab.json", "vocab.meta.json")
 
 
 def is_run_directory(path: str | os.PathLike) -> bool:

@@ -9,7 +9,9 @@ the weights, so that a resumed run continues exactly where the stopped one was.
 
 When torchrun restarts the workers of a job, it runs the same command line again, --resume or
 not, --overwrite or not. last.pt names the torchrun job that wrote it, so the restarted workers
-continue from their own job's last.pt and never take an older run's for it, nor overwrite it.
+continue from their own job's last.pt and never take an older run's for it, nor overwrite it;
+and what the first start of their launch decided is kept (.launch.json), so that a job id
+given again does not let a restart take over a run its first start refused or replaced.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import json
 import os
 import random
 import stat
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +35,9 @@ from charrnn.config import Config, config_from_dict, read_yaml_mapping
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.metrics import METRICS_FILE, read_metrics
 
+if TYPE_CHECKING:
+    from charrnn.distributed import ElasticJob
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; a second run is not detected there
@@ -39,6 +45,7 @@ except ImportError:  # Windows: no advisory locks; a second run is not detected 
 
 CONFIG_FILE = fileio.RUN_CONFIG_FILE
 LOCK_FILE = fileio.RUN_LOCK_FILE
+LAUNCH_FILE = ".launch.json"  # see _LaunchRecord
 
 
 @dataclass
@@ -102,15 +109,17 @@ class RunDir:
         self.checkpoint_mode: int | None = None
 
     def open(self, locks: contextlib.ExitStack, resume: bool, overwrite: bool,
-             restarted_job: str | None = None, reads: Collection[Path] = ()) -> dict | None:
+             job: ElasticJob | None = None, reads: Collection[Path] = ()) -> dict | None:
         """Lock the directory and tidy it; the checkpoint payload to resume from, if any.
 
         The lock is held until `locks` closes. A new run (nothing to resume) is refused where
         a run already is, or where files are that it would replace or delete, unless
         `overwrite`; `reads`: files the run reads, which it keeps (its data.vocab).
-        `restarted_job`: the torchrun job whose workers torchrun restarted; they resume from
-        the last.pt it wrote, if it wrote one.
+        `job`: the torchrun job of this process. Restarted workers resume from the last.pt
+        their job wrote, if it wrote one, and do what their launch's first start decided
+        (`_LaunchRecord`).
         """
+        restarted_job = job.run_id if job is not None and job.restarted else None
         fileio.ensure_dir(self.path)
         locks.enter_context(RunLock(self.path))
         # What a killed process was writing; holding the lock, no one else writes these now.
@@ -121,13 +130,22 @@ class RunDir:
                 raise CharRNNError(f"cannot use {self.path / name}: "
                                    f"{fileio.what_it_is(kind)}, not a checkpoint; move it away, "
                                    "or choose another train.out_dir")
-        payload = None
+        record = _LaunchRecord(self.path / LAUNCH_FILE, job)
+        payload, started_anew = None, False
         if resume:
             payload = self._resume_payload()
         elif restarted_job is not None:
+            record.refuse_again()
             payload = self._checkpoint_of(restarted_job)
-        if payload is None and not overwrite:
-            self._refuse_to_clobber(anew=not resume and restarted_job is None, reads=reads)
+            if payload is not None and record.started_anew_after(self.path / checkpoint.LAST):
+                payload, started_anew = None, True  # an older launch's, under the same id
+        if payload is None and not overwrite and not started_anew:
+            try:
+                self._refuse_to_clobber(anew=not resume and restarted_job is None, reads=reads)
+            except CharRNNError as refusal:
+                record.write_first_start(refused=str(refusal))
+                raise
+        record.write_first_start(new=payload is None)
         return payload
 
     def _resume_payload(self) -> dict | None:
@@ -247,6 +265,53 @@ class RunDir:
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step
                 and not (r.get("final") and ends_here and r.get("step") == step)]
         fileio.write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+class _LaunchRecord:
+    """What the first start of a torchrun launch decided about this run directory, for the
+    restarts of its workers: torchrun runs the same command line again, and a restart found
+    its job's last.pt by the job's id alone. With an id given again (README's examples, a
+    requeued Slurm job) a new launch's restart took over the run its first start had refused,
+    or resumed the old run its first start had been told to --overwrite.
+
+    Kept in the run directory, written by rank 0's first start; a restart heeds it only when
+    it comes from its own launch (the same torchrun agent: where rank 0 moved to another
+    machine it does not, and the job's id alone decides, as before).
+    """
+
+    def __init__(self, path: Path, job: ElasticJob | None):
+        self.path, self.job = path, job
+
+    def write_first_start(self, *, new: bool = False, refused: str | None = None) -> None:
+        if self.job is None or self.job.restarted or self.job.launch is None:
+            return
+        fileio.write_text(self.path, json.dumps({
+            "job": self.job.run_id, "agent": self.job.launch, "refused": refused,
+            "new_at": time.time() if new else None}))
+
+    def _ours(self) -> dict | None:
+        if self.job is None or self.job.launch is None or not self.path.is_file():
+            return None
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        ours = isinstance(record, dict) and record.get("job") == self.job.run_id \
+            and record.get("agent") == self.job.launch
+        return record if ours else None
+
+    def refuse_again(self) -> None:
+        """Raise what the first start of this launch was refused with, if it was."""
+        refused = (self._ours() or {}).get("refused")
+        if isinstance(refused, str):
+            raise CharRNNError(refused)
+
+    def started_anew_after(self, last: Path) -> bool:
+        """Whether this launch's first start began a new run after `last` was written."""
+        new_at = (self._ours() or {}).get("new_at")
+        with contextlib.suppress(OSError, TypeError):
+            return last.stat().st_mtime < float(new_at)
+        return False
 
 
 def saved_config(run_dir: str | Path) -> Config:

@@ -86,12 +86,11 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
             view = SilentView()
         hard_exit = exit_after_grace or world.job is not None or world.size > 1
         stop = scope.enter_context(stop or _stop_on_signals(config, run_dir, view, hard_exit))
-        restarted_job = world.job.run_id if world.job and world.job.restarted else None
         _check_same_settings(world, config)
         # Rank 0 alone locks, tidies and reads the run directory, and passes on what it read.
         vocab_read = [Path(config.data.vocab).expanduser()] if config.data.vocab else []
         resume_from = world.run_on_main(lambda: run_dir.open(
-            scope, bool(resume), overwrite, restarted_job, reads=vocab_read))
+            scope, bool(resume), overwrite, world.job, reads=vocab_read))
         _report_start(view, run_dir, world.job, resume=bool(resume), found=resume_from)
         # Rank 0 measures what `auto` leaves open, and every process trains as it decided.
         if resume_from is None and config.model.size == "auto":

@@ -223,6 +223,55 @@ def test_a_restart_treats_another_runs_checkpoint_as_its_first_start_did(
     assert [r["step"] for r in read_metrics(run) if r["kind"] == "eval"] == [6]
 
 
+def as_a_new_launch(monkeypatch, agent: int) -> None:
+    """The workers of another torchrun launch: another agent started them."""
+    from charrnn import distributed
+
+    monkeypatch.setattr(distributed, "agent_identity", lambda: ["host", agent, agent])
+
+
+def test_a_restart_does_what_its_launchs_first_start_did_under_an_id_given_again(
+        corpus, tmp_path, monkeypatch):
+    """With an id given again (README's examples, a requeued Slurm job), a new launch's
+    restart took over the run its first start had refused, training the old model on the new
+    settings; and one told to --overwrite resumed the old run instead (its first start died
+    before clearing it), training nothing new."""
+    run = tmp_path / "run"
+    config = load_config(None, tiny_overrides(corpus, run, **{"train.max_steps": 6}))
+    as_a_new_launch(monkeypatch, agent=1)
+    as_torchrun_job(monkeypatch, restarts=0, job="myjob")
+    train(config)
+    first = (run / "last.pt").read_bytes()
+
+    longer = config.replace(train={"max_steps": 9})
+    as_a_new_launch(monkeypatch, agent=2)
+    with pytest.raises(CharRNNError, match="already holds a run"):
+        train(longer)
+    as_torchrun_job(monkeypatch, restarts=1, job="myjob")
+    with pytest.raises(CharRNNError, match="already holds a run"):
+        train(longer)  # it resumed run 1 at step 6
+    assert (run / "last.pt").read_bytes() == first
+
+    as_a_new_launch(monkeypatch, agent=3)
+    as_torchrun_job(monkeypatch, restarts=0, job="myjob")
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self):  # noqa: ANN001, ANN202 - dies before it removes the old run
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDir, "clear_previous", killed)
+        with pytest.raises(Killed):
+            train(longer, overwrite=True)
+    as_torchrun_job(monkeypatch, restarts=1, job="myjob")
+    view = RecordingView()
+    assert train(longer, overwrite=True, view=view).step == 9
+    assert "resuming" not in view.text()
+    assert [r["step"] for r in read_metrics(run) if r["kind"] == "eval"] == [9]
+
+
 def test_what_makes_restarts_unsafe_is_said_before_the_first(corpus, tmp_path, monkeypatch):
     as_torchrun_job(monkeypatch, restarts=0, job="none")
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")

@@ -333,7 +333,8 @@ def test_the_list_of_a_runs_own_files_names_every_file_a_run_writes():
     from charrnn import checkpoint, idcache, metrics, rundir
 
     names = [checkpoint.LAST, checkpoint.BEST, "step-00000100.pt", metrics.METRICS_FILE,
-             rundir.CONFIG_FILE, rundir.LOCK_FILE, idcache.IDS_FILE, idcache.IDS_META,
+             rundir.CONFIG_FILE, rundir.LOCK_FILE, rundir.LAUNCH_FILE, idcache.IDS_FILE,
+             idcache.IDS_META,
              idcache.VOCAB_FILE, idcache.VOCAB_META]
     for name in names:
         assert any(fnmatch.fnmatchcase(name, p) for p in fileio.RUN_OWN_FILES), name
