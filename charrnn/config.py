@@ -158,8 +158,10 @@ class TrainConfig:
     save_every_time: float | None = _opt(None, "also write last.pt every N seconds of training, "
                                          "so a hard kill loses at most that much (null: only "
                                          "at evaluations)", min=0.0, min_exclusive=True)
-    preempt_grace: float = _opt(30.0, "seconds a stop signal (SIGTERM, SIGUSR1, Ctrl-C) leaves "
-                                "to save last.pt; past them the process exits without it",
+    # Below torchrun's --shutdown-timeout (30 s), after which torchrun kills its workers
+    # without a word: at 30 the process's own "still running" line never came.
+    preempt_grace: float = _opt(25.0, "seconds a stop signal (SIGTERM, SIGUSR1, SIGHUP, Ctrl-C) "
+                                "leaves to save last.pt; past them the process exits without it",
                                 min=0.0, min_exclusive=True)
     sample_every: int = _opt(0, "print a short sample every N evaluations (0: never)", min=0)
     sample_length: int = _opt(200, "characters per training-time sample", min=1, max=100_000)

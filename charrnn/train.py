@@ -202,7 +202,9 @@ def _report_start(view: TrainingView, run_dir: RunDir, job: ElasticJob | None, *
                      "starting a new run")
     elif found is None and job is not None and job.restarted:
         view.message(f"torchrun restarted the workers (restart {job.restarts} of this job) "
-                     f"before the job wrote {checkpoint.LAST}: starting the run afresh")
+                     f"and {run_dir.path} holds no {checkpoint.LAST} of this job: starting the "
+                     "run afresh (if rank 0 is now on another machine, its train.out_dir is "
+                     "another one: put it on a shared file system)")
     if job is None or not job.max_restarts or job.restarted:
         return
     # What makes restarts less safe, said once, before the first one.

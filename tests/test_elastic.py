@@ -217,8 +217,8 @@ def test_a_restart_treats_another_runs_checkpoint_as_its_first_start_did(
         train(config)
     view = RecordingView()
     assert train(config, overwrite=True, view=view).step == 6
-    assert ("torchrun restarted the workers (restart 1 of this job) before the job wrote "
-            "last.pt: starting the run afresh") in view.text()
+    assert (f"torchrun restarted the workers (restart 1 of this job) and {run} holds no "
+            "last.pt of this job: starting the run afresh") in view.text()
     assert "resuming" not in view.text()
     assert [r["step"] for r in read_metrics(run) if r["kind"] == "eval"] == [6]
 
