@@ -20,9 +20,10 @@ import math
 import random
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -116,19 +117,16 @@ def _check_same_settings(world: World, config: Config) -> None:
     trained with and the others' silently ignored (a --set on one machine only)."""
     shared = {(section, key): value for section, values in config.to_dict().items()
               for key, value in values.items() if (section, key) not in PER_MACHINE}
-    every = world.gather(shared)
 
-    def compare() -> None:
-        for rank, theirs in enumerate(every):
-            differ = [f"{section}.{key} ({theirs[section, key]!r} against "
-                      f"{shared[section, key]!r})" for section, key in shared
-                      if theirs.get((section, key)) != shared[section, key]]
-            if differ:
-                raise ConfigError([f"rank {rank} was started with other settings than rank 0: "
-                                   f"{', '.join(differ)}; start every process with the same "
-                                   "config and --set options"])
+    def problem(rank: int, theirs: dict) -> ConfigError | None:
+        differ = [f"{section}.{key} ({theirs.get((section, key))!r} against {value!r})"
+                  for (section, key), value in shared.items()
+                  if theirs.get((section, key)) != value]
+        return ConfigError([f"rank {rank} was started with other settings than rank 0: "
+                            f"{', '.join(differ)}; start every process with the same config "
+                            "and --set options"]) if differ else None
 
-    world.run_on_main(compare)
+    _refuse_unlike_rank_0(world, shared, problem)
 
 
 def _check_same_data(world: World, key: dict) -> None:
@@ -136,14 +134,21 @@ def _check_same_data(world: World, key: dict) -> None:
     each machine reads its own copy, and another copy gave the same ids other characters
     (the halves of every batch meant different text) or a model of another width (an error
     from DDP that hid its cause)."""
-    every = world.gather(key)
+    _refuse_unlike_rank_0(world, key, lambda rank, theirs: None if theirs == key else CorpusError(
+        f"the corpus or vocabulary of rank {rank} differs from rank 0's (another copy of "
+        "data.path, or another data.vocab): give every machine the same files"))
+
+
+def _refuse_unlike_rank_0(world: World, mine: Any,
+                          problem: Callable[[int, Any], Exception | None]) -> None:
+    """Every process's `mine` goes to rank 0, which raises the first `problem` with one of
+    them (raised on every process, as run_on_main does)."""
+    every = world.gather(mine)
 
     def compare() -> None:
         for rank, theirs in enumerate(every):
-            if theirs != key:
-                raise CorpusError(f"the corpus or vocabulary of rank {rank} differs from rank "
-                                  "0's (another copy of data.path, or another data.vocab): give "
-                                  "every machine the same files")
+            if (error := problem(rank, theirs)) is not None:
+                raise error
 
     world.run_on_main(compare)
 
