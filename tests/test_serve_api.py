@@ -67,6 +67,8 @@ def test_models_health_and_docs(client):
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/generate"]["post"]["requestBody"]
     assert "temperature" in body["content"]["application/json"]["schema"]["properties"]
+    # The seed's bound as the integer it is (FastAPI's model made it 1.8446744073709552e+19).
+    assert '"maximum":18446744073709551615' in client.get("/openapi.json").text
     assert client.get("/docs").status_code == 200
 
 

@@ -100,8 +100,9 @@ def test_the_api_documents_itself_without_the_internet(tiny_run, browser_page):
         wait_in_page(page, "document.querySelectorAll('.operation').length >= 3")
         text = page.inner_text("#api")
         for part in ("POST /v1/generate", "GET /v1/models", "GET /healthz", "temperature",
-                     "num_samples", "422"):
+                     "num_samples", "422", "18446744073709551615"):  # the seed's maximum, exact
             assert part in text, part
+        assert "18446744073709552000" not in text  # rounded to a double, it was shown so
 
 
 def test_the_page_sends_what_it_shows(tiny_run, browser_page):

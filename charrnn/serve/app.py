@@ -165,6 +165,28 @@ def error_body(kind: str, problems: list[tuple[str | None, str]]) -> dict:
                       "problems": [{"field": f, "message": m} for f, m in problems]}}
 
 
+def _keep_exact_bounds(app: FastAPI) -> None:
+    """/openapi.json with the seed's bound as the integer it is: FastAPI's OpenAPI model keeps
+    bounds as floats, and 2**64 - 1 became 1.8446744073709552e+19 (another number)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            pending = [build()]
+            while pending:
+                node = pending.pop()
+                if isinstance(node, dict):
+                    for key in ("minimum", "maximum"):
+                        if node.get(key) == float(MAX_SEED):
+                            node[key] = MAX_SEED
+                    pending.extend(node.values())
+                elif isinstance(node, list):
+                    pending.extend(node)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def _writable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
@@ -184,6 +206,7 @@ def create_app(models: dict[str, ServedModel], *, api_key: str | None = None) ->
                   "models: generate text, streamed as it is written.", docs_url=None,
                   redoc_url=None)
     app.state.models = models
+    _keep_exact_bounds(app)
     # An asyncio.Event that the server (server.py) sets when a signal asks it to stop; made by
     # the server, on whose event loop it is waited for (an Event belongs to one loop).
     app.state.stopping = None

@@ -84,7 +84,11 @@ async function main() {
   try {
     const answer = await fetch("/openapi.json");
     if (!answer.ok) throw new Error("HTTP " + answer.status);
-    const spec = await answer.json();
+    // Integers past 2^53 (the seed's maximum) as written, not rounded to the nearest double,
+    // where the browser gives a reviver the source text (JSON.parse with source access).
+    const spec = JSON.parse(await answer.text(), (key, value, context) =>
+      typeof value === "number" && !Number.isSafeInteger(value) && Number.isInteger(value) &&
+      context && context.source ? context.source : value);
     document.getElementById("version").textContent = spec.info.title + " " + spec.info.version;
     root.textContent = "";
     if (spec.info.summary) root.appendChild(el("p", spec.info.summary));
