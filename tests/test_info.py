@@ -75,3 +75,15 @@ def test_info_errors(tmp_path):
     result = invoke("info", junk)
     assert result.exit_code == 1 and "junk.pt" in result.stderr
     assert invoke("info", tmp_path).exit_code == 1  # a folder without checkpoints
+
+
+def test_values_no_training_writes_are_said_to_be_so(tiny_run, tmp_path):
+    """A hand-edited or damaged checkpoint's negative training time or NaN loss was shown
+    without a word."""
+    payload = load(tiny_run / "last.pt")
+    for key, value in (("elapsed", -5.0), ("best_val_loss", math.nan), ("val_loss", math.inf)):
+        forged = tmp_path / f"{key}.pt"
+        torch.save({**payload, key: value}, forged)
+        text = " ".join(invoke("info", forged).stdout.split())
+        assert "not a value charrnn writes: the file was edited or is damaged" in text, key
+    assert "not a value charrnn writes" not in invoke("info", tiny_run).stdout

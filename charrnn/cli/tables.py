@@ -102,11 +102,14 @@ def checkpoint_table(payload: dict, path: Path, preview: int = 60) -> Table:
     table.add_row("characters", shown + (f" ... and {more:,} more" if more > 0 else ""))
     table.add_row("step", f"{payload['step']:,}")
     elapsed = float(payload.get("elapsed") or 0.0)
-    table.add_row("training time", f"{elapsed:.1f} s" if elapsed < 60
-                  else f"{elapsed:,.0f} s ({format_duration(elapsed)})")
-    table.add_row("val loss", _loss(payload.get("val_loss"), payload.get("val_chars")))
-    table.add_row("best val loss", _loss(payload.get("best_val_loss"),
-                                         payload.get("best_val_chars")))
+    shown = f"{elapsed:.1f} s" if not 60 <= elapsed < math.inf \
+        else f"{elapsed:,.0f} s ({format_duration(elapsed)})"
+    table.add_row("training time", _flagged(shown, 0 <= elapsed < math.inf))
+    for row, loss, chars in (("val loss", "val_loss", "val_chars"),
+                             ("best val loss", "best_val_loss", "best_val_chars")):
+        nats = payload.get(loss)
+        table.add_row(row, _flagged(_loss(nats, payload.get(chars)),
+                                    nats is None or 0 <= nats < math.inf))
     table.add_row("resumable", "yes: holds the optimizer and data position"
                   if "train_state" in payload else "no: weights only (use last.pt to resume)")
     table.add_row("saved with", f"torch {payload.get('torch_version', '?')}, charrnn "
@@ -123,6 +126,13 @@ def _config_text(config: object) -> str:
         return yaml.safe_dump(config, sort_keys=False, allow_unicode=True).rstrip()
     except yaml.YAMLError:  # values YAML cannot represent: not a config charrnn wrote
         return "(unreadable: it holds values that are not plain data)"
+
+
+def _flagged(text: str, possible: bool) -> str:
+    """A value no training writes (a negative time, a NaN loss) said to be one: `info` showed
+    a hand-edited or damaged checkpoint's without a word."""
+    return text if possible else f"{text} (not a value charrnn writes: the file was edited or " \
+        "is damaged)"
 
 
 def _loss(nats: float | None, chars: int | None = None) -> str:
