@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import random
@@ -289,7 +290,9 @@ class _LaunchRecord:
             "job": self.job.run_id, "agent": self.job.launch, "refused": refused,
             "new_at": time.time() if new else None}))
 
+    @functools.cached_property
     def _ours(self) -> dict | None:
+        """The record, if this launch's first start wrote it (read once)."""
         if self.job is None or self.job.launch is None or not self.path.is_file():
             return None
         try:
@@ -302,13 +305,13 @@ class _LaunchRecord:
 
     def refuse_again(self) -> None:
         """Raise what the first start of this launch was refused with, if it was."""
-        refused = (self._ours() or {}).get("refused")
+        refused = (self._ours or {}).get("refused")
         if isinstance(refused, str):
             raise CharRNNError(refused)
 
     def started_anew_after(self, last: Path) -> bool:
         """Whether this launch's first start began a new run after `last` was written."""
-        new_at = (self._ours() or {}).get("new_at")
+        new_at = (self._ours or {}).get("new_at")
         with contextlib.suppress(OSError, TypeError):
             return last.stat().st_mtime < float(new_at)
         return False
