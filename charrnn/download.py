@@ -1,6 +1,6 @@
 """Fetching a named corpus: streamed, checked against its published size and SHA-256, atomic.
 
-The bytes go to a hidden temporary file beside the target (`fileio.open_output`) and are
+The bytes go to a hidden temporary file beside the target (`outputs.open_output`) and are
 renamed into place only once the size and checksum match. Any failure (network, truncation,
 wrong bytes, Ctrl-C, SIGTERM) deletes the temporary file, so nothing that looks finished is
 left behind.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from charrnn import __version__, fileio
+from charrnn import __version__, fileio, outputs
 from charrnn.corpus import RemoteCorpus
 from charrnn.errors import DownloadError, UsageError
 
@@ -53,7 +53,7 @@ def fetch(corpus: RemoteCorpus, dest: str | os.PathLike, *, mirror: str | None =
     location = source_location(corpus, mirror)
     _check_writable(dest)
     # The temporary file exists before the first byte arrives, so an unwritable disk fails fast.
-    with fileio.open_output(target, "wb") as out, _open(location, corpus, timeout) as stream:
+    with outputs.open_output(target, "wb") as out, _open(location, corpus, timeout) as stream:
         _copy_verified(stream, out, corpus, str(location), on_progress)
     return Fetched(target, str(location), downloaded=True)
 
@@ -105,7 +105,7 @@ def _check_writable(dest: Path) -> None:
 def _open(location: str | Path, corpus: RemoteCorpus, timeout: float) -> BinaryIO:
     """An open stream of the source bytes; every failure is a DownloadError, never an OSError.
 
-    (An OSError escaping into `fileio.open_output` would be reported as a disk problem.)
+    (An OSError escaping into `outputs.open_output` would be reported as a disk problem.)
     """
     if isinstance(location, Path):
         kind = fileio.file_kind(location)

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charrnn import fileio
+from charrnn import fileio, outputs
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.memory import check_fits
 from charrnn.metrics import METRICS_FILE, read_metrics
@@ -71,7 +71,7 @@ def plot_runs(run_dirs: list[Path], output: Path, width: int = 1200, height: int
     check_image_size(width, height)
     output = Path(output)
     # Standard output has no suffix to tell the type by: PNG, the default.
-    image_type = "png" if fileio.names_stdout(output) else output.suffix.lower().lstrip(".")
+    image_type = "png" if outputs.names_stdout(output) else output.suffix.lower().lstrip(".")
     if image_type not in FigureCanvasAgg.get_supported_filetypes():
         raise UsageError(f"cannot write {output}: unknown image type {output.suffix!r}; "
                          "use .png, .svg or .pdf")
@@ -116,7 +116,7 @@ def plot_runs(run_dirs: list[Path], output: Path, width: int = 1200, height: int
                 Line2D([], [], color="grey", linestyle="--", marker="o", markersize=3,
                        label="validation")]
     loss_by_step.legend(handles=handles, fontsize="small")
-    fileio.write_output_with(output, lambda f: figure.savefig(f, format=image_type, dpi=DPI))
+    outputs.write_output_with(output, lambda f: figure.savefig(f, format=image_type, dpi=DPI))
 
 
 def check_image_size(width: int, height: int) -> None:

@@ -1,7 +1,7 @@
 """Files the user names with --output: whatever is at the path is the user's, and stays so.
 
 Every command that writes a file the user named (`sample -o`, `vocab build -o`, `plot -o`,
-`data get`) goes through `fileio.open_output`: a symbolic link is written through, a FIFO, a
+`data get`) goes through `outputs.open_output`: a symbolic link is written through, a FIFO, a
 device node, a socket or a directory is refused without being opened, an existing file keeps
 its mode and its hard links, any valid file name works, and `-` or /dev/stdout is standard
 output. Device nodes and FIFOs here are made under tmp_path, never the real /dev ones.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from charrnn import fileio
+from charrnn import fileio, outputs
 from charrnn.cli import app
 from charrnn.errors import CharRNNError
 from conftest import POEM, assert_clean_error
@@ -185,7 +185,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with pytest.raises(CharRNNError, match="out.txt: No space left on device; free some"):
-        fileio.write_output_with(out, disk_full)
+        outputs.write_output_with(out, disk_full)
     assert out.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
@@ -205,7 +205,7 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
     script = tmp_path / "slow_writer.py"
     script.write_text(
         "import os, signal, sys, time\n"
-        "from charrnn import fileio\n"
+        "from charrnn import outputs\n"
         "from charrnn.cli.common import handles_errors\n"
         "@handles_errors\n"
         "def main():\n"
@@ -214,7 +214,7 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path):
         "        f.flush()\n"
         "        print('writing', flush=True)\n"
         "        time.sleep(600)\n"
-        "    fileio.write_output_with(sys.argv[1], writer)\n"
+        "    outputs.write_output_with(sys.argv[1], writer)\n"
         "try:\n"
         "    main()\n"
         "except SystemExit as exc:\n"
@@ -240,13 +240,13 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_output_there(tmp_path)
     script = tmp_path / "killed_writer.py"
     script.write_text(
         "import sys, time\n"
-        "from charrnn import fileio\n"
+        "from charrnn import outputs\n"
         "def writer(f):\n"
         "    f.write(b'partial' * 1000)\n"
         "    f.flush()\n"
         "    print('writing', flush=True)\n"
         "    time.sleep(600)\n"
-        "fileio.write_output_with(sys.argv[1], writer)\n", encoding="utf-8")
+        "outputs.write_output_with(sys.argv[1], writer)\n", encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
     child = subprocess.Popen([sys.executable, str(script), str(out / "corpus.txt")],
@@ -256,11 +256,11 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_output_there(tmp_path)
     child.communicate(timeout=60)
     [orphan] = out.glob(".charrnn-*.tmp")
     assert str(child.pid) in orphan.name
-    live = out / f"{fileio._temp_prefix()}{os.getpid()}-abcd1234.tmp"  # being written now
-    elsewhere = out / f"{fileio.TEMP_PREFIX}0123abcd-{child.pid}-abcd1234.tmp"  # another host
+    live = out / f"{outputs._temp_prefix()}{os.getpid()}-abcd1234.tmp"  # being written now
+    elsewhere = out / f"{outputs.TEMP_PREFIX}0123abcd-{child.pid}-abcd1234.tmp"  # another host
     for kept in (live, elsewhere):
         kept.write_bytes(b"kept")
-    fileio.write_output(out / "samples.txt", "text")
+    outputs.write_output(out / "samples.txt", "text")
     assert sorted(p.name for p in out.iterdir()) == sorted([live.name, elsewhere.name,
                                                             "samples.txt"])
 

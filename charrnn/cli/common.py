@@ -34,7 +34,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charrnn import fileio
+from charrnn import outputs
 from charrnn.errors import CharRNNError, ConfigError
 
 try:  # typer >= 0.23 carries its own copy of click
@@ -127,7 +127,7 @@ def sane_terminal_width() -> None:
 
 def report_written(path: Path, what: str) -> None:
     """'wrote PATH: WHAT', on stderr when PATH was standard output (which holds the content)."""
-    console = err if fileio.names_stdout(path) else out
+    console = err if outputs.names_stdout(path) else out
     console.print(f"wrote {escape(str(path))}: {escape(what)}")
 
 
@@ -278,7 +278,7 @@ def _report_output_failure(error: OSError) -> None:
     if error.errno == errno.EPIPE:
         raise typer.Exit(141)  # the reader has all it wanted: nothing to report
     _quietly(err.print, f"[bold red]error:[/] cannot write to standard output: "
-                        f"{escape(error.strerror or str(error))}; {fileio.STDOUT_FIX}")
+                        f"{escape(error.strerror or str(error))}; {outputs.STDOUT_FIX}")
     raise typer.Exit(1)
 
 

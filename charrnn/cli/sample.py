@@ -137,14 +137,14 @@ def _files_read(request: SampleRequest) -> dict[Path, str]:
 
 
 def run_sample(request: SampleRequest) -> None:
-    from charrnn import fileio
+    from charrnn import outputs
     from charrnn.checkpoint import load_model
     from charrnn.devices import pick_device
     from charrnn.sample import Sampler, SampleSettings, parse_stop, parse_temperatures
 
     temperatures = parse_temperatures(request.temperatures)
     if request.output is not None:  # before any work: a bad output would lose all of it
-        fileio.check_output(request.output, _files_read(request))
+        outputs.check_output(request.output, _files_read(request))
     if request.interactive and sys.stdin is None:
         raise UsageError("--interactive reads lines from standard input, which is closed; "
                          "pipe text in or run it in a terminal")
@@ -174,7 +174,7 @@ def run_sample(request: SampleRequest) -> None:
     parts: list[str] = []
     count = _emit(sampler, runs, prime, stop, request.as_json, parts.append,
                   lambda label: parts.append(label + "\n"))
-    fileio.write_output(request.output, "".join(parts))
+    outputs.write_output(request.output, "".join(parts))
     report_written(request.output, f"{count} sample{'s' if count != 1 else ''} "
                    f"({'json' if request.as_json else 'text'})")
 

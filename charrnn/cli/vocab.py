@@ -46,18 +46,18 @@ def build(
     strip_bom: Annotated[bool, typer.Option(help="Drop a leading byte-order mark.")] = True,
 ) -> None:
     """Count the characters of a corpus into a vocabulary (JSON)."""
-    from charrnn import fileio
+    from charrnn import outputs
     from charrnn.corpus import Normalization, iter_text, resolve_sources, total_bytes
     from charrnn.vocab import Vocab
 
     sources = resolve_sources(inputs)
     # Before counting: a corpus file named as the output would be replaced by its vocabulary.
-    fileio.check_output(output, {s.path: "a corpus file being read" for s in sources if s.path})
+    outputs.check_output(output, {s.path: "a corpus file being read" for s in sources if s.path})
     norm = Normalization(lowercase=lowercase, newline=newline.value, unicode=unicode.value,
                          strip_bom=strip_bom)
     vocab = Vocab.build(iter_text(sources, norm), norm, min_count)
     read_bytes = total_bytes(sources)
-    fileio.write_output(output, vocab.to_json())
+    outputs.write_output(output, vocab.to_json())
     files = f"{len(sources)} file{'s' if len(sources) != 1 else ''}"
     dropped = f", {vocab.unk_count:,} rare characters -> <unk>" if vocab.unk_count else ""
     kept = len(vocab.chars)
