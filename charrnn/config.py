@@ -163,6 +163,13 @@ class TrainConfig:
     preempt_grace: float = _opt(25.0, "seconds a stop signal (SIGTERM, SIGUSR1, SIGHUP, Ctrl-C) "
                                 "leaves to save last.pt; past them the process exits without it",
                                 min=0.0, min_exclusive=True)
+    # gloo's own bound is 30 minutes: a hung process (a frozen machine, a lost network, a
+    # deadlock) held every other one that long. Only the collectives of training steps are
+    # bounded by it; the start (rank 0 encoding a large corpus while the others wait) is not.
+    peer_timeout: float = _opt(300.0, "under torchrun: seconds a process waits for the others "
+                               "at a training step before it takes one for hung and stops the "
+                               "job (torchrun restarts it from last.pt if --max-restarts "
+                               "allows)", min=0.0, min_exclusive=True, max=7 * 86400.0)
     sample_every: int = _opt(0, "print a short sample every N evaluations (0: never)", min=0)
     sample_length: int = _opt(200, "characters per training-time sample", min=1, max=100_000)
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")

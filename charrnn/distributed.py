@@ -107,6 +107,10 @@ class World:
         self.device = device or torch.device("cpu")  # where this process trains
         self.backend = ""  # what carries the gradients: gloo or nccl
         self.broken = False  # a collective failed: another process is gone
+        # The collectives of training steps (gradients, the clock, scores, checkpoint state)
+        # and how long each may wait for a peer: None is the default group and gloo's 30 min.
+        self.step_group: dist.ProcessGroup | None = None
+        self.peer_timeout: float | None = None
         self.job: ElasticJob | None = None  # the torchrun job, when torchrun started it
 
     @property
@@ -124,8 +128,12 @@ class World:
 
     # ---- joining and leaving ------------------------------------------------------------------
     @classmethod
-    def from_environment(cls, device_name: str) -> World:
-        """The world torchrun started this process in; a world of one without torchrun."""
+    def from_environment(cls, device_name: str, peer_timeout: float | None = None) -> World:
+        """The world torchrun started this process in; a world of one without torchrun.
+
+        `peer_timeout` (seconds) bounds every wait for a peer in the collectives of training
+        steps: past it, a peer is taken for hung and this process stops.
+        """
         job = ElasticJob.from_environment()  # also for torchrun's world of one process
         if not launched_by_torchrun():
             world = cls(device=devices.training_device(device_name))
@@ -149,6 +157,11 @@ class World:
             world.__exit__(type(exc), exc, exc.__traceback__)
             raise
         world.backend = "nccl" if world.device.type == "cuda" else "gloo"
+        if peer_timeout is not None:
+            # A group of its own: a bound fit for one step would cut short the waits of the
+            # start, where rank 0 alone may encode a corpus for minutes (in_turns).
+            world.step_group = dist.new_group(timeout=datetime.timedelta(seconds=peer_timeout))
+            world.peer_timeout = peer_timeout
         return world
 
     def close(self, error: BaseException | None = None) -> None:
@@ -197,7 +210,7 @@ class World:
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         with self._collective():  # DDP copies rank 0's weights to every process
-            return DistributedDataParallel(model, device_ids=ids)
+            return DistributedDataParallel(model, device_ids=ids, process_group=self.step_group)
 
     # ---- agreeing on values -------------------------------------------------------------------
     def max(self, values: list[float]) -> list[float]:
@@ -213,7 +226,7 @@ class World:
             return tensor
         total = tensor.clone()
         with self._collective():
-            dist.all_reduce(total, op=dist.ReduceOp.SUM)  # gloo has no AVG
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.step_group)  # gloo: no AVG
         return total / self.size
 
     def gather(self, value: T) -> list[T] | None:
@@ -222,13 +235,13 @@ class World:
             return [value]
         every = [None] * self.size if self.is_main else None
         with self._collective():
-            dist.gather_object(value, every, dst=0)
+            dist.gather_object(value, every, dst=0, group=self.step_group)
         return every
 
     def _reduce(self, values: list[float], op) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64)  # on the CPU: gloo, no device sync
         with self._collective():
-            dist.all_reduce(tensor, op=op)
+            dist.all_reduce(tensor, op=op, group=self.step_group)
         return tensor.tolist()
 
     # ---- agreeing on failures ------------------------------------------------------------------
@@ -297,7 +310,7 @@ class World:
             if self.size == 1 or not _transport_failure(exc):
                 raise
             self.broken = True
-            raise ProcessFailed(PEER_LOST) from exc
+            raise ProcessFailed(self._peer_lost(exc)) from exc
 
     @contextlib.contextmanager
     def _collective(self) -> Iterator[None]:
@@ -307,7 +320,15 @@ class World:
             yield
         except RuntimeError as exc:
             self.broken = True
-            raise ProcessFailed(PEER_LOST) from exc
+            raise ProcessFailed(self._peer_lost(exc)) from exc
+
+    def _peer_lost(self, exc: RuntimeError) -> str:
+        """Why this process stops after a collective failed with `exc`: a peer gone, or hung."""
+        if self.peer_timeout is None or "timed out" not in str(exc).lower():
+            return PEER_LOST
+        return (f"another process of this run did not answer for {self.peer_timeout:g} s "
+                "(train.peer_timeout): it, or its machine, hangs; this one stopped too, and "
+                "torchrun restarts the job from last.pt if --max-restarts allows")
 
 
 def _leave() -> None:

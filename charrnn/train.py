@@ -81,7 +81,8 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
         config = config.replace(train={"out_dir": str(resume)})
     run_dir = RunDir(config.train.out_dir)
     fileio.ensure_dir(run_dir.path)  # on every machine: each encodes its corpus copy there
-    with _callers_state_kept(), World.from_environment(config.train.device) as world, \
+    with _callers_state_kept(), \
+            World.from_environment(config.train.device, config.train.peer_timeout) as world, \
             contextlib.ExitStack() as scope:
         if not world.is_main or view is None:
             view = SilentView()

@@ -413,6 +413,37 @@ def test_a_worker_stuck_in_a_collective_still_exits_within_the_grace_period(corp
     assert "exitcode  : 143" in launch.stderr
 
 
+# As RANK_1_HANGS, at step 50 (after the first evaluation wrote last.pt), and only before
+# torchrun's first restart.
+RANK_1_HANGS_ONCE = RANK_1_HANGS.replace(
+    'self.step == 2', 'self.step == 50 and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"')
+
+
+@pytest.mark.slow
+@needs_proc
+def test_a_hung_worker_is_given_up_after_the_peer_timeout_and_the_job_restarted(
+        corpus, reference, tmp_path):
+    """gloo's own bound is 30 minutes: rank 0 waited that long for a hung rank 1."""
+    script = tmp_path / "rank_1_hangs_once.py"
+    script.write_text(RANK_1_HANGS_ONCE, encoding="utf-8")
+    run = tmp_path / "run"
+    args = set_args(corpus, run, **{**RUN, "train.peer_timeout": 3, "train.preempt_grace": 2})
+    launcher = ("--standalone", "--max-restarts=1")
+    started = time.monotonic()
+    with Launch(torchrun(*args, script=str(script), launcher=launcher), tmp_path, timeout=180,
+                env=FRESH_STORE) as launch:
+        assert launch.finish() == 0, launch.stderr  # nothing but the timeout ends the hang
+    assert time.monotonic() - started < 120
+    assert errors_in(launch.stderr) == [
+        "error: another process of this run did not answer for 3 s (train.peer_timeout): it, "
+        "or its machine, hangs; this one stopped too, and torchrun restarts the job from "
+        "last.pt if --max-restarts allows"], launch.stderr
+    assert "[rank" not in launch.stderr  # no worker's traceback
+    assert (f"torchrun restarted the workers (restart 1 of this job): resuming from "
+            f"{run / 'last.pt'} at step 40") in launch.stdout
+    assert_same_weights(reference, run)
+
+
 # Run as `python -c`: a stop request with a grace period, and a signal to this process.
 GRACE = """
 import os, signal, sys, time
