@@ -7,6 +7,7 @@ Needs Chromium (Debian's `chromium` package; .ci/run installs it) and the playwr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -74,8 +75,19 @@ def test_the_playground_streams_text_into_the_page(tiny_run, browser_page, tmp_p
         assert shown == "The " + expected["samples"][0]["text"]
         assert page.locator("#output .c").count() == 200  # one coloured span per character
 
+        text = expected["samples"][0]["text"]
         page.hover("#output .c >> nth=3")
-        assert "probability" in page.inner_text("#hover")
+        assert page.inner_text("#hover").startswith(f'"{text[3]}": probability ')
+        # Without a mouse: the arrow keys move through the characters, from the last one
+        # explained; Home goes to the first. The line below is read out (aria-live).
+        page.focus("#output")
+        page.keyboard.press("ArrowRight")
+        assert page.inner_text("#hover").startswith(f'{json.dumps(text[4])}: probability ')
+        page.keyboard.press("Home")
+        page.keyboard.press("ArrowRight")
+        assert page.inner_text("#hover").startswith(f'{json.dumps(text[1])}: probability ')
+        assert page.locator("#output .c.current").count() == 1
+        assert page.get_attribute("#hover", "aria-live") == "polite"
         page.screenshot(path=str(tmp_path / "playground.png"))
         assert (tmp_path / "playground.png").stat().st_size > 10_000
 

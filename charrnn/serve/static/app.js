@@ -87,6 +87,7 @@ async function generate() {
   prime.className = "prime";
   prime.textContent = ui.prime.value;
   ui.output.replaceChildren(prime);
+  explained = null;
   const started = performance.now();
   let chars = 0;
   let answered = false;
@@ -187,13 +188,34 @@ function colour(logprob) {
   return `hsla(${Math.round(130 * (1 - t))}, 80%, 50%, ${(0.12 + 0.5 * t).toFixed(2)})`;
 }
 
-ui.output.addEventListener("mouseover", (event) => {
-  const span = event.target.closest(".c");
+// A generated character's probability, shown below the text: under the mouse, where tapped
+// (a touch screen has no hover), or moved to with the arrow keys while the text has focus.
+let explained = null;  // the character span whose probability is shown
+
+function explain(span) {
   if (!span || span.dataset.lp === undefined) return;
+  if (explained) explained.classList.remove("current");
+  explained = span;
+  span.classList.add("current");
   const lp = Number(span.dataset.lp);
   const shown = JSON.stringify(span.textContent);
   ui.hover.textContent = `${shown}: probability ${(100 * Math.exp(lp)).toFixed(2)}% ` +
     `as drawn (log-probability ${lp.toFixed(3)} nats)`;
+}
+
+const spanAt = (event) => event.target.closest && event.target.closest(".c");
+ui.output.addEventListener("mouseover", (event) => explain(spanAt(event)));
+ui.output.addEventListener("click", (event) => explain(spanAt(event)));
+ui.output.addEventListener("keydown", (event) => {
+  const spans = Array.from(ui.output.querySelectorAll(".c[data-lp]"));
+  if (spans.length === 0) return;
+  const at = explained && explained.isConnected ? spans.indexOf(explained) : -1;
+  const moves = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: spans.length - 1 };
+  if (!(event.key in moves)) return;
+  event.preventDefault();
+  const to = at < 0 && event.key === "ArrowLeft" ? spans.length - 1 : moves[event.key];
+  explain(spans[Math.max(0, Math.min(spans.length - 1, to))]);
+  explained.scrollIntoView({ block: "nearest" });
 });
 
 ui.generate.addEventListener("click", generate);
