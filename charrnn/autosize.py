@@ -32,7 +32,7 @@ import torch
 
 from charrnn import memory, speed
 from charrnn.config import Config
-from charrnn.errors import TrainingStopped
+from charrnn.errors import TrainingInterrupted
 from charrnn.interrupts import exit_code, signal_name
 from charrnn.model import CharRNN, ModelArgs
 
@@ -145,7 +145,7 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     `train_chars`: the training split's length; `processes`: data-parallel processes that
     will share the work; `already`: seconds of the budget spent before this;
     `stop_signal`: the stop signal received, if any, asked between measurements (raises
-    TrainingStopped: nothing has been trained yet).
+    TrainingInterrupted: nothing has been trained yet).
     """
     sizing = config.model.size == "auto"
     if not sizing and config.train.precision != "auto":
@@ -219,9 +219,9 @@ def _shapes(config: Config) -> list[tuple[int, int]]:
 
 def _check_stop(signum: int | None) -> None:
     if signum:
-        raise TrainingStopped(f"stopped by {signal_name(signum)} while measuring the candidate "
-                              "models (model.size: auto); nothing was trained",
-                              exit_code=exit_code(signum))
+        raise TrainingInterrupted(f"stopped by {signal_name(signum)} while measuring the "
+                                  "candidate models (model.size: auto); nothing was trained",
+                                  exit_code=exit_code(signum))
 
 
 def _predict(candidate: Candidate, seconds: float, train_chars: int,

@@ -17,7 +17,7 @@ import numpy as np
 from charrnn.batches import check_window_fits
 from charrnn.config import DataConfig
 from charrnn.corpus import Normalization, iter_text, resolve_sources, total_bytes
-from charrnn.errors import ConfigError, CorpusError, VocabError
+from charrnn.errors import CharRNNWarning, ConfigError, CorpusError, VocabError
 from charrnn.idcache import (
     IDS_FILE,
     build_vocab_cached,
@@ -45,12 +45,13 @@ class Dataset:
 
 
 def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
-                 warn: Callable[[str], None] = warnings.warn) -> Dataset:
+                 warn: Callable[[str], None] | None = None) -> Dataset:
     """Resolve, normalise, build or check the vocabulary, encode (cached), split, check sizes.
 
     `vocab` (from a checkpoint) takes precedence over cfg.vocab. `warn` hears about corpus
-    characters the vocabulary lacks.
+    characters the vocabulary lacks (by default Python's `warnings`, as CharRNNWarning).
     """
+    warn = warn or (lambda text: warnings.warn(text, CharRNNWarning, stacklevel=3))
     sources = resolve_sources(cfg.path, run_dir=cache_dir)
     if vocab is None and cfg.vocab:
         vocab = Vocab.load(cfg.vocab)

@@ -33,9 +33,10 @@ import torch
 import torch.distributed as dist
 
 from charrnn import devices
-from charrnn.errors import CharRNNError, ProcessFailed, UsageError
+from charrnn.errors import REPORTED, CharRNNError, ProcessFailed, TrainingInterrupted, UsageError
 
 T = TypeVar("T")
+Reported = CharRNNError | TrainingInterrupted
 
 
 def launched_by_torchrun() -> bool:
@@ -193,8 +194,9 @@ class World:
         _leave()
 
     def _agreed(self, error: BaseException) -> bool:
-        """Whether every process raised `error` too (run_on_main, run_on_all, in_turns)."""
-        return isinstance(error, CharRNNError) and not self.broken
+        """Whether every process raised `error` too (run_on_main, run_on_all, in_turns, and
+        a stop signal, which every process stops on at the same step)."""
+        return isinstance(error, REPORTED) and not self.broken
 
     def __enter__(self) -> World:
         return self
@@ -282,7 +284,7 @@ class World:
             self._settle(error)  # everyone hears of a failure before the next turn starts
         return result
 
-    def _settle(self, error: CharRNNError | None) -> None:
+    def _settle(self, error: Reported | None) -> None:
         """Raise the first failing process's error on every process, if there is one."""
         every: list = [None] * self.size
         with self._collective():
@@ -343,12 +345,12 @@ def _transport_failure(exc: RuntimeError) -> bool:
         source in str(exc) for source in ("gloo", "NCCL", "ProcessGroup"))
 
 
-def _attempt(work: Callable[[], T]) -> tuple[T | None, CharRNNError | None]:
+def _attempt(work: Callable[[], T]) -> tuple[T | None, Reported | None]:
     try:
         return work(), None
-    except CharRNNError as exc:
+    except REPORTED as exc:
         return None, exc
 
 
-def _describe(error: CharRNNError | None) -> tuple[str, int] | None:
+def _describe(error: Reported | None) -> tuple[str, int] | None:
     return None if error is None else (str(error), error.exit_code)

@@ -18,6 +18,11 @@ class CharRNNError(Exception):
             self.exit_code = exit_code
 
 
+class CharRNNWarning(UserWarning):
+    """Something the user should know that did not stop the work (training without a view
+    warns through Python's `warnings`)."""
+
+
 class UsageError(CharRNNError):
     """The command line or config asks for something invalid (exit code 2)."""
 
@@ -52,7 +57,21 @@ class CheckpointError(CharRNNError):
 
 
 class TrainingStopped(CharRNNError):
-    """Training ended early for a reason the user must act on (diverged, interrupted)."""
+    """Training ended early for a reason the user must act on (it diverged)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by a signal (Ctrl-C, SIGTERM, SIGUSR1, SIGHUP), last.pt saved; the
+    message says how to continue.
+
+    A KeyboardInterrupt, as Python's own Ctrl-C is, not an Exception: a loop of runs that
+    catches `Exception` (a sweep going on past a failed run) stops at a Ctrl-C, rather than
+    going on to the next run. The command line reports it like a CharRNNError.
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class ProcessFailed(CharRNNError):
@@ -77,3 +96,8 @@ class Cancelled(CharRNNError):
 
 class ResourceError(CharRNNError):
     """A size this machine cannot hold (memory), refused before anything is allocated."""
+
+
+# What charrnn raises for a problem or a stop the user caused: reported in one line, each
+# with its exit code. (TrainingInterrupted is no CharRNNError: see its docstring.)
+REPORTED = (CharRNNError, TrainingInterrupted)

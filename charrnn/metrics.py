@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Protocol
 
 from charrnn import fileio, safeload
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CharRNNError, CharRNNWarning, UsageError
 from charrnn.memory import check_fits
 
 METRICS_FILE = "metrics.jsonl"
@@ -64,6 +65,16 @@ class SilentView:
 
     def message(self, text: str, kind: str = "info") -> None:
         pass
+
+
+class WarningsView(SilentView):
+    """The view of a caller that gave none (a notebook, a script): no progress, but warnings
+    (characters that became <unk>, a corpus changed since the checkpoint) go to Python's
+    `warnings`, where the caller's filters decide what is shown. Silent, they were lost."""
+
+    def message(self, text: str, kind: str = "info") -> None:
+        if kind == "warning":
+            warnings.warn(text, CharRNNWarning, stacklevel=2)
 
 
 class JsonlLogger:

@@ -32,7 +32,13 @@ from charrnn.batches import make_batches
 from charrnn.config import Config
 from charrnn.data import Dataset, check_named_vocab, load_dataset, same_corpus
 from charrnn.distributed import ElasticJob, World
-from charrnn.errors import CheckpointError, ConfigError, CorpusError, TrainingStopped
+from charrnn.errors import (
+    CheckpointError,
+    ConfigError,
+    CorpusError,
+    TrainingInterrupted,
+    TrainingStopped,
+)
 from charrnn.evaluate import Score, score_stream
 from charrnn.interrupts import StopRequest, exit_code, signal_name
 from charrnn.metrics import (
@@ -42,6 +48,7 @@ from charrnn.metrics import (
     SilentView,
     TensorBoardLogger,
     TrainingView,
+    WarningsView,
 )
 from charrnn.model import CharRNN, ModelArgs, join_streams, map_state
 from charrnn.rundir import RunDir, TrainState, capture_rng, restore_rng
@@ -65,11 +72,13 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
           exit_after_grace: bool = False) -> RunResult:
     """Train as `config` says, or continue the run in `resume` (True: config's out_dir).
 
-    `view` shows progress and messages (silent when None); `stop` is asked after every step
-    whether to stop (by default: Ctrl-C, SIGTERM or SIGUSR1; training saves last.pt and
-    raises TrainingStopped). With `exit_after_grace` (the command line), or under torchrun,
-    the process also ends train.preempt_grace seconds after the signal if still running (a
-    save stuck on a slow disk, a peer that hangs); a notebook's kernel is never ended so.
+    `view` shows progress and messages; without one, progress is not shown and warnings go
+    to Python's `warnings` (as CharRNNWarning). `stop` is asked after every step whether to
+    stop (by default: Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP; training saves last.pt and raises
+    TrainingInterrupted, a KeyboardInterrupt). With `exit_after_grace` (the command line), or
+    under torchrun, the process also ends train.preempt_grace seconds after the signal if
+    still running (a save stuck on a slow disk, a peer that hangs); a notebook's kernel is
+    never ended so.
     Under torchrun every process calls this, and rank 0 reports for all of them; when
     torchrun restarts the workers, they resume from the last.pt their job wrote.
 
@@ -84,8 +93,10 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
     with _callers_state_kept(), \
             World.from_environment(config.train.device, config.train.peer_timeout) as world, \
             contextlib.ExitStack() as scope:
-        if not world.is_main or view is None:
-            view = SilentView()
+        if not world.is_main:
+            view = SilentView()  # rank 0 reports for every process
+        elif view is None:
+            view = WarningsView()
         hard_exit = exit_after_grace or world.job is not None or world.size > 1
         stop = scope.enter_context(stop or _stop_on_signals(config, run_dir, view, hard_exit))
         _check_same_settings(world, config)
@@ -307,6 +318,10 @@ class Trainer:
                 if signum:
                     self._stop(signum)
             final = self._evaluate(final=True)
+            # A signal during the final evaluation (or a resume with nothing left to train)
+            # still stops the caller: its loop of runs must not go on to the next.
+            if signum := int(self.world.max([float(stop.signum or 0)])[0]):
+                self._stop(signum)
         self.logger.close()
         return RunResult(self.run_dir.path, self.step, self.elapsed, final, self.best_val_loss)
 
@@ -411,7 +426,7 @@ class Trainer:
         if self.saved_at[0] != self.step:  # else an evaluation at this step has just saved
             self._check_finite()
             self._save(self.last_eval)
-        raise TrainingStopped(
+        raise TrainingInterrupted(
             f"stopped by {signal_name(signum)} at step {self.step:,}; "
             f"{self.run_dir.path / checkpoint.LAST} saved. Continue with: {self._command()} "
             f"--resume {shlex.quote(str(self.run_dir.path))}", exit_code=exit_code(signum))

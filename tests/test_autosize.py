@@ -9,7 +9,7 @@ import torch
 
 from charrnn import autosize, speed
 from charrnn.config import load_config
-from charrnn.errors import ConfigError, TrainingStopped
+from charrnn.errors import ConfigError, TrainingInterrupted
 from charrnn.model import ModelArgs
 from charrnn.rundir import saved_config
 from charrnn.train import train
@@ -163,7 +163,7 @@ def test_a_stop_signal_ends_the_measuring_at_once(corpus, tmp_path):
         asked.append(1)
         return signal.SIGINT if len(asked) > 1 else None
 
-    with pytest.raises(TrainingStopped, match="stopped by SIGINT while measuring") as stopped:
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT while measuring") as stopped:
         autosize.plan(config, 60, 100_000, torch.device("cpu"), stop_signal=stop_signal)
     assert stopped.value.exit_code == 130 and len(asked) == 2
 

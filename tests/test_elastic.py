@@ -26,7 +26,7 @@ import torch
 from charrnn import checkpoint
 from charrnn.config import load_config
 from charrnn.distributed import PEER_LOST
-from charrnn.errors import CharRNNError, TrainingStopped
+from charrnn.errors import CharRNNError, TrainingInterrupted
 from charrnn.metrics import read_metrics
 from charrnn.rundir import RunDir
 from charrnn.train import train
@@ -193,7 +193,7 @@ def test_a_restarted_job_resumes_its_own_checkpoint_despite_overwrite(
     train(load_config(None, tiny_overrides(corpus, tmp_path / "reference", **settings)))
 
     as_torchrun_job(monkeypatch, restarts=0)
-    with pytest.raises(TrainingStopped):  # as a worker that dies would, after a checkpoint
+    with pytest.raises(TrainingInterrupted):  # as a worker that dies would, after a checkpoint
         train(config, overwrite=True, stop=StopAfter(13))
     as_torchrun_job(monkeypatch, restarts=1)
     view = RecordingView()

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from charrnn import checkpoint
 from charrnn.cli import app
 from charrnn.config import load_config
-from charrnn.errors import TrainingStopped
+from charrnn.errors import TrainingInterrupted
 from charrnn.metrics import read_metrics
 from charrnn.train import Trainer, train
 from conftest import POEM, StopAfter, assert_clean_error, set_args, tiny_overrides
@@ -58,7 +58,7 @@ def train_here(monkeypatch, corpus, run, *, stop_after=None, resume=False, **ext
     config = load_config(None, tiny_overrides(corpus, run, **{**RUN, **extra}))
     try:
         return train(config, resume=resume, stop=StopAfter(stop_after or 10**9))
-    except TrainingStopped as stopped:
+    except TrainingInterrupted as stopped:
         assert stop_after is not None and stopped.exit_code == 130
         return None
 

@@ -15,7 +15,7 @@ import torch
 
 from charrnn import checkpoint
 from charrnn.config import load_config
-from charrnn.errors import ConfigError, TrainingStopped
+from charrnn.errors import CharRNNWarning, ConfigError, TrainingInterrupted
 from charrnn.metrics import read_metrics
 from charrnn.model import CharRNN
 from charrnn.train import RunResult, Trainer, train
@@ -108,9 +108,42 @@ def test_without_a_view_training_is_silent(tmp_path, corpus, capsys):
     assert capsys.readouterr() == ("", "")
 
 
+def test_without_a_view_warnings_go_to_pythons_warnings(tmp_path, corpus, capsys):
+    """A notebook's train(config) lost every warning: the view of nobody dropped them."""
+    config = config_for(corpus, tmp_path / "run", **{"optim.schedule": "cosine",
+                                                     "optim.lr": 0.01, "optim.min_lr": 0.05})
+    with pytest.warns(CharRNNWarning, match=r"optim.min_lr \(0.05\) is above optim.lr"):
+        train(config)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_stop_is_a_keyboard_interrupt_that_a_sweep_catching_exception_does_not_swallow(
+        tmp_path, corpus):
+    finished = []
+    with pytest.raises(TrainingInterrupted):
+        for lr in (0.001, 0.003):
+            try:
+                train(config_for(corpus, tmp_path / str(lr), **{"optim.lr": lr}),
+                      stop=StopAfter(3))
+                finished.append(lr)
+            except Exception:  # a failed run: on to the next
+                continue
+    assert finished == [] and not (tmp_path / "0.003").exists()
+
+
+def test_a_signal_during_the_final_evaluation_still_stops_the_caller(tmp_path, corpus):
+    """It was swallowed: train() returned as if nothing had been asked."""
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 10;") as stopped:
+        train(config_for(corpus, run, **{"train.max_steps": 10}), stop=StopAfter(11))
+    assert stopped.value.exit_code == 130
+    final = checkpoint.load(run / "last.pt")
+    assert final["step"] == 10 and final["val_loss"] is not None  # the run is whole
+
+
 def test_a_stop_request_saves_the_step_and_says_how_to_continue(tmp_path, corpus):
     run = tmp_path / "run"
-    with pytest.raises(TrainingStopped) as stopped:
+    with pytest.raises(TrainingInterrupted) as stopped:
         train(config_for(corpus, run), stop=StopAfter(7, signal.SIGTERM))
     assert stopped.value.exit_code == 143
     assert "stopped by SIGTERM at step 7" in str(stopped.value)
@@ -146,7 +179,7 @@ def test_a_training_step_updates_every_weight(tmp_path, corpus):
 
 
 def test_a_signal_in_a_notebook_stops_training_without_ending_the_process(tmp_path, corpus):
-    """Ctrl-C ("interrupt kernel") saves and raises TrainingStopped; the hard exit after
+    """Ctrl-C ("interrupt kernel") saves and raises TrainingInterrupted; the hard exit after
     train.preempt_grace is the command line's (and torchrun's), never a library caller's."""
 
     class InterruptedView(RecordingView):
@@ -158,7 +191,7 @@ def test_a_signal_in_a_notebook_stops_training_without_ending_the_process(tmp_pa
     config = config_for(corpus, tmp_path / "run",
                         **{"train.max_steps": 50, "train.log_every": 5,
                            "train.preempt_grace": 0.2})
-    with pytest.raises(TrainingStopped):
+    with pytest.raises(TrainingInterrupted):
         train(config, view=InterruptedView())
     assert 5 <= checkpoint.load(tmp_path / "run" / "last.pt")["step"] <= 6  # the next step
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

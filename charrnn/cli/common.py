@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from charrnn import outputs
-from charrnn.errors import CharRNNError, ConfigError
+from charrnn.errors import REPORTED, CharRNNError, ConfigError, TrainingInterrupted
 
 try:  # typer >= 0.23 carries its own copy of click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -104,7 +104,7 @@ def speaks_for_the_run() -> bool:
     return not one_of_several_processes() or os.environ.get("RANK", "0") == "0"
 
 
-def report(exc: CharRNNError) -> None:
+def report(exc: CharRNNError | TrainingInterrupted) -> None:
     if isinstance(exc, ConfigError) and len(exc.problems) > 1:
         err.print(f"[bold red]error:[/] {escape(exc.source)}: {len(exc.problems)} problems")
         for problem in exc.problems:
@@ -151,7 +151,7 @@ def handles_errors(command: Callable | None = None, *, memory_hint: str = MEMORY
             _report_output_failure(failure.error)
         except BrokenPipeError as exc:  # standard output as a file (--output -) lost its reader
             _report_output_failure(exc)
-        except CharRNNError as exc:
+        except REPORTED as exc:
             # Under torchrun every process raises the error (see distributed.py): shown once.
             if speaks_for_the_run():
                 _quietly(report, exc)
