@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import re
 import reprlib
@@ -191,11 +192,22 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def replace(self, **sections: dict) -> Config:
-        """A copy with some fields changed, e.g. replace(train={"max_steps": 5}); not checked
-        (see `checked`)."""
+        """A copy with some fields changed, e.g. replace(train={"max_steps": 5}): they count as
+        set by the user (model.size: auto keeps them, as it keeps a config file's). The names
+        are checked here, the values by `checked` (which train() calls)."""
+        problems = [_unknown_section(name) for name in sections if name not in _SECTION_CLASSES]
+        for name, values in sections.items():
+            if name in _SECTION_CLASSES:
+                fields = {f.name for f in dataclasses.fields(_SECTION_CLASSES[name])}
+                problems += [_unknown_key(name, key, fields) for key in values
+                             if key not in fields]
+        if problems:
+            raise ConfigError(problems, "Config.replace")
         updated = {name: dataclasses.replace(getattr(self, name), **values)
                    for name, values in sections.items()}
-        return dataclasses.replace(self, **updated)
+        given = self.given | {f"{name}.{key}" for name, values in sections.items()
+                              for key in values}
+        return dataclasses.replace(self, **updated, given=frozenset(given))
 
     def checked(self) -> Config:
         """This config after the checks a config file gets (ConfigError naming each bad key):
@@ -302,7 +314,7 @@ def config_from_dict(raw: dict, source: str = "config") -> Config:
     sections = {}
     for name in raw:
         if name not in _SECTION_CLASSES:
-            problems.append(f"unknown section '{name}' (sections: {', '.join(_SECTION_CLASSES)})")
+            problems.append(_unknown_section(name))
     for name, cls in _SECTION_CLASSES.items():
         values = raw.get(name) or {}
         if not isinstance(values, dict):
@@ -324,9 +336,7 @@ def _build_section(name: str, cls: type, values: dict, problems: list[str]) -> A
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            close = _closest(str(key), fields)
-            hint = f" (did you mean '{name}.{close}'?)" if close else ""
-            problems.append(f"unknown key '{name}.{key}'{hint}")
+            problems.append(_unknown_key(name, key, fields))
             continue
         problem, value = _check_value(f"{name}.{key}", value, hints[key], fields[key].metadata)
         if problem:
@@ -339,12 +349,23 @@ def _build_section(name: str, cls: type, values: dict, problems: list[str]) -> A
         return cls()
 
 
+def _unknown_section(name: Any) -> str:
+    return f"unknown section '{name}' (sections: {', '.join(_SECTION_CLASSES)})"
+
+
+def _unknown_key(section: str, key: Any, fields: typing.Iterable[str]) -> str:
+    close = _closest(str(key), fields)
+    hint = f" (did you mean '{section}.{close}'?)" if close else ""
+    return f"unknown key '{section}.{key}'{hint}"
+
+
 def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | None, Any]:
     allowed = typing.get_args(hint) if _is_union(hint) else (hint,)
     optional = type(None) in allowed
     base = next(t for t in allowed if t is not type(None))
     if value is None:
         return (None if optional else f"'{key}' must not be null ({_type_name(base)})"), value
+    value = _from_code(value, base)
     if base is float and type(value) is int:
         try:
             value = float(value)
@@ -378,6 +399,20 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
         relation = "less than" if meta.get("max_exclusive") else "at most"
         return f"'{key}' must be {relation} {_number(high)}, not {_number(value)}", value
     return None, value
+
+
+def _from_code(value: Any, base: type) -> Any:
+    """A value a program passed (numpy's numbers, a pathlib path) as the type a config file
+    gives: np.float64(1e-4) was refused as "must be a number"."""
+    if isinstance(value, bool) or type(value) in (int, float, str):
+        return value
+    if base is int and isinstance(value, numbers.Integral):
+        return int(value)
+    if base is float and isinstance(value, numbers.Real):
+        return float(value)
+    if base is str and isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
 
 
 def _short(value: Any) -> str:

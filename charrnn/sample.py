@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 import threading
@@ -66,6 +67,18 @@ class SampleSettings:
     num_samples: int = 1  # drawn together as one batch
     seed: int | None = None  # same seed, same device, same text
     beam: int | None = None  # beam search with this many beams instead of drawing
+
+    def __post_init__(self) -> None:
+        # numpy's numbers (a sweep over np.linspace, a seed from np.random) as the Python
+        # numbers they stand for: np.float32(0.8) was refused as "not a finite number".
+        for name in ("length", "num_samples", "top_k", "seed", "beam"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Integral) and type(value) not in (int, bool):
+                object.__setattr__(self, name, int(value))
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and type(value) not in (int, float, bool):
+                object.__setattr__(self, name, float(value))
 
     def validate(self, vocab: Vocab) -> None:
         check_temperature(self.temperature)

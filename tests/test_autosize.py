@@ -95,11 +95,19 @@ def test_auto_size_picks_measures_and_writes_down_the_choice(tmp_path, corpus):
     assert saved_config(run).model.hidden_size == saved.model.hidden_size
 
 
-def test_keys_the_user_sets_limit_the_candidates(tmp_path, corpus):
+@pytest.mark.parametrize("how", ["--set", "Config.replace"])
+def test_keys_the_user_sets_limit_the_candidates(tmp_path, corpus, how):
+    """Set in a config file, by --set, or in code: Config.replace's keys were taken as free."""
     run, view = tmp_path / "run", Messages()
-    overrides = auto_overrides(corpus, run, **{"model.num_layers": 2, "model.hidden_size": 32,
-                                               "optim.lr": 0.003, "train.precision": "fp32"})
-    train(load_config(None, overrides), view=view)
+    if how == "--set":
+        config = load_config(None, auto_overrides(corpus, run, **{
+            "model.num_layers": 2, "model.hidden_size": 32, "optim.lr": 0.003,
+            "train.precision": "fp32"}))
+    else:
+        config = load_config(None, auto_overrides(corpus, run)).replace(
+            model={"num_layers": 2, "hidden_size": 32}, optim={"lr": 0.003},
+            train={"precision": "fp32"})
+    train(config, view=view)
     saved = saved_config(run)
     assert (saved.model.num_layers, saved.model.hidden_size, saved.optim.lr) == (2, 32, 0.003)
     assert saved.train.precision == "fp32"

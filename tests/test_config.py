@@ -143,3 +143,26 @@ def test_readme_documents_every_config_key():
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     missing = [key for key, *_ in field_reference() if f"`{key}`" not in readme]
     assert not missing, f"README.md lacks {missing}"
+
+
+def test_config_replace_checks_its_names_and_marks_its_keys_as_set():
+    config = Config()
+    with pytest.raises(ConfigError, match=r"Config.replace: 2 problems: unknown section "
+                       r"'trian' \(sections: data, model, optim, train\); unknown key "
+                       r"'train.max_step' \(did you mean 'train.max_steps'\?\)"):
+        config.replace(train={"max_step": 5}, trian={})
+    changed = config.replace(model={"hidden_size": 32})
+    assert changed.model.hidden_size == 32 and "model.hidden_size" in changed.given
+
+
+def test_values_from_code_are_taken_as_the_numbers_and_paths_they_stand_for(tmp_path):
+    """np.float64(1e-4) was refused as "must be a number"; a pathlib path as not a string."""
+    np = pytest.importorskip("numpy")
+    config = Config().replace(optim={"lr": np.float64(1e-4)}, model={"hidden_size": np.int64(32)},
+                              data={"path": tmp_path / "corpus.txt"},
+                              train={"out_dir": tmp_path / "run", "seed": np.uint8(3)}).checked()
+    assert (config.optim.lr, config.model.hidden_size, config.train.seed) == (1e-4, 32, 3)
+    assert type(config.optim.lr) is float and type(config.model.hidden_size) is int
+    assert config.data.path == str(tmp_path / "corpus.txt")
+    with pytest.raises(ConfigError, match=r"'model.hidden_size' must be an integer, not np.float"):
+        Config().replace(model={"hidden_size": np.float64(32.5)}).checked()

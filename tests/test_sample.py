@@ -361,3 +361,12 @@ def test_a_bad_request_fails_when_its_stream_is_made_not_when_it_is_read(tiny_mo
     chunks = make(SampleSettings(length=5, seed=1), "a", **options)
     whole = tiny_model.samples(SampleSettings(length=5, seed=1), "a", options.get("stop"))
     assert "".join(c.texts[0] for c in chunks) == whole[0].text
+
+
+def test_settings_take_numpys_numbers_as_the_python_numbers_they_stand_for():
+    np = pytest.importorskip("numpy")
+    settings = SampleSettings(length=np.int64(5), temperature=np.float32(0.5),
+                              top_p=np.float64(0.9), seed=np.uint64(2**63))
+    assert (settings.length, settings.temperature, settings.top_p, settings.seed) == (
+        5, 0.5, pytest.approx(0.9), 2**63)
+    assert type(settings.length) is int and type(settings.temperature) is float
