@@ -287,6 +287,12 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------
     def run(self, stop: StopRequest) -> RunResult:
         """Train until the budget is spent or a stop is requested, then evaluate once more."""
+        # Closed however training ends: TensorBoard's writer kept a thread and a file open
+        # after every stopped or diverged run of a notebook.
+        with contextlib.closing(self.logger):
+            return self._run(stop)
+
+    def _run(self, stop: StopRequest) -> RunResult:
         t = self.config.train
         # Wrapping is itself a collective (rank 0's weights go to all): only once all are set up.
         self.trainable = self.world.wrap(self.model)
@@ -322,7 +328,6 @@ class Trainer:
             # still stops the caller: its loop of runs must not go on to the next.
             if signum := int(self.world.max([float(stop.signum or 0)])[0]):
                 self._stop(signum)
-        self.logger.close()
         return RunResult(self.run_dir.path, self.step, self.elapsed, final, self.best_val_loss)
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:

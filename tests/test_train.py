@@ -141,6 +141,17 @@ def test_a_signal_during_the_final_evaluation_still_stops_the_caller(tmp_path, c
     assert final["step"] == 10 and final["val_loss"] is not None  # the run is whole
 
 
+def test_a_stopped_run_closes_its_loggers(tmp_path, corpus, monkeypatch):
+    """TensorBoard's writer (a thread and a file) was left open by every stopped run."""
+    from charrnn.metrics import JsonlLogger
+
+    closed = []
+    monkeypatch.setattr(JsonlLogger, "close", lambda self: closed.append(self.path))
+    with pytest.raises(TrainingInterrupted):
+        train(config_for(corpus, tmp_path / "run"), stop=StopAfter(3))
+    assert len(closed) == 1
+
+
 def test_a_stop_request_saves_the_step_and_says_how_to_continue(tmp_path, corpus):
     run = tmp_path / "run"
     with pytest.raises(TrainingInterrupted) as stopped:
