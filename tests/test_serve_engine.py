@@ -441,22 +441,36 @@ def test_a_model_with_broken_weights_fails_its_requests_and_keeps_serving(sample
     assert engine.healthy
 
 
+def in_a_new_thread(work):
+    result = []
+    thread = threading.Thread(target=lambda: result.append(work()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
 def test_the_engine_thread_takes_its_threads_and_beam_search_one(make_engine, monkeypatch):
-    """Each thread sets its own torch threads; the caller's thread keeps its own."""
+    """Each thread sets its own torch threads, and gives the process's count back: in this
+    torch build a count set in any thread is the one new threads start with (a notebook's
+    training ran on one thread after a single beam search on a closed engine)."""
+    from charrnn.serve import engine as engine_module
+
     seen = {}
-    real_window, real_beam = Engine._window, Engine._run_beam
+    real_window, real_search = Engine._window, engine_module.beam_search
 
     def window(self):
         seen["engine"] = torch.get_num_threads()
         return real_window(self)
 
-    def beam(self, request):
+    def beam_search(*args, **kwargs):
         seen["beam"] = torch.get_num_threads()
-        return real_beam(self, request)
+        return real_search(*args, **kwargs)
 
     monkeypatch.setattr(Engine, "_window", window)
-    monkeypatch.setattr(Engine, "_run_beam", beam)
-    before = torch.get_num_threads()
+    monkeypatch.setattr(engine_module, "beam_search", beam_search)
+    in_a_new_thread(lambda: torch.set_num_threads(2))  # what new threads start with: 2
+    before, new_threads_before = torch.get_num_threads(), in_a_new_thread(torch.get_num_threads)
+    assert new_threads_before == 2
     engine = make_engine(threads=3)
 
     async def scenario():
@@ -465,7 +479,9 @@ def test_the_engine_thread_takes_its_threads_and_beam_search_one(make_engine, mo
 
     asyncio.run(scenario())
     assert seen == {"engine": 3, "beam": 1}
+    engine.close()
     assert torch.get_num_threads() == before
+    assert in_a_new_thread(torch.get_num_threads) == new_threads_before
     with pytest.raises(ValueError, match="threads"):
         Engine(engine.sampler, threads=0)
 

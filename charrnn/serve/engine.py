@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from charrnn import devices
+from charrnn import devices, speed
 from charrnn.errors import Cancelled, Overloaded, ShuttingDown, UsageError
 from charrnn.sample import (
     PrimeReading,
@@ -215,8 +216,7 @@ class Engine:
         self._next_piece_at = 0.0  # time.monotonic() from which the next piece may be read
         self._streams: Streams | None = None  # their rows
         self._thread: threading.Thread | None = None
-        self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}",
-                                         initializer=torch.set_num_threads, initargs=(1,))
+        self._beams = ThreadPoolExecutor(1, thread_name_prefix=f"charrnn-beam-{name}")
         self._beams_pending = 0  # beam searches queued or running
         # Queued searches by client (clients in the order they came), and when each client's
         # last search started (a count of searches), for the last BEAM_CLIENTS_KEPT clients.
@@ -399,8 +399,12 @@ class Engine:
                 step_started = time.monotonic()
                 return request.aborted or self._stopping
 
-            found = beam_search(self.sampler, request.params.settings, request.prime,
-                                request.params.stop, cancelled=between_steps)
+            # One thread, and the process's count back after: in this torch build a count set
+            # in any thread becomes the one every new thread starts with (a notebook's training
+            # ran on one thread after a single beam search).
+            with speed.using_threads(1):
+                found = beam_search(self.sampler, request.params.settings, request.prime,
+                                    request.params.stop, cancelled=between_steps)
             texts, logprobs = [], []
             for i, sample in enumerate(found):
                 watch = request.watches[i] if request.watches else None
@@ -424,10 +428,11 @@ class Engine:
 
     # ---- the loop (engine thread) -------------------------------------------------------------
     def _run(self) -> None:
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)  # this thread's own (OpenMP keeps it per thread)
+        # The count is given back when the loop ends (see the beam search's).
+        threads = contextlib.nullcontext() if self.threads is None \
+            else speed.using_threads(self.threads)
         try:
-            with torch.inference_mode():
+            with threads, torch.inference_mode():
                 while self._between_windows():
                     try:
                         if self._active:
