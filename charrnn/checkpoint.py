@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from charrnn import __version__, fileio, memory, safeload
+from charrnn import __version__, devices, fileio, memory, safeload
 from charrnn.config import ModelShape, config_from_dict
 from charrnn.errors import CheckpointError, ConfigError, VocabError
 from charrnn.model import CharRNN, ModelArgs
@@ -297,6 +297,9 @@ def model_from(payload: dict, path: str | Path = "checkpoint") -> tuple[CharRNN,
 
 def load_model(path: str | Path, device: torch.device | str = "cpu"
                ) -> tuple[CharRNN, Vocab, dict]:
+    """The model (in eval mode, on `device`), vocabulary and payload of a checkpoint or of a
+    run directory (its best.pt)."""
+    device = devices.named_device(device)
     payload = load(path, device="cpu")
     model, vocab = model_from(payload, resolve(path))
     return model.to(device).eval(), vocab, payload

@@ -178,6 +178,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole training config: four sections of checked values (see `load_config` and
+    `config_from_dict` for building one, `replace` for a changed copy)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -310,6 +313,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def config_from_dict(raw: dict, source: str = "config") -> Config:
+    """A config from nested mappings ({"model": {"hidden_size": 128}, ...}), every problem
+    reported at once as a ConfigError naming its key; the keys given count as set."""
     problems: list[str] = []
     sections = {}
     for name in raw:

@@ -35,6 +35,23 @@ def pick_device(name: str = "auto", option: str = "--set train.device") -> torch
     return torch.device(name)
 
 
+def named_device(device: torch.device | str, option: str = "device") -> torch.device:
+    """A device a program named (a torch.device, or auto, cpu, cuda, cuda:N, mps), refused in
+    one line where this machine has none: torch's own refusal of "cuda" on a CPU-only build
+    was an AssertionError, of "gpu" a RuntimeError."""
+    text = str(device)  # torch.device("cuda", 1) prints as cuda:1
+    base, colon, index = text.partition(":")
+    picked = pick_device(base, option)
+    if not colon:
+        return picked
+    if base == "mps" or not index.isdigit():
+        raise UsageError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
+    if int(index) >= torch.cuda.device_count():
+        raise UsageError(f"device {text!r} was asked for but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s); use {option}=cuda or cpu")
+    return torch.device(text)
+
+
 def training_device(name: str, local_rank: int | None = None) -> torch.device:
     """The device to train on: `name` (train.device) for one process; under torchrun
     (`local_rank` given) this process's own GPU, or the CPU."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import memory
+from charrnn import devices, memory
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, map_state
 
@@ -32,6 +32,8 @@ MOSTLY_UNKNOWN = 0.5  # above this share of <unk>, a score says nothing about th
 
 @dataclass(frozen=True)
 class Score:
+    """A model's score on a text: its total log-loss and the characters scored."""
+
     nats: float  # total negative log-likelihood, in nats
     chars: int  # characters scored
 
@@ -176,7 +178,7 @@ def score_text(model: CharRNN, ids: np.ndarray, device: torch.device | str, *,
                window: int | None = None, streams: int | None = None) -> Score:
     """Score `ids` (`vocab.encode(vocab.normalize(text))`): in one full stateful pass, or with
     at most `window` characters of context."""
-    device = torch.device(device)
+    device = devices.named_device(device)
     if len(ids) < 2:
         raise CharRNNError("the text to score has fewer than two characters; give more text")
     if window:

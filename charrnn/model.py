@@ -69,6 +69,9 @@ def byte_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 class CharRNN(nn.Module):
+    """Embedding -> RNN/LSTM/GRU -> Linear over the vocabulary. `forward(idx, targets, state)`
+    returns (logits, loss or None, the state after idx); `ModelArgs` gives its shape."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         if args.cell not in CELLS:

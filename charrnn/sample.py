@@ -18,6 +18,7 @@ distribution: deterministic, no random numbers.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import numbers
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn import fileio, memory, speed
+from charrnn import devices, fileio, memory, speed
 from charrnn.errors import Cancelled, CheckpointError, UsageError
 from charrnn.model import CharRNN, State, join_streams, map_state
 from charrnn.stepper import Carry, Stepper, stepper_for
@@ -60,6 +61,9 @@ PRIME_PIECE = 256
 
 @dataclass(frozen=True)
 class SampleSettings:
+    """How to draw: the same settings and limits as `charrnn sample`'s options; checked by
+    `validate` (every Sampler method that takes them calls it)."""
+
     length: int = 500  # characters to generate per sample, prime not counted
     temperature: float = 1.0  # >0 scales logits; 0 is greedy argmax
     top_k: int | None = None  # keep only the k most likely characters
@@ -342,10 +346,27 @@ class PrimeReading:
 
 # ---- the sampler ------------------------------------------------------------------------------
 class Sampler:
-    def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu"):
-        self.model = model.eval()
+    """Draws text from a model: `sample_text` (whole texts), `stream` (chunks as they are
+    generated), `samples` (records with their settings), and `start` (rows that a caller such
+    as the server's engine steps itself). One Sampler may serve several threads.
+
+    It samples from the weights the model has when it is made. A model in training mode (a
+    notebook between rounds of training) is copied, in eval mode: the caller's model keeps
+    its mode (dropout on), and training it further does not change this Sampler's text. A
+    model in eval mode (`load_model`'s) is used as it is, without a copy: after changing its
+    weights, make a new Sampler. `device` is where the model's weights are (by default,
+    where they are now).
+    """
+
+    def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str | None = None):
+        weights_on = next(model.parameters()).device
+        self.device = weights_on if device is None else devices.named_device(device)
+        if self.device.type != weights_on.type:
+            raise UsageError(f"the model's weights are on {weights_on} but the Sampler was "
+                             f"asked for {self.device}: move the model there first "
+                             "(model.to(device)) or leave device out")
+        self.model = copy.deepcopy(model).eval() if model.training else model
         self.vocab = vocab
-        self.device = torch.device(device)
         self._threads: dict[int, int] = {}  # streams -> the CPU threads fastest for them
         self._stepper: Stepper | None = None
         # prime ids -> (1, V) scores and state after reading them, least recently used first;

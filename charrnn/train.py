@@ -60,6 +60,8 @@ ARCHITECTURE = ("cell", "embedding_dim", "hidden_size", "num_layers")
 
 @dataclass
 class RunResult:
+    """What `train` returns: where the run is, how far it went, and its scores (nats/char)."""
+
     run_dir: Path
     step: int
     elapsed: float  # seconds of training (evaluations during training included)

@@ -38,6 +38,9 @@ def code_points(text: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Vocab:
+    """A corpus's characters and their ids (0 is <unk>), with the normalisation the corpus was
+    read with: `Vocab.build(texts)`, `Vocab.load(path)`, `encode(normalize(text))`, `decode`."""
+
     chars: tuple[str, ...]  # known characters sorted by code point; char i has id i + 1
     counts: tuple[int, ...]  # how often each was seen when the vocabulary was built
     unk_count: int = 0  # characters seen at build time but mapped to <unk> (min_count)

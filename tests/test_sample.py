@@ -370,3 +370,52 @@ def test_settings_take_numpys_numbers_as_the_python_numbers_they_stand_for():
     assert (settings.length, settings.temperature, settings.top_p, settings.seed) == (
         5, 0.5, pytest.approx(0.9), 2**63)
     assert type(settings.length) is int and type(settings.temperature) is float
+
+
+def test_a_model_in_training_keeps_its_mode_and_the_sampler_its_weights(tiny_run):
+    """Sampler(model) put a notebook's model in eval mode (dropout off for the rest of its
+    training), and text came from neither the old weights nor the new once they changed."""
+    model, vocab, _ = load_model(tiny_run)
+    settings = SampleSettings(length=60, seed=3)
+    expected = Sampler(model, vocab).sample_text(settings)
+    model.train()
+    sampler = Sampler(model, vocab)
+    assert model.training  # the caller's mode is the caller's
+    first = sampler.sample_text(settings)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.mul_(0.5)  # a round of training
+    assert first == sampler.sample_text(settings) == expected
+    assert Sampler(model, vocab).sample_text(settings) != expected  # a new one: the new weights
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("gpu", "unknown device 'gpu'; use auto, cpu, cuda or mps"),
+    ("cuda:0x", "unknown device 'cuda:0x'|device 'cuda' was asked for but CUDA is not"),
+])
+def test_a_device_this_machine_lacks_is_one_clear_error(tiny_run, device, message):
+    model, vocab, _ = load_model(tiny_run)
+    with pytest.raises(UsageError, match=message):
+        Sampler(model, vocab, device)
+    with pytest.raises(UsageError, match=message):
+        load_model(tiny_run, device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_cuda_where_there_is_none_is_one_clear_error(tiny_run):
+    """torch's own refusal was an AssertionError ("Torch not compiled with CUDA enabled")."""
+    from charrnn.evaluate import score_text
+
+    model, vocab, _ = load_model(tiny_run)
+    for call in (lambda: Sampler(model, vocab, "cuda"), lambda: load_model(tiny_run, "cuda"),
+                 lambda: score_text(model, vocab.encode("hello there"), "cuda")):
+        with pytest.raises(UsageError, match="device 'cuda' was asked for but CUDA is not "
+                           "available .*; use device=auto or cpu"):
+            call()
+
+
+def test_weights_elsewhere_than_the_device_named_are_refused(tiny_run):
+    model, vocab, _ = load_model(tiny_run)
+    with pytest.raises(UsageError, match="the model's weights are on meta but the Sampler was "
+                       "asked for cpu"):
+        Sampler(model.to("meta"), vocab, "cpu")

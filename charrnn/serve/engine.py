@@ -230,6 +230,7 @@ class Engine:
 
     # ---- the callers' side ----------------------------------------------------------------
     def start(self) -> Engine:
+        """Start the generation loop's thread; returns the engine (Engine(sampler).start())."""
         self._thread = threading.Thread(target=self._run, name=f"charrnn-engine-{self.name}",
                                         daemon=True)
         self._thread.start()
