@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import functools
 import os
 import stat
 import tempfile
@@ -206,12 +205,22 @@ def remove_temporaries(directory: Path, names: Iterable[str]) -> None:
             remove_quietly(str(tmp))
 
 
-@functools.cache
 def new_file_mode() -> int:
-    """0666 less the umask: the mode open() would give a new file."""
-    umask = os.umask(0)
+    """0666 less the umask: the mode open() would give a new file now."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read where the system shows it (Linux 4.7 and later): asking
+    os.umask sets it, and a file another thread creates in that moment gets the wrong mode."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o077)  # elsewhere: set one moment, to a safe value, and put back
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def ensure_dir(directory: Path) -> None:

@@ -126,9 +126,7 @@ def load_encoded(cache_dir: Path, vocab: Vocab) -> EncodedCorpus | None:
 def readable_as(sources: list[Source]) -> int:
     """Permissions for a cache of `sources`: what a new file gets, less any read permission
     one of the sources withholds (a corpus only its owner may read gives an 0600 cache)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    mode = 0o666 & ~umask
+    mode = fileio.new_file_mode()
     for source in sources:
         if source.path is not None:
             with contextlib.suppress(OSError):

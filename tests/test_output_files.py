@@ -412,3 +412,17 @@ def test_another_name_of_a_checkpoint_is_not_written_over(tmp_path, tiny_run):
             assert_clean_error(invoke(*WRITERS[writer](tmp_path, tiny_run, target)), 2,
                                "it holds a PyTorch checkpoint", one_line=True)
     assert (other / "last.pt").read_bytes() == before == copied.read_bytes()
+
+
+def test_new_files_follow_the_umask_as_it_is_when_they_are_written(tmp_path):
+    """The umask was read once per process (a notebook's later os.umask was ignored), and by
+    setting it, in which moment another thread's new file got the wrong mode."""
+    before = os.umask(0o077)
+    try:
+        fileio.write_text(tmp_path / "private.txt", "x")
+        os.umask(0o022)
+        fileio.write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644
