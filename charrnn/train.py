@@ -85,7 +85,9 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
     torchrun restarts the workers, they resume from the last.pt their job wrote.
 
     Training seeds torch's and Python's random numbers and sets torch's thread count for
-    itself; the caller's are as they were afterwards.
+    itself; the caller's are as they were afterwards. They are the process's own: training
+    in a thread of its own while other threads draw random numbers shares them (neither
+    run's numbers are then its seed's).
     """
     config = config.checked()  # one built in code has had no checks
     if resume not in (False, None, True):
