@@ -200,14 +200,17 @@ class Config:
         are checked here, the values by `checked` (which train() calls)."""
         problems = [_unknown_section(name) for name in sections if name not in _SECTION_CLASSES]
         for name, values in sections.items():
-            if name in _SECTION_CLASSES:
+            if not isinstance(values, dict):
+                problems.append(f"'{name}' must be a mapping of keys to values")
+            elif name in _SECTION_CLASSES:
                 fields = {f.name for f in dataclasses.fields(_SECTION_CLASSES[name])}
                 problems += [_unknown_key(name, key, fields) for key in values
                              if key not in fields]
         if problems:
             raise ConfigError(problems, "Config.replace")
-        updated = {name: dataclasses.replace(getattr(self, name), **values)
-                   for name, values in sections.items()}
+        updated = {name: dataclasses.replace(getattr(self, name), **{
+            key: _plain(value) for key, value in values.items()})
+            for name, values in sections.items()}
         given = self.given | {f"{name}.{key}" for name, values in sections.items()
                               for key in values}
         return dataclasses.replace(self, **updated, given=frozenset(given))
@@ -370,7 +373,7 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
     base = next(t for t in allowed if t is not type(None))
     if value is None:
         return (None if optional else f"'{key}' must not be null ({_type_name(base)})"), value
-    value = _from_code(value, base)
+    value = _plain(value)
     if base is float and type(value) is int:
         try:
             value = float(value)
@@ -406,17 +409,19 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
     return None, value
 
 
-def _from_code(value: Any, base: type) -> Any:
-    """A value a program passed (numpy's numbers, a pathlib path) as the type a config file
-    gives: np.float64(1e-4) was refused as "must be a number"."""
-    if isinstance(value, bool) or type(value) in (int, float, str):
+def _plain(value: Any) -> Any:
+    """A value a program passed (numpy's numbers and booleans, a pathlib path) as the plain
+    Python value a config file gives: np.float64(1e-4) was refused as "must be a number"."""
+    if value is None or type(value) in (bool, int, float, str):
         return value
-    if base is int and isinstance(value, numbers.Integral):
-        return int(value)
-    if base is float and isinstance(value, numbers.Real):
-        return float(value)
-    if base is str and isinstance(value, os.PathLike):
+    if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()  # a numpy scalar: its bool, int or float
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
     return value
 
 

@@ -44,9 +44,9 @@ def named_device(device: torch.device | str, option: str = "device") -> torch.de
     picked = pick_device(base, option)
     if not colon:
         return picked
-    if base == "mps" or not index.isdigit():
+    if not index.isdigit() or (base != "cuda" and index != "0"):  # mps:0, cpu:0 are fine
         raise UsageError(f"unknown device {text!r}; use auto, cpu, cuda, cuda:N or mps")
-    if int(index) >= torch.cuda.device_count():
+    if base == "cuda" and int(index) >= torch.cuda.device_count():
         raise UsageError(f"device {text!r} was asked for but this machine has "
                          f"{torch.cuda.device_count()} CUDA device(s); use {option}=cuda or cpu")
     return torch.device(text)

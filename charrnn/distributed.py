@@ -211,7 +211,7 @@ class World:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        with self._collective():  # DDP copies rank 0's weights to every process
+        with self._collective(bounded=True):  # DDP copies rank 0's weights to every process
             return DistributedDataParallel(model, device_ids=ids, process_group=self.step_group)
 
     # ---- agreeing on values -------------------------------------------------------------------
@@ -227,7 +227,7 @@ class World:
         if self.size == 1:
             return tensor
         total = tensor.clone()
-        with self._collective():
+        with self._collective(bounded=True):
             dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.step_group)  # gloo: no AVG
         return total / self.size
 
@@ -236,13 +236,13 @@ class World:
         if self.size == 1:
             return [value]
         every = [None] * self.size if self.is_main else None
-        with self._collective():
+        with self._collective(bounded=True):
             dist.gather_object(value, every, dst=0, group=self.step_group)
         return every
 
     def _reduce(self, values: list[float], op) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64)  # on the CPU: gloo, no device sync
-        with self._collective():
+        with self._collective(bounded=True):
             dist.all_reduce(tensor, op=op, group=self.step_group)
         return tensor.tolist()
 
@@ -312,25 +312,30 @@ class World:
             if self.size == 1 or not _transport_failure(exc):
                 raise
             self.broken = True
-            raise ProcessFailed(self._peer_lost(exc)) from exc
+            raise ProcessFailed(self._peer_lost(exc, bounded=True)) from exc
 
     @contextlib.contextmanager
-    def _collective(self) -> Iterator[None]:
+    def _collective(self, bounded: bool = False) -> Iterator[None]:
+        """Around a collective; `bounded`: one of the step group's (train.peer_timeout)."""
         # A process that exits mid-run closes its connections: the others' next collective
         # fails. Their tracebacks would bury the error that matters, printed by that process.
         try:
             yield
         except RuntimeError as exc:
             self.broken = True
-            raise ProcessFailed(self._peer_lost(exc)) from exc
+            raise ProcessFailed(self._peer_lost(exc, bounded)) from exc
 
-    def _peer_lost(self, exc: RuntimeError) -> str:
+    def _peer_lost(self, exc: RuntimeError, bounded: bool) -> str:
         """Why this process stops after a collective failed with `exc`: a peer gone, or hung."""
-        if self.peer_timeout is None or "timed out" not in str(exc).lower():
+        if "timed out" not in str(exc).lower():
             return PEER_LOST
-        return (f"another process of this run did not answer for {self.peer_timeout:g} s "
-                "(train.peer_timeout): it, or its machine, hangs; this one stopped too, and "
-                "torchrun restarts the job from last.pt if --max-restarts allows")
+        if bounded and self.peer_timeout is not None:
+            waited = f"for {self.peer_timeout:g} s (train.peer_timeout)"
+        else:  # the start, or a checkpoint write: torch.distributed's own bound
+            waited = "within torch.distributed's timeout (30 minutes)"
+        return (f"another process of this run did not answer {waited}: it, or its machine, "
+                "hangs; this one stopped too, and torchrun restarts the job from last.pt if "
+                "--max-restarts allows")
 
 
 def _leave() -> None:

@@ -69,9 +69,12 @@ class TrainingInterrupted(KeyboardInterrupt):
     going on to the next run. The command line reports it like a CharRNNError.
     """
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code
+
+    def __reduce__(self):  # whole through pickle (a sweep's worker processes)
+        return type(self), (str(self), self.exit_code)
 
 
 class ProcessFailed(CharRNNError):

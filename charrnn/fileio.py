@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import os
 import stat
 import tempfile
@@ -218,7 +219,13 @@ def _umask() -> int:
             for line in status:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
-    umask = os.umask(0o077)  # elsewhere: set one moment, to a safe value, and put back
+    return _umask_by_setting_it()
+
+
+@functools.cache
+def _umask_by_setting_it() -> int:
+    """Elsewhere: set for a moment, to a safe value, and put back; once per process."""
+    umask = os.umask(0o077)
     os.umask(umask)
     return umask
 

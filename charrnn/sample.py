@@ -345,6 +345,25 @@ class PrimeReading:
 
 
 # ---- the sampler ------------------------------------------------------------------------------
+def _resolved(device: torch.device) -> torch.device:
+    """`device` as one name per device: cuda as cuda:N (the current GPU), cpu:0 as cpu."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if device.type in ("cpu", "mps"):  # one of each: cpu and cpu:0 are the same
+        return torch.device(device.type)
+    return device
+
+
+def _eval_copy(model: CharRNN) -> CharRNN:
+    """A copy of `model` in eval mode, its recurrent weights in one block again as cuDNN
+    wants them (a deep copy clones each weight on its own)."""
+    copied = copy.deepcopy(model).eval()
+    for module in copied.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            module.flatten_parameters()
+    return copied
+
+
 class Sampler:
     """Draws text from a model: `sample_text` (whole texts), `stream` (chunks as they are
     generated), `samples` (records with their settings), and `start` (rows that a caller such
@@ -361,11 +380,11 @@ class Sampler:
     def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str | None = None):
         weights_on = next(model.parameters()).device
         self.device = weights_on if device is None else devices.named_device(device)
-        if self.device.type != weights_on.type:
+        if _resolved(self.device) != _resolved(weights_on):
             raise UsageError(f"the model's weights are on {weights_on} but the Sampler was "
                              f"asked for {self.device}: move the model there first "
                              "(model.to(device)) or leave device out")
-        self.model = copy.deepcopy(model).eval() if model.training else model
+        self.model = _eval_copy(model) if model.training else model
         self.vocab = vocab
         self._threads: dict[int, int] = {}  # streams -> the CPU threads fastest for them
         self._stepper: Stepper | None = None

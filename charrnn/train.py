@@ -75,12 +75,12 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
     """Train as `config` says, or continue the run in `resume` (True: config's out_dir).
 
     `view` shows progress and messages; without one, progress is not shown and warnings go
-    to Python's `warnings` (as CharRNNWarning). `stop` is asked after every step whether to
-    stop (by default: Ctrl-C, SIGTERM, SIGUSR1 or SIGHUP; training saves last.pt and raises
-    TrainingInterrupted, a KeyboardInterrupt). With `exit_after_grace` (the command line), or
-    under torchrun, the process also ends train.preempt_grace seconds after the signal if
-    still running (a save stuck on a slow disk, a peer that hangs); a notebook's kernel is
-    never ended so.
+    to Python's `warnings` (as CharRNNWarning). `stop` is asked after every step, and once
+    after the final evaluation, whether to stop (by default: Ctrl-C, SIGTERM, SIGUSR1 or
+    SIGHUP; training saves last.pt and raises TrainingInterrupted, a KeyboardInterrupt).
+    With `exit_after_grace` (the command line), or under torchrun, the process also ends
+    train.preempt_grace seconds after the signal if still running (a save stuck on a slow
+    disk, a peer that hangs); a notebook's kernel is never ended so.
     Under torchrun every process calls this, and rank 0 reports for all of them; when
     torchrun restarts the workers, they resume from the last.pt their job wrote.
 
@@ -119,6 +119,9 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
         # Rank 0 first: the others then find the corpus already encoded.
         trainer = world.in_turns(lambda: Trainer(plan.config, run_dir, world, view,
                                                  resume_from, spent=plan.seconds))
+        # Closed however training ends: TensorBoard's writer kept a thread and a file open
+        # after every stopped or diverged run of a notebook.
+        scope.callback(trainer.logger.close)
         _check_same_data(world, trainer.data.key)
         return trainer.run(stop)
 
@@ -291,12 +294,6 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------
     def run(self, stop: StopRequest) -> RunResult:
         """Train until the budget is spent or a stop is requested, then evaluate once more."""
-        # Closed however training ends: TensorBoard's writer kept a thread and a file open
-        # after every stopped or diverged run of a notebook.
-        with contextlib.closing(self.logger):
-            return self._run(stop)
-
-    def _run(self, stop: StopRequest) -> RunResult:
         t = self.config.train
         # Wrapping is itself a collective (rank 0's weights go to all): only once all are set up.
         self.trainable = self.world.wrap(self.model)
@@ -331,7 +328,7 @@ class Trainer:
             # A signal during the final evaluation (or a resume with nothing left to train)
             # still stops the caller: its loop of runs must not go on to the next.
             if signum := int(self.world.max([float(stop.signum or 0)])[0]):
-                self._stop(signum)
+                self._stop(signum, complete=True)
         return RunResult(self.run_dir.path, self.step, self.elapsed, final, self.best_val_loss)
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -431,14 +428,21 @@ class Trainer:
         self.speed_from = (self.step, self.clock.read())
         return score
 
-    def _stop(self, signum: int) -> None:
+    def _stop(self, signum: int, complete: bool = False) -> None:
+        """Raise TrainingInterrupted for `signum`, last.pt saved; `complete`: the signal came
+        once the run had ended (in its final evaluation), so there is nothing to continue."""
+        last = self.run_dir.path / checkpoint.LAST
+        if complete:
+            raise TrainingInterrupted(
+                f"stopped by {signal_name(signum)} as the run ended at step {self.step:,}: it "
+                f"is complete, with {last} saved", exit_code=exit_code(signum))
         if self.saved_at[0] != self.step:  # else an evaluation at this step has just saved
             self._check_finite()
             self._save(self.last_eval)
         raise TrainingInterrupted(
-            f"stopped by {signal_name(signum)} at step {self.step:,}; "
-            f"{self.run_dir.path / checkpoint.LAST} saved. Continue with: {self._command()} "
-            f"--resume {shlex.quote(str(self.run_dir.path))}", exit_code=exit_code(signum))
+            f"stopped by {signal_name(signum)} at step {self.step:,}; {last} saved. Continue "
+            f"with: {self._command()} --resume {shlex.quote(str(self.run_dir.path))}",
+            exit_code=exit_code(signum))
 
     # ---- set-up ---------------------------------------------------------------------------
     def _init_payload(self) -> dict | None:
@@ -586,10 +590,12 @@ class Trainer:
         # Its own seeded generator: sampling must not move the training RNG (exact resume).
         settings = SampleSettings(length=self.config.train.sample_length, temperature=0.8,
                                   seed=self.step)
+        # In eval mode (no dropout) for the sample, so that the Sampler needs no copy of it.
+        self.model.eval()
         try:
             text = Sampler(self.model, self.vocab, self.device).sample_text(settings)[0]
         finally:
-            self.model.train()  # the sampler switches to eval mode (no dropout)
+            self.model.train()
         return f"--- sample at step {self.step:,} (temperature 0.8) ---\n{text}"
 
     def _command(self) -> str:

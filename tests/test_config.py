@@ -151,6 +151,8 @@ def test_config_replace_checks_its_names_and_marks_its_keys_as_set():
                        r"'trian' \(sections: data, model, optim, train\); unknown key "
                        r"'train.max_step' \(did you mean 'train.max_steps'\?\)"):
         config.replace(train={"max_step": 5}, trian={})
+    with pytest.raises(ConfigError, match="'train' must be a mapping of keys to values"):
+        config.replace(train=None)
     changed = config.replace(model={"hidden_size": 32})
     assert changed.model.hidden_size == 32 and "model.hidden_size" in changed.given
 
@@ -164,5 +166,8 @@ def test_values_from_code_are_taken_as_the_numbers_and_paths_they_stand_for(tmp_
     assert (config.optim.lr, config.model.hidden_size, config.train.seed) == (1e-4, 32, 3)
     assert type(config.optim.lr) is float and type(config.model.hidden_size) is int
     assert config.data.path == str(tmp_path / "corpus.txt")
-    with pytest.raises(ConfigError, match=r"'model.hidden_size' must be an integer, not np.float"):
+    # Plain at once: written to YAML before any check (it could not represent numpy's).
+    assert "lr: 0.5" in Config().replace(optim={"lr": np.float32(0.5)}).to_yaml()
+    assert Config().replace(train={"tensorboard": np.bool_(True)}).checked().train.tensorboard
+    with pytest.raises(ConfigError, match=r"'model.hidden_size' must be an integer, not 32.5"):
         Config().replace(model={"hidden_size": np.float64(32.5)}).checked()

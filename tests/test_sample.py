@@ -389,9 +389,16 @@ def test_a_model_in_training_keeps_its_mode_and_the_sampler_its_weights(tiny_run
     assert Sampler(model, vocab).sample_text(settings) != expected  # a new one: the new weights
 
 
+@pytest.mark.parametrize("device", ["cpu", "cpu:0", torch.device("cpu", 0), None])
+def test_the_cpu_is_named_as_torch_names_it(tiny_run, device):
+    model, vocab, _ = load_model(tiny_run, device or "cpu")
+    assert Sampler(model, vocab, device).sample_text(SampleSettings(length=5, seed=1))
+
+
 @pytest.mark.parametrize(("device", "message"), [
     ("gpu", "unknown device 'gpu'; use auto, cpu, cuda or mps"),
     ("cuda:0x", "unknown device 'cuda:0x'|device 'cuda' was asked for but CUDA is not"),
+    ("cpu:1", "unknown device 'cpu:1'"),
 ])
 def test_a_device_this_machine_lacks_is_one_clear_error(tiny_run, device, message):
     model, vocab, _ = load_model(tiny_run)

@@ -134,11 +134,23 @@ def test_a_stop_is_a_keyboard_interrupt_that_a_sweep_catching_exception_does_not
 def test_a_signal_during_the_final_evaluation_still_stops_the_caller(tmp_path, corpus):
     """It was swallowed: train() returned as if nothing had been asked."""
     run = tmp_path / "run"
-    with pytest.raises(TrainingInterrupted, match="stopped by SIGINT at step 10;") as stopped:
+    with pytest.raises(TrainingInterrupted) as stopped:
         train(config_for(corpus, run, **{"train.max_steps": 10}), stop=StopAfter(11))
+    assert str(stopped.value) == (f"stopped by SIGINT as the run ended at step 10: it is "
+                                  f"complete, with {run / 'last.pt'} saved")
     assert stopped.value.exit_code == 130
     final = checkpoint.load(run / "last.pt")
     assert final["step"] == 10 and final["val_loss"] is not None  # the run is whole
+
+
+def test_a_stop_survives_pickling_with_its_exit_code():
+    """A sweep's worker process hands its exception back pickled: this one could not be
+    unpickled (a broken process pool)."""
+    import pickle
+
+    again = pickle.loads(pickle.dumps(TrainingInterrupted("stopped by SIGTERM", 143)))
+    assert isinstance(again, TrainingInterrupted) and again.exit_code == 143
+    assert str(again) == "stopped by SIGTERM"
 
 
 def test_a_stopped_run_closes_its_loggers(tmp_path, corpus, monkeypatch):

@@ -10,6 +10,7 @@ const ui = {
   hover: $("hover"), keyRow: $("key-row"), apiKey: $("api-key"), saveKey: $("save-key"),
 };
 let models = [];
+const hoverHint = ui.hover.textContent;  // said again for each new text
 let running = null; // the AbortController of the request being streamed
 
 function headers() {
@@ -88,6 +89,7 @@ async function generate() {
   prime.textContent = ui.prime.value;
   ui.output.replaceChildren(prime);
   explained = null;
+  ui.hover.textContent = hoverHint;  // not a character of the text now replaced
   const started = performance.now();
   let chars = 0;
   let answered = false;
