@@ -11,9 +11,12 @@
    N: the model's parameters; D: the characters it reads, counted at a discount once they
    repeat the corpus (data read again teaches less; `REPEAT_HALF_LIFE`); a second layer
    costs a fixed amount at the budgets measured (it learns slower than its parameters say).
-3. **Keep** the lowest prediction and set the training that goes with that width (batch,
-   window, learning rate, dropout, weight decay) by the rules below. A key the user set is
-   never changed, and candidates that contradict one (say `model.num_layers: 2`) are left out.
+3. **Keep** the lowest prediction and set the training that goes with that width (its
+   learning rate; the batch, window, dropout and weight decay the rule was fitted with; the
+   evaluations, sized to the budget) by the rules below. A key the user set is never changed,
+   and candidates that contradict one (say `model.num_layers: 2`) are left out, as are those
+   the machine's memory cannot train and those that would only memorise a small corpus.
+   Below the rule's fitted range (MIN_FITTED_CHARS) the fastest candidate is kept instead.
 
 The same function resolves `train.precision: auto` for a model of fixed size: the faster of
 fp32 and bf16 by measurement. The result is a config with no `auto` left in it, written to the
@@ -30,9 +33,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from charrnn import memory, speed
+from charrnn import devices, memory, speed
 from charrnn.config import Config
-from charrnn.errors import TrainingInterrupted
+from charrnn.errors import CharRNNError, TrainingInterrupted
 from charrnn.interrupts import exit_code, signal_name
 from charrnn.model import CharRNN, ModelArgs
 
@@ -44,6 +47,21 @@ MAX_MEASURE_S = 3.0
 WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
 DEPTHS = (1, 2)
 EVALUATION_SHARE = 0.03  # of the budget left for periodic and final evaluation
+EVALUATIONS = 6  # looks at the validation text on the way (each on train.eval_chars)
+MAX_EVAL_CHARS = 10_000
+# Scoring a character (forward pass only) costs about this share of training on it: what
+# sizes train.eval_chars, so that the evaluations stay within EVALUATION_SHARE of the budget
+# (10,000 characters of a 125,000-character vocabulary took 40 s of a 30 s budget).
+SCORING_COST = 0.35
+# The smallest number of characters read in the runs the rule was fitted to. Below it the rule
+# is out of its range and favours large models it cannot train in so few steps (100 steps of
+# 1x512 lost to 1x128 by 0.06): the smallest, fastest candidate is taken instead.
+MIN_FITTED_CHARS = 400_000
+MIN_USEFUL_STEPS = 100  # below this a budget is said to be too small to learn much
+# Parameters per training character, at most: past it a model only memorises a small corpus
+# (a 3 kB text read 350 times: best 2.43 nats/char early, 4.17 at the end). The fitted runs
+# went to 3.3 per character on tiny-shakespeare.
+MAX_PARAMETERS_PER_CHAR = 4
 
 # The loss rule, fitted (bench/fit_sizing.py) to 14 runs on tiny-shakespeare: 0.4M to 78M
 # characters, 0.1M to 3.3M parameters, 1 and 2 layers; rms error 0.029 nats/char, 0.057 for a
@@ -56,8 +74,8 @@ E, A, ALPHA, B, BETA, DEPTH = 1.233, 491.8, 0.65, 543.0, 0.525, 0.098
 REPEAT_HALF_LIFE = 40.0  # passes after which one more pass over the corpus counts half
 
 # Keys the plan may set (besides the shape), each left alone when the user gave it.
-PLANNED = ("model.cell", "model.embedding_dim", "model.hidden_size", "model.num_layers",
-           "model.dropout", "data.batch_size", "data.seq_len", "optim.lr",
+PLANNED = ("model.size", "model.cell", "model.embedding_dim", "model.hidden_size",
+           "model.num_layers", "model.dropout", "data.batch_size", "data.seq_len", "optim.lr",
            "optim.weight_decay", "optim.min_lr", "optim.warmup", "train.max_steps",
            "train.precision", "train.eval_every", "train.eval_chars")
 
@@ -87,6 +105,8 @@ class Plan:
     seconds: float = 0.0  # spent measuring, counted in the time budget
     train_chars: int = 0
     precision_only: bool = False  # train.precision: auto decided, the model's size given
+    batch_chars: int = 1  # characters of one step (batch x window), all processes together
+    shape_given: bool = False  # the user set both the width and the depth
 
     @property
     def decided(self) -> bool:
@@ -102,17 +122,38 @@ class Plan:
             return (f"precision auto: {self.config.train.precision} ({speeds} chars/s, "
                     f"measured in {self.seconds:.1f} s)")
         c, cfg = self.chosen, self.config
-        runners_up = sorted(self.measured, key=lambda m: m.predicted)[1:3]
-        others = "".join(f", then {m.name} {m.precision} {m.predicted:.3f}" for m in runners_up)
         epochs = c.chars / max(self.train_chars, 1)
+        if c.chars < MIN_FITTED_CHARS:
+            why = (f"too few characters for the rule fitted to {MIN_FITTED_CHARS / 1e6:.1f}M "
+                   "and more, so the fastest candidate")
+        else:
+            runners_up = sorted(self.measured, key=lambda m: m.predicted)[1:3]
+            others = "".join(f", then {m.name} {m.precision} {m.predicted:.3f}"
+                             for m in runners_up)
+            why = f"predicted {c.predicted:.3f} nats/char on text like Shakespeare's{others}"
+        count = len(self.measured)
         return (f"model.size auto: {cfg.model.cell} {c.name} ({c.parameters:,} parameters, "
                 f"{c.precision}) at {c.chars_per_s:,.0f} chars/s reads {c.chars / 1e6:.1f}M "
-                f"chars ({epochs:.1f} epochs) in {cfg.train.max_time:g} s; predicted "
-                f"{c.predicted:.3f} nats/char on text like Shakespeare's{others}; "
+                f"chars ({epochs:.1f} epochs, {self.steps:,} steps); {why}; "
                 f"batch {cfg.data.batch_size}x"
                 f"{cfg.data.seq_len}, lr {cfg.optim.lr:.2g}, dropout {cfg.model.dropout:g}, "
-                f"weight decay {cfg.optim.weight_decay:g}; {len(self.measured)} candidates "
-                f"measured in {self.seconds:.1f} s")
+                f"weight decay {cfg.optim.weight_decay:g}; {count} candidate"
+                f"{'s' if count != 1 else ''} measured in {self.seconds:.1f} s"
+                + ("; the shape was not chosen: model.hidden_size and model.num_layers are "
+                   "set (keys you set are kept)" if self.shape_given else ""))
+
+    @property
+    def steps(self) -> int:
+        """The training steps the chosen candidate is predicted to take."""
+        return int(self.chosen.chars / self.batch_chars) if self.chosen else 0
+
+    @property
+    def warning(self) -> str | None:
+        """What the user should hear about the budget, if anything."""
+        if self.chosen is None or self.steps >= MIN_USEFUL_STEPS:
+            return None
+        return (f"train.max_time buys only about {self.steps:,} training steps of the fastest "
+                f"model here ({self.chosen.name}): too few to learn much; give more time")
 
 
 def predicted_loss(parameters: int, chars: float, corpus_chars: int, layers: int = 1) -> float:
@@ -150,9 +191,14 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     sizing = config.model.size == "auto"
     if not sizing and config.train.precision != "auto":
         return Plan(config, None)
-    start = time.perf_counter()
     given, t = config.given, config.train
-    batch = config.data.batch_size if "data.batch_size" in given else 16
+    if t.precision == "bf16":  # as training itself would refuse it, before measuring
+        devices.check_bf16_trains(device, config.model.cell)
+    speed.prepare(device)  # imports that the trainer too makes before its clock starts
+    start = time.perf_counter()
+    # Every process trains an equal share of the streams: 18 for 3 processes, not 16.
+    batch = config.data.batch_size if "data.batch_size" in given \
+        else -(-16 // processes) * processes
     seq_len = config.data.seq_len if "data.seq_len" in given else 64
     if not sizing:
         args = ModelArgs(vocab_size=vocab_size, **config.model.shape())
@@ -166,7 +212,8 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
                     precision_only=True)
 
     base = config.model
-    shapes = sorted(_shapes(config), key=lambda shape: _flops_per_char(*shape, base.embedding_dim))
+    data = dataclasses.replace(config.data, batch_size=batch, seq_len=seq_len)
+    shapes = _affordable(config, vocab_size, train_chars, data, device)
     # bf16 is probed at a middling width: quick, and where the choice usually falls.
     probe = ModelArgs(vocab_size=vocab_size, **{**base.shape(), "hidden_size": 256})
     precisions = speed.precisions_to_try(t.precision, probe, batch, device)
@@ -178,11 +225,19 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
         if t.max_steps and "train.max_steps" in given else math.inf
     measured: list[Candidate] = []
     worse = 0  # candidates in a row predicted worse than the best so far
+    step_seconds = 0.0  # one training step of the last shape measured, in one process
     for index, (layers, hidden) in enumerate(shapes):
         remaining = allowance - (time.perf_counter() - start)
         # Shapes come cheapest first: once time is up, or the larger ones keep predicting
-        # worse (fewer characters outweigh more parameters), the rest would be worse still.
-        if measured and (remaining <= 0 or worse >= 2):
+        # worse (fewer characters outweigh more parameters), or the last one read fewer
+        # characters than the rule knows (the larger ones read no more), the rest would be
+        # worse still. One that would take longer than what is left (three steps, at the
+        # last one's speed scaled by its work) is not started: a measurement is not cut.
+        if measured and (remaining <= 0 or worse >= 2
+                         or measured[-1].chars < MIN_FITTED_CHARS
+                         or 3 * step_seconds * _work_ratio(shapes[index - 1], (layers, hidden),
+                                                           base.embedding_dim, vocab_size)
+                         * len(precisions) > remaining):
             break
         per_measure = min(max(remaining / ((len(shapes) - index) * len(precisions)),
                               MIN_MEASURE_S), MAX_MEASURE_S)
@@ -196,18 +251,58 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
                                                            precision, per_measure)
             measured.append(_predict(Candidate(layers, hidden, precision, chars_per_s,
                                                parameters), left, train_chars, max_chars))
+        step_seconds = batch * seq_len * processes / min(c.chars_per_s for c in
+                                                         measured[-len(precisions):])
         worse = worse + 1 if min(c.predicted for c in measured[-len(precisions):]) > best else 0
+    _check_stop(stop_signal())  # a signal during the last measurement
     spent = time.perf_counter() - start
     left = max(t.max_time - already - spent, 0.0) * (1 - EVALUATION_SHARE)
     measured = [_predict(c, left, train_chars, max_chars) for c in measured]
     chosen = min(measured, key=lambda c: (c.predicted, c.parameters))
-    resolved = _apply(config, chosen, batch, seq_len)
-    return Plan(resolved, chosen, measured, spent, train_chars)
+    if chosen.chars < MIN_FITTED_CHARS:  # out of the rule's range: the fastest
+        chosen = max(measured, key=lambda c: c.chars_per_s)
+    resolved = _apply(config, chosen, batch, seq_len, left)
+    return Plan(resolved, chosen, measured, spent, train_chars, batch_chars=batch * seq_len,
+                shape_given={"model.hidden_size", "model.num_layers"} <= given)
 
 
 def _flops_per_char(layers: int, hidden: int, embedding: int) -> int:
     """Multiply-adds of the recurrent layers per character: how the cost of a shape grows."""
     return sum(4 * hidden * ((embedding if i == 0 else hidden) + hidden) for i in range(layers))
+
+
+def _work_ratio(measured: tuple[int, int], next_shape: tuple[int, int], embedding: int,
+                vocab_size: int) -> float:
+    """How much more a training step of `next_shape` costs than one of `measured`, by their
+    multiply-adds per character (the recurrent layers and the output layer)."""
+    def work(layers: int, hidden: int) -> int:
+        return _flops_per_char(layers, hidden, embedding) + hidden * vocab_size
+    return work(*next_shape) / work(*measured)
+
+
+def _affordable(config: Config, vocab_size: int, train_chars: int, data, device: torch.device
+                ) -> list[tuple[int, int]]:
+    """The candidate shapes, cheapest first, less those that would only memorise the corpus
+    (MAX_PARAMETERS_PER_CHAR) and those the machine cannot train (memory.check_training, which
+    training would refuse them by); the cheapest is kept from the first rule, and its refusal
+    raised if none fits."""
+    base = config.model
+    shapes = sorted(_shapes(config), key=lambda shape: _flops_per_char(*shape, base.embedding_dim))
+    kept, refusal = [], None
+    for layers, hidden in shapes:
+        args = ModelArgs(vocab_size=vocab_size, **{**base.shape(), "num_layers": layers,
+                                                   "hidden_size": hidden})
+        if kept and memory.parameter_count(args) > MAX_PARAMETERS_PER_CHAR * train_chars:
+            continue
+        try:
+            memory.check_training(args, data, train_chars, device)
+        except CharRNNError as exc:
+            refusal = refusal or exc
+            continue
+        kept.append((layers, hidden))
+    if not kept:
+        raise refusal
+    return kept
 
 
 def _shapes(config: Config) -> list[tuple[int, int]]:
@@ -231,17 +326,24 @@ def _predict(candidate: Candidate, seconds: float, train_chars: int,
         candidate.parameters, chars, train_chars, candidate.layers))
 
 
-def _apply(config: Config, chosen: Candidate, batch: int, seq_len: int) -> Config:
+def _apply(config: Config, chosen: Candidate, batch: int, seq_len: int,
+           seconds: float) -> Config:
     """The config with the plan's values wherever the user did not set the key."""
     steps = max(int(chosen.chars / (batch * seq_len)), 1)
+    # Each evaluation's characters: all EVALUATIONS (and the final one) within
+    # EVALUATION_SHARE of the time, at the chosen model's speed (no fewer than 500).
+    eval_chars = int(EVALUATION_SHARE * seconds * chosen.chars_per_s
+                     / (SCORING_COST * (EVALUATIONS + 1)))
     planned = {
-        "model.hidden_size": chosen.hidden, "model.num_layers": chosen.layers,
+        # A rerun from the run's config.yaml trains this model rather than measuring again.
+        "model.size": "fixed", "model.hidden_size": chosen.hidden,
+        "model.num_layers": chosen.layers,
         "model.dropout": 0.1, "data.batch_size": batch, "data.seq_len": seq_len,
         "optim.lr": learning_rate_for(chosen.hidden, chosen.layers),
         "optim.weight_decay": 0.1, "optim.min_lr": 1e-5, "optim.warmup": 0.02,
         "train.max_steps": None, "train.precision": chosen.precision,
-        # About six looks at the validation text on the way, each on its first 10k chars.
-        "train.eval_every": max(steps // 6, 1), "train.eval_chars": 10_000,
+        "train.eval_every": max(steps // EVALUATIONS, 1),
+        "train.eval_chars": min(max(eval_chars, 500), MAX_EVAL_CHARS),
     }
     return _fill(config, planned)
 

@@ -107,8 +107,8 @@ class ModelShape:
 @dataclass(frozen=True)
 class ModelConfig(ModelShape):
     size: str = _opt("fixed", "fixed: as the keys above say | auto: fit the model and its "
-                     "training (width, depth, batch, window, lr, dropout, weight decay) to "
-                     "train.max_time on this machine; keys you set are kept",
+                     "training (width, depth, lr, precision, evaluations) to train.max_time "
+                     "on this machine; keys you set are kept",
                      choices=("fixed", "auto"))
 
     def shape(self) -> dict:

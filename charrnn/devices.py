@@ -13,7 +13,7 @@ import os
 import torch
 
 from charrnn.config import usable_cores
-from charrnn.errors import UsageError
+from charrnn.errors import ConfigError, UsageError
 
 
 def pick_device(name: str = "auto", option: str = "--set train.device") -> torch.device:
@@ -115,6 +115,14 @@ def _rnn_trains_in_bf16(device: torch.device, cell: str) -> bool:
         return True
     except RuntimeError:
         return False
+
+
+def check_bf16_trains(device: torch.device, cell: str) -> None:
+    """Refuse train.precision: bf16 where this cell's kernels do not train in it."""
+    if not bf16_runs(device, cell):
+        raise ConfigError([f"'train.precision' is bf16, but {cell.upper()} layers do not train "
+                           f"in bf16 on this {device.type} (its kernels refuse it); use fp32 "
+                           "or auto"])
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

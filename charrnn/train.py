@@ -116,6 +116,8 @@ def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool 
         plan = world.run_on_main(lambda: _plan(config, run_dir, resume_from, world, stop))
         if plan.decided:
             view.message(plan.describe())
+        if plan.warning:
+            view.message(plan.warning, "warning")
         # Rank 0 first: the others then find the corpus already encoded.
         trainer = world.in_turns(lambda: Trainer(plan.config, run_dir, world, view,
                                                  resume_from, spent=plan.seconds))
@@ -317,7 +319,9 @@ class Trainer:
                 if self.step % t.log_every == 0:
                     self._log(fraction, lr)
                 # The last step of a step budget is scored once, by the final evaluation.
-                if t.eval_every and self.step % t.eval_every == 0 and self.step != t.max_steps:
+                # (So is the last of a time budget, when the budget ends at a periodic one.)
+                if t.eval_every and self.step % t.eval_every == 0 \
+                        and self.step != t.max_steps and self._budget_used() < 1.0:
                     self._evaluate(final=False)
                 elif self._save_is_due():
                     self._check_finite()
@@ -485,10 +489,8 @@ class Trainer:
         """train.precision, measured here if nothing decided it before (a Trainer made
         directly, or resuming a run saved before precision was measured)."""
         precision = self.config.train.precision
-        if precision == "bf16" and not devices.bf16_runs(self.device, self.model.args.cell):
-            raise ConfigError([f"'train.precision' is bf16, but {self.model.args.cell.upper()} "
-                               f"layers do not train in bf16 on this {self.device.type} (its "
-                               "kernels refuse it); use fp32 or auto"])
+        if precision == "bf16":
+            devices.check_bf16_trains(self.device, self.model.args.cell)
         if precision == "auto":
             d = self.config.data
             precision, _ = speed.fastest_precision(self.model.args, d.batch_size, d.seq_len,

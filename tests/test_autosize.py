@@ -9,7 +9,7 @@ import torch
 
 from charrnn import autosize, speed
 from charrnn.config import load_config
-from charrnn.errors import ConfigError, TrainingInterrupted
+from charrnn.errors import CharRNNWarning, ConfigError, TrainingInterrupted
 from charrnn.model import ModelArgs
 from charrnn.rundir import saved_config
 from charrnn.train import train
@@ -81,7 +81,7 @@ def test_auto_size_picks_measures_and_writes_down_the_choice(tmp_path, corpus):
     run, view = tmp_path / "run", Messages()
     result = train(load_config(None, auto_overrides(corpus, run)), view=view)
     line = next(text for text in view.lines if text.startswith("model.size auto:"))
-    assert "chars/s" in line and "predicted" in line and "measured in" in line
+    assert "chars/s" in line and "steps)" in line and "measured in" in line
     saved = saved_config(run)
     assert saved.model.hidden_size in autosize.WIDTHS and saved.model.num_layers in (1, 2)
     assert saved.train.precision in ("fp32", "bf16") and saved.train.max_steps is None
@@ -194,6 +194,103 @@ def test_a_budget_used_up_by_measuring_is_refused_not_saved_untrained(tmp_path, 
     run = tmp_path / "run"
     config = load_config(None, auto_overrides(corpus, run, **{"train.max_time": 0.001}))
     with pytest.raises(ConfigError, match="'train.max_time' .* is used up before the first "
-                                          "step"):
+                                          "step"), pytest.warns(CharRNNWarning, match="buys only"):
         train(config)
     assert not (run / "best.pt").exists() and not (run / "last.pt").exists()
+
+
+# ---- the plan's rules, on a machine of known speed ------------------------------------------
+def known_speed(monkeypatch, fastest: float) -> None:
+    """Training speeds in proportion to each shape's work: `fastest` chars/s for 1x128."""
+    def training_speed(args, batch, seq_len, device, precision="fp32", seconds=0.3):
+        def work(layers, hidden):
+            return autosize._flops_per_char(layers, hidden, args.embedding_dim) \
+                + hidden * args.vocab_size
+        return fastest * work(1, 128) / work(args.num_layers, args.hidden_size)
+
+    monkeypatch.setattr(speed, "training_speed", training_speed)
+    monkeypatch.setattr(speed, "precisions_to_try", lambda *args, **kwargs: ["fp32"])
+
+
+def auto_config(**extra):
+    values = {"model.size": "auto", "train.max_time": 600, "train.device": "cpu", **extra}
+    return load_config(None, [f"{k}={v}" for k, v in values.items()])
+
+
+def test_a_budget_in_the_rules_range_is_sized_by_it_and_written_down_as_fixed(monkeypatch):
+    known_speed(monkeypatch, 60_000)
+    plan = autosize.plan(auto_config(), 65, 1_000_000, torch.device("cpu"))
+    assert plan.chosen.hidden > 128 and "predicted" in plan.describe()
+    assert plan.warning is None and plan.steps > 1_000
+    assert plan.config.model.size == "fixed"  # a rerun from config.yaml measures nothing
+    assert plan.config.train.eval_chars == autosize.MAX_EVAL_CHARS
+
+
+def test_below_the_rules_range_the_fastest_is_taken_and_a_budget_too_small_is_said(
+        monkeypatch):
+    """4 s predicted 118 nats/char for 1x128 and trained one step without a word."""
+    known_speed(monkeypatch, 30_000)
+    plan = autosize.plan(auto_config(**{"train.max_time": 3}), 65, 1_000_000,
+                         torch.device("cpu"))
+    assert plan.chosen.name == "1x128" and len(plan.measured) == 1  # the rest read fewer
+    assert "too few characters for the rule" in plan.describe()
+    assert plan.steps < autosize.MIN_USEFUL_STEPS
+    assert plan.warning.startswith("train.max_time buys only about ")
+
+
+def test_a_tiny_corpus_is_not_given_a_model_that_would_memorise_it(monkeypatch):
+    known_speed(monkeypatch, 60_000)
+    plan = autosize.plan(auto_config(), 65, 3_000, torch.device("cpu"))
+    assert [c.name for c in plan.measured] == ["1x128"]
+
+
+def test_the_batch_splits_evenly_over_the_processes(monkeypatch):
+    """16 streams over 3 processes stopped the run after measuring."""
+    known_speed(monkeypatch, 60_000)
+    plan = autosize.plan(auto_config(), 65, 1_000_000, torch.device("cpu"), processes=3)
+    assert plan.config.data.batch_size == 18
+
+
+def test_evaluations_are_sized_to_the_budget(monkeypatch):
+    """10,000 characters of a 125,000-character vocabulary took 40 s of a 30 s budget."""
+    known_speed(monkeypatch, 60_000)
+    plan = autosize.plan(auto_config(**{"train.max_time": 30}), 125_000, 1_000_000,
+                         torch.device("cpu"))
+    evaluating = (autosize.EVALUATIONS + 1) * plan.config.train.eval_chars \
+        * autosize.SCORING_COST / plan.chosen.chars_per_s
+    assert plan.config.train.eval_chars == 500 or evaluating <= 0.04 * 30
+
+
+def test_candidates_the_machine_cannot_train_are_left_out(monkeypatch):
+    from charrnn import memory
+    from charrnn.errors import CharRNNError
+
+    def check_training(args, *rest, **kwargs):
+        if args.hidden_size > 192:
+            raise CharRNNError(f"training {args.hidden_size} needs more memory")
+
+    monkeypatch.setattr(memory, "check_training", check_training)
+    known_speed(monkeypatch, 1e7)  # where the rule would pick the widest
+    plan = autosize.plan(auto_config(), 65, 10_000_000, torch.device("cpu"))
+    assert {c.hidden for c in plan.measured} <= {128, 192}
+    with pytest.raises(CharRNNError, match="training 256 needs more memory"):
+        autosize.plan(auto_config(**{"model.hidden_size": 256}), 65, 1_000_000,
+                      torch.device("cpu"))
+
+
+def test_bf16_set_beside_auto_is_refused_as_training_refuses_it(monkeypatch):
+    """It measured in bf16 and ended in a traceback from the LSTM's kernels."""
+    from charrnn import devices
+
+    monkeypatch.setattr(devices, "bf16_runs", lambda device, cell="lstm": False)
+    with pytest.raises(ConfigError, match="LSTM layers do not train in bf16"):
+        autosize.plan(auto_config(**{"train.precision": "bf16"}), 65, 1_000_000,
+                      torch.device("cpu"))
+
+
+def test_a_shape_set_by_the_user_is_said_to_be_kept(monkeypatch):
+    known_speed(monkeypatch, 60_000)
+    plan = autosize.plan(auto_config(**{"model.hidden_size": 256, "model.num_layers": 1}), 65,
+                         1_000_000, torch.device("cpu"))
+    assert plan.describe().endswith("the shape was not chosen: model.hidden_size and "
+                                    "model.num_layers are set (keys you set are kept)")
