@@ -462,6 +462,9 @@ def _cross_checks(s: dict) -> list[str]:
     if s["model"].size == "auto" and train.max_time is None:
         problems.append("'model.size' is auto, which fits the model to a time budget: set "
                         "'train.max_time' (seconds)")
+    if s["model"].size == "auto" and train.init_from:
+        problems.append("'model.size' is auto but 'train.init_from' is set: fine-tuning keeps "
+                        "the checkpoint's model; set model.size: fixed")
     return problems
 
 

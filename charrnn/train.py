@@ -182,9 +182,6 @@ def _plan(config: Config, run_dir: RunDir, resume_from: dict | None,
         return autosize.Plan(autosize.adopt(config, resume_from.get("config") or {}), None)
     if config.model.size != "auto" and config.train.precision != "auto":
         return autosize.Plan(config, None)
-    if config.model.size == "auto" and config.train.init_from:
-        raise ConfigError(["'model.size' is auto but 'train.init_from' is set: fine-tuning keeps "
-                           "the checkpoint's model; set model.size: fixed"])
     vocab = None
     if config.train.init_from:
         vocab = Vocab.from_dict(checkpoint.load(config.train.init_from)["vocab"])
