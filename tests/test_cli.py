@@ -259,3 +259,14 @@ def test_train_without_a_config_says_what_it_trains(tmp_path, corpus):
     again = invoke("train", "--config", with_config,
                    *set_args(corpus, tmp_path / "run2", **{"train.max_steps": 2}))
     assert "no --config" not in again.stdout
+
+
+def test_train_without_a_config_says_when_auto_sizes_the_model(tmp_path, corpus):
+    """It named the default 1x512 and 2,000 steps, neither of which auto then trained."""
+    result = invoke("train", "--set", f"data.path={corpus}", "--set",
+                    f"train.out_dir={tmp_path / 'run'}", "--set", "model.size=auto", "--set",
+                    "train.max_time=2", "--set", "model.embedding_dim=8", "--set",
+                    "train.eval_chars=200")
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert "lstm sized to the budget, 2 s)" in first and "steps" not in first

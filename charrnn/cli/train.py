@@ -60,11 +60,15 @@ def train(
         cfg = load_config(config, overrides)
         if config is None and resume is None and speaks_for_the_run() and not quiet:
             # Nothing named says what is trained: say it (a 2,000-step run is minutes).
-            limits = [f"{cfg.train.max_steps:,} steps" if cfg.train.max_steps else "",
+            auto = cfg.model.size == "auto"  # the shape and the steps are chosen later
+            limits = [f"{cfg.train.max_steps:,} steps"
+                      if cfg.train.max_steps and not (auto and "train.max_steps" not in
+                                                      cfg.given) else "",
                       f"{cfg.train.max_time:g} s" if cfg.train.max_time else ""]
+            shape = f"{cfg.model.cell} sized to the budget" if auto \
+                else f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}"
             out.print(f"no --config: built-in defaults and --set ({escape(cfg.data.path)}, "
-                      f"{cfg.model.cell} {cfg.model.num_layers}x{cfg.model.hidden_size}, "
-                      f"{' or '.join(filter(None, limits))}) into "
+                      f"{shape}, {' or '.join(filter(None, limits))}) into "
                       f"{escape(cfg.train.out_dir)}; configs/ has examples", style="dim")
     view = make_view(out, quiet) if speaks_for_the_run() else None
     result = run_training(cfg, resume=resume_target, overwrite=overwrite, view=view,
