@@ -44,10 +44,18 @@ MIN_MEASURE_S = 0.05  # each measurement runs at least this long (two steps, wha
 # ... and at most this long: a longer one reads the speed no better, and 5% of a budget of
 # days (or of max_time: 1e12) kept a run measuring for hours before its first step.
 MAX_MEASURE_S = 3.0
+ALONE_MEASURE_S = 0.5  # ... and this long where it is the only candidate (its speed sets the
+# number of steps and of evaluations, not a choice)
 WIDTHS = (128, 192, 256, 384, 512, 768, 1024)
 DEPTHS = (1, 2)
 EVALUATION_SHARE = 0.03  # of the budget left for periodic and final evaluation
 EVALUATIONS = 6  # looks at the validation text on the way (each on train.eval_chars)
+# ... and one per this many passes over the corpus, up to MAX_EVALUATIONS, where a small corpus
+# is read many times: the model then learns it by heart, and best.pt keeps the weights of the
+# evaluation that scored best, which six looks found late (a 3 kB text read 780 times: its
+# best, at the first look, was long past).
+PASSES_PER_EVALUATION, MAX_EVALUATIONS = 10, 60
+MANY_PASSES = 100  # above this many passes over the corpus, the plan warns
 MAX_EVAL_CHARS = 10_000
 # Scoring a character (forward pass only) costs about this share of training on it: what
 # sizes train.eval_chars, so that the evaluations stay within EVALUATION_SHARE of the budget
@@ -150,10 +158,19 @@ class Plan:
     @property
     def warning(self) -> str | None:
         """What the user should hear about the budget, if anything."""
-        if self.chosen is None or self.steps >= MIN_USEFUL_STEPS:
+        if self.chosen is None:
             return None
-        return (f"train.max_time buys only about {self.steps:,} training steps of the fastest "
-                f"model here ({self.chosen.name}): too few to learn much; give more time")
+        if self.steps < MIN_USEFUL_STEPS:
+            return (f"train.max_time buys only about {self.steps:,} training steps of the "
+                    f"fastest model here ({self.chosen.name}): too few to learn much; give "
+                    "more time")
+        passes = self.chosen.chars / max(self.train_chars, 1)
+        if passes > MANY_PASSES:
+            return (f"the budget reads the {self.train_chars:,}-character training text about "
+                    f"{passes:,.0f} times: even the smallest model learns it by heart, and "
+                    "its validation loss rises after a while; best.pt keeps the weights that "
+                    "scored best (sample that), and more text or less time trains better")
+        return None
 
 
 def predicted_loss(parameters: int, chars: float, corpus_chars: int, layers: int = 1) -> float:
@@ -241,6 +258,8 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
             break
         per_measure = min(max(remaining / ((len(shapes) - index) * len(precisions)),
                               MIN_MEASURE_S), MAX_MEASURE_S)
+        if len(shapes) * len(precisions) == 1:  # nothing to compare: the speed alone
+            per_measure = min(per_measure, ALONE_MEASURE_S)
         args = ModelArgs(vocab_size=vocab_size, **{**base.shape(), "num_layers": layers,
                                                    "hidden_size": hidden})
         parameters = CharRNN(args).num_parameters()
@@ -261,7 +280,7 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     chosen = min(measured, key=lambda c: (c.predicted, c.parameters))
     if chosen.chars < MIN_FITTED_CHARS:  # out of the rule's range: the fastest
         chosen = max(measured, key=lambda c: c.chars_per_s)
-    resolved = _apply(config, chosen, batch, seq_len, left)
+    resolved = _apply(config, chosen, batch, seq_len, left, train_chars)
     return Plan(resolved, chosen, measured, spent, train_chars, batch_chars=batch * seq_len,
                 shape_given={"model.hidden_size", "model.num_layers"} <= given)
 
@@ -326,14 +345,16 @@ def _predict(candidate: Candidate, seconds: float, train_chars: int,
         candidate.parameters, chars, train_chars, candidate.layers))
 
 
-def _apply(config: Config, chosen: Candidate, batch: int, seq_len: int,
-           seconds: float) -> Config:
+def _apply(config: Config, chosen: Candidate, batch: int, seq_len: int, seconds: float,
+           train_chars: int) -> Config:
     """The config with the plan's values wherever the user did not set the key."""
     steps = max(int(chosen.chars / (batch * seq_len)), 1)
-    # Each evaluation's characters: all EVALUATIONS (and the final one) within
-    # EVALUATION_SHARE of the time, at the chosen model's speed (no fewer than 500).
+    passes = chosen.chars / max(train_chars, 1)
+    evaluations = int(min(max(EVALUATIONS, passes / PASSES_PER_EVALUATION), MAX_EVALUATIONS))
+    # Each evaluation's characters: all of them (and the final one) within EVALUATION_SHARE
+    # of the time, at the chosen model's speed (no fewer than 500).
     eval_chars = int(EVALUATION_SHARE * seconds * chosen.chars_per_s
-                     / (SCORING_COST * (EVALUATIONS + 1)))
+                     / (SCORING_COST * (evaluations + 1)))
     planned = {
         # A rerun from the run's config.yaml trains this model rather than measuring again.
         "model.size": "fixed", "model.hidden_size": chosen.hidden,
@@ -342,7 +363,7 @@ def _apply(config: Config, chosen: Candidate, batch: int, seq_len: int,
         "optim.lr": learning_rate_for(chosen.hidden, chosen.layers),
         "optim.weight_decay": 0.1, "optim.min_lr": 1e-5, "optim.warmup": 0.02,
         "train.max_steps": None, "train.precision": chosen.precision,
-        "train.eval_every": max(steps // EVALUATIONS, 1),
+        "train.eval_every": max(steps // evaluations, 1),
         "train.eval_chars": min(max(eval_chars, 500), MAX_EVAL_CHARS),
     }
     return _fill(config, planned)

@@ -241,6 +241,10 @@ def test_a_tiny_corpus_is_not_given_a_model_that_would_memorise_it(monkeypatch):
     known_speed(monkeypatch, 60_000)
     plan = autosize.plan(auto_config(), 65, 3_000, torch.device("cpu"))
     assert [c.name for c in plan.measured] == ["1x128"]
+    # Read thousands of times: said, and looked at often enough for best.pt to catch the
+    # early best (six looks found it long past).
+    assert "training text about " in plan.warning and "best.pt keeps" in plan.warning
+    assert plan.steps // plan.config.train.eval_every == autosize.MAX_EVALUATIONS
 
 
 def test_the_batch_splits_evenly_over_the_processes(monkeypatch):
@@ -255,7 +259,8 @@ def test_evaluations_are_sized_to_the_budget(monkeypatch):
     known_speed(monkeypatch, 60_000)
     plan = autosize.plan(auto_config(**{"train.max_time": 30}), 125_000, 1_000_000,
                          torch.device("cpu"))
-    evaluating = (autosize.EVALUATIONS + 1) * plan.config.train.eval_chars \
+    looks = plan.steps // plan.config.train.eval_every
+    evaluating = (looks + 1) * plan.config.train.eval_chars \
         * autosize.SCORING_COST / plan.chosen.chars_per_s
     assert plan.config.train.eval_chars == 500 or evaluating <= 0.04 * 30
 
