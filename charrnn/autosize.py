@@ -141,7 +141,7 @@ class Plan:
             why = f"predicted {c.predicted:.3f} nats/char on text like Shakespeare's{others}"
         count = len(self.measured)
         return (f"model.size auto: {cfg.model.cell} {c.name} ({c.parameters:,} parameters, "
-                f"{c.precision}) at {c.chars_per_s:,.0f} chars/s reads {c.chars / 1e6:.1f}M "
+                f"{c.precision}) at {c.chars_per_s:,.0f} chars/s reads {_count(c.chars)} "
                 f"chars ({epochs:.1f} epochs, {self.steps:,} steps); {why}; "
                 f"batch {cfg.data.batch_size}x"
                 f"{cfg.data.seq_len}, lr {cfg.optim.lr:.2g}, dropout {cfg.model.dropout:g}, "
@@ -161,9 +161,9 @@ class Plan:
         if self.chosen is None:
             return None
         if self.steps < MIN_USEFUL_STEPS:
-            return (f"train.max_time buys only about {self.steps:,} training steps of the "
-                    f"fastest model here ({self.chosen.name}): too few to learn much; give "
-                    "more time")
+            return (f"the budget (train.max_time, train.max_steps) allows only about "
+                    f"{self.steps:,} training steps of the fastest model here "
+                    f"({self.chosen.name}): too few to learn much; give it more")
         passes = self.chosen.chars / max(self.train_chars, 1)
         if passes > MANY_PASSES:
             return (f"the budget reads the {self.train_chars:,}-character training text about "
@@ -171,6 +171,10 @@ class Plan:
                     "its validation loss rises after a while; best.pt keeps the weights that "
                     "scored best (sample that), and more text or less time trains better")
         return None
+
+
+def _count(chars: float) -> str:
+    return f"{chars / 1e6:.1f}M" if chars >= 1e6 else f"{chars:,.0f}"
 
 
 def predicted_loss(parameters: int, chars: float, corpus_chars: int, layers: int = 1) -> float:

@@ -193,7 +193,7 @@ def test_a_budget_used_up_by_measuring_is_refused_not_saved_untrained(tmp_path, 
     run = tmp_path / "run"
     config = load_config(None, auto_overrides(corpus, run, **{"train.max_time": 0.001}))
     with pytest.raises(ConfigError, match="'train.max_time' .* is used up before the first "
-                                          "step"), pytest.warns(CharRNNWarning, match="buys only"):
+                       "step"), pytest.warns(CharRNNWarning, match="allows only about"):
         train(config)
     assert not (run / "best.pt").exists() and not (run / "last.pt").exists()
 
@@ -234,7 +234,7 @@ def test_below_the_rules_range_the_fastest_is_taken_and_a_budget_too_small_is_sa
     assert plan.chosen.name == "1x128" and len(plan.measured) == 1  # the rest read fewer
     assert "too few characters for the rule" in plan.describe()
     assert plan.steps < autosize.MIN_USEFUL_STEPS
-    assert plan.warning.startswith("train.max_time buys only about ")
+    assert plan.warning.startswith("the budget (train.max_time, train.max_steps) allows only")
 
 
 def test_a_tiny_corpus_is_not_given_a_model_that_would_memorise_it(monkeypatch):
