@@ -268,6 +268,11 @@ class Trainer:
         self.vocab = self.data.vocab
         run_dir.checkpoint_mode = self.data.file_mode
         self.model = self._build_model(inherited)
+        if inherited is not None and resume_from is None:
+            # Fine-tuning keeps the checkpoint's architecture: config.yaml says so (it
+            # recorded the config's 1x512 for a 1x128 model).
+            self.config = self.config.replace(model={
+                key: getattr(self.model.args, key) for key in ARCHITECTURE})
         self.amp = speed.PRECISIONS[self._precision()]
         self.optimizer = self._make_optimizer()
         # The same seed everywhere: every process lays out the same streams, then takes its own.
@@ -285,7 +290,7 @@ class Trainer:
         elif world.is_main:  # --overwrite: the old run stays until now, when all is set
             run_dir.clear_previous()
         if world.is_main:  # on resume too: the next --resume RUN_DIR starts from this one
-            run_dir.write_config(config)
+            run_dir.write_config(self.config)
         self.logger = self._make_logger()
         # What the training step calls: the model itself, or DDP's wrapper once run() starts.
         self.trainable: torch.nn.Module = self.model

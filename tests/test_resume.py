@@ -21,6 +21,7 @@ from charrnn.cli import app
 from charrnn.config import load_config
 from charrnn.errors import TrainingInterrupted
 from charrnn.metrics import read_metrics
+from charrnn.rundir import saved_config
 from charrnn.train import Trainer, train
 from conftest import POEM, StopAfter, assert_clean_error, set_args, tiny_overrides
 
@@ -521,11 +522,16 @@ def test_init_from_encodes_new_text_with_the_checkpoints_vocabulary(tmp_path, ti
     text = tmp_path / "new.txt"
     text.write_text(POEM * 60 + "€uro ±1\n" * 10, encoding="utf-8")  # 20 unseen characters
     run = tmp_path / "tuned"
+    base_shape = checkpoint.load(tiny_run / "best.pt")["model_args"]
     args = ["train", *set_args(text, run, **{"train.init_from": tiny_run, "train.max_steps": 5,
-                                             "train.eval_every": 0})]
+                                             "train.eval_every": 0, "model.hidden_size":
+                                             base_shape["hidden_size"] + 16})]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "fine-tuning from" in result.stdout
+    assert "fine-tuning keeps the checkpoint's architecture" in result.stdout
+    # config.yaml says what was trained (it said the config's width)
+    assert saved_config(run).model.hidden_size == base_shape["hidden_size"]
     assert "warning: 20 characters" in result.stdout and "became <unk>" in result.stdout
     tuned, base = checkpoint.load(run / "last.pt"), checkpoint.load(tiny_run / "best.pt")
     assert tuned["vocab"]["chars"] == base["vocab"]["chars"]
