@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from charrnn import devices, memory, speed
-from charrnn.config import Config
+from charrnn.config import Config, DataConfig
 from charrnn.errors import CharRNNError, TrainingInterrupted
 from charrnn.interrupts import exit_code, signal_name
 from charrnn.model import CharRNN, ModelArgs
@@ -303,8 +303,8 @@ def _work_ratio(measured: tuple[int, int], next_shape: tuple[int, int], embeddin
     return work(*next_shape) / work(*measured)
 
 
-def _affordable(config: Config, vocab_size: int, train_chars: int, data, device: torch.device
-                ) -> list[tuple[int, int]]:
+def _affordable(config: Config, vocab_size: int, train_chars: int, data: DataConfig,
+                device: torch.device) -> list[tuple[int, int]]:
     """The candidate shapes, cheapest first, less those that would only memorise the corpus
     (MAX_PARAMETERS_PER_CHAR) and those the machine cannot train (memory.check_training, which
     training would refuse them by); the cheapest is kept from the first rule, and its refusal
