@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from charrnn import devices, memory, speed
+from charrnn.batches import check_split
 from charrnn.config import Config, DataConfig
-from charrnn.errors import CharRNNError, TrainingInterrupted
+from charrnn.errors import CharRNNError, ConfigError, TrainingInterrupted
 from charrnn.interrupts import exit_code, signal_name
 from charrnn.model import CharRNN, ModelArgs
 
@@ -56,6 +57,7 @@ EVALUATIONS = 6  # looks at the validation text on the way (each on train.eval_c
 # best, at the first look, was long past).
 PASSES_PER_EVALUATION, MAX_EVALUATIONS = 10, 60
 MANY_PASSES = 100  # above this many passes over the corpus, the plan warns
+MIN_EVAL_EVERY = 10  # steps between evaluations, at least
 MAX_EVAL_CHARS = 10_000
 # Scoring a character (forward pass only) costs about this share of training on it: what
 # sizes train.eval_chars, so that the evaluations stay within EVALUATION_SHARE of the budget
@@ -133,7 +135,7 @@ class Plan:
         epochs = c.chars / max(self.train_chars, 1)
         if c.chars < MIN_FITTED_CHARS:
             why = (f"too few characters for the rule fitted to {MIN_FITTED_CHARS / 1e6:.1f}M "
-                   "and more, so the fastest candidate")
+                   "and more" + ("" if self.shape_given else ", so the fastest candidate"))
         else:
             runners_up = sorted(self.measured, key=lambda m: m.predicted)[1:3]
             others = "".join(f", then {m.name} {m.precision} {m.predicted:.3f}"
@@ -215,18 +217,31 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     given, t = config.given, config.train
     if t.precision == "bf16":  # as training itself would refuse it, before measuring
         devices.check_bf16_trains(device, config.model.cell)
-    speed.prepare(device)  # imports that the trainer too makes before its clock starts
-    start = time.perf_counter()
     # Every process trains an equal share of the streams: 18 for 3 processes, not 16.
     batch = config.data.batch_size if "data.batch_size" in given \
         else -(-16 // processes) * processes
+    check_split(batch, processes)  # one the user set, before measuring rather than after
     seq_len = config.data.seq_len if "data.seq_len" in given else 64
-    if not sizing:
+    speed.prepare(device)  # imports that the trainer too makes before its clock starts
+    # Measured as each process will train: its own threads, its share of the streams (the
+    # machine's default threads and the whole batch overstated a torchrun run's speed 2-3x).
+    with speed.using_threads(t.threads or torch.get_num_threads()):
+        return _measure_and_plan(config, vocab_size, train_chars, device, processes, already,
+                           stop_signal, batch, seq_len)
+
+
+def _measure_and_plan(config: Config, vocab_size: int, train_chars: int, device: torch.device,
+                processes: int, already: float, stop_signal: Callable[[], int | None],
+                batch: int, seq_len: int) -> Plan:
+    start = time.perf_counter()
+    given, t = config.given, config.train
+    share = batch // processes  # the streams each process trains
+    if config.model.size != "auto":
         args = ModelArgs(vocab_size=vocab_size, **config.model.shape())
         # Measuring builds and trains the model: one the machine cannot hold is refused
         # first, as training would refuse it (the measurement thrashed the memory instead).
         memory.check_training(args, config.data, train_chars, device)
-        precision, speeds = speed.fastest_precision(args, batch, seq_len, device)
+        precision, speeds = speed.fastest_precision(args, share, seq_len, device)
         measured = [Candidate(1, 0, p, s) for p, s in speeds.items()]
         spent = time.perf_counter() - start
         return Plan(config.replace(train={"precision": precision}), None, measured, spent,
@@ -237,7 +252,7 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     shapes = _affordable(config, vocab_size, train_chars, data, device)
     # bf16 is probed at a middling width: quick, and where the choice usually falls.
     probe = ModelArgs(vocab_size=vocab_size, **{**base.shape(), "hidden_size": 256})
-    precisions = speed.precisions_to_try(t.precision, probe, batch, device)
+    precisions = speed.precisions_to_try(t.precision, probe, share, device)
     allowance = max(CALIBRATION_SHARE * t.max_time - already, 0.0)
     # Seconds of training the prediction assumes: what is left once measuring is done.
     left = max(t.max_time - already - allowance, 0.0) * (1 - EVALUATION_SHARE)
@@ -270,7 +285,7 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
         best = min((c.predicted for c in measured), default=math.inf)
         for precision in precisions:
             _check_stop(stop_signal())
-            chars_per_s = processes * speed.training_speed(args, batch, seq_len, device,
+            chars_per_s = processes * speed.training_speed(args, share, seq_len, device,
                                                            precision, per_measure)
             measured.append(_predict(Candidate(layers, hidden, precision, chars_per_s,
                                                parameters), left, train_chars, max_chars))
@@ -284,6 +299,13 @@ def plan(config: Config, vocab_size: int, train_chars: int, device: torch.device
     chosen = min(measured, key=lambda c: (c.predicted, c.parameters))
     if chosen.chars < MIN_FITTED_CHARS:  # out of the rule's range: the fastest
         chosen = max(measured, key=lambda c: c.chars_per_s)
+    one_step = batch * seq_len / chosen.chars_per_s
+    if left < one_step:  # said here, where its cause is known
+        raise ConfigError([f"'train.max_time' ({t.max_time:g} s) leaves no time to train after "
+                           f"measuring the candidate models ({spent:.1f} s): one training step "
+                           f"of {chosen.name} at batch {batch}x{seq_len} takes about "
+                           f"{one_step:.2g} s here; give more time, or lower data.batch_size "
+                           "or data.seq_len"])
     resolved = _apply(config, chosen, batch, seq_len, left, train_chars)
     return Plan(resolved, chosen, measured, spent, train_chars, batch_chars=batch * seq_len,
                 shape_given={"model.hidden_size", "model.num_layers"} <= given)
@@ -367,7 +389,9 @@ def _apply(config: Config, chosen: Candidate, batch: int, seq_len: int, seconds:
         "optim.lr": learning_rate_for(chosen.hidden, chosen.layers),
         "optim.weight_decay": 0.1, "optim.min_lr": 1e-5, "optim.warmup": 0.02,
         "train.max_steps": None, "train.precision": chosen.precision,
-        "train.eval_every": max(steps // evaluations, 1),
+        # At least MIN_EVAL_EVERY steps apart: a run faster than measured (a machine less
+        # loaded than while measuring) made 127 evaluations of a 7-step prediction.
+        "train.eval_every": max(steps // evaluations, MIN_EVAL_EVERY),
         "train.eval_chars": min(max(eval_chars, 500), MAX_EVAL_CHARS),
     }
     return _fill(config, planned)

@@ -30,7 +30,7 @@ def check_window_fits(length: int, seq_len: int, what: str = "the training text"
                           f"(data.seq_len + 1 = {seq_len + 1}); {fix}")
 
 
-def _check_split(batch_size: int, parts: int) -> None:
+def check_split(batch_size: int, parts: int) -> None:
     if batch_size % parts:
         raise ConfigError([f"'data.batch_size' is {batch_size}, the total over all processes, "
                            f"which does not split evenly over {parts} processes; use a multiple "
@@ -65,7 +65,7 @@ class StreamBatches:
         check_window_fits(len(ids), seq_len)
         usable = len(ids) - 1  # the last character is only ever a target
         parts = part[1]
-        _check_split(batch_size, parts)
+        check_split(batch_size, parts)
         self.ids, self.seq_len = ids, seq_len
         streams = min(batch_size, usable // seq_len)  # short corpora: fewer streams
         self.batch_size = streams - streams % parts  # ... but as many for every process
@@ -139,7 +139,7 @@ class RandomBatches:
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int,
                  part: tuple[int, int] = (0, 1)):
         check_window_fits(len(ids), seq_len)
-        _check_split(batch_size, part[1])
+        check_split(batch_size, part[1])
         self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
         self.rows = _rows(part, batch_size)
         self.generator = torch.Generator().manual_seed(seed)
