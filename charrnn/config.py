@@ -456,6 +456,9 @@ def _yaml11_float(text: str) -> float | str:
 def _cross_checks(s: dict) -> list[str]:
     problems = []
     train = s["train"]
+    if any("\ud800" <= c <= "\udfff" for c in s["data"].separator):  # not UTF-8 text
+        problems.append("'data.separator' holds a lone surrogate (U+D800-U+DFFF), which no "
+                        "text can hold; use real characters")
     if train.max_steps is None and train.max_time is None:
         problems.append("'train.max_steps' and 'train.max_time' are both null; set at least one "
                         "so training ends")

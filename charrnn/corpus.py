@@ -16,9 +16,11 @@ recorded here, so a changed or damaged file is never trained on.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import glob
 import io
 import os
+import re
 import shlex
 import sysconfig
 import unicodedata
@@ -173,9 +175,8 @@ def _resolve_one(spec: str, skipped: _RunDirectories) -> list[Source]:
                               f"permissions (chmod u+rx {shlex.quote(str(path))})")
         return _walk_directory(path, skipped)
     if GLOB_CHARS & set(spec):
-        matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
-        files = [p for p in matches
-                 if p.is_file() and not any(parent in skipped for parent in p.parents)]
+        files = [p for p in _glob_files(os.path.expanduser(spec))
+                 if not any(parent in skipped for parent in p.parents)]
         if not files:
             raise CorpusError(f"the pattern {spec!r} matches no files; check the pattern "
                               "(quote it so the shell does not expand it)")
@@ -183,6 +184,66 @@ def _resolve_one(spec: str, skipped: _RunDirectories) -> list[Source]:
             _check_readable(f)
         return [Source(str(f), path=f) for f in files]
     raise CorpusError(f"no such file or directory: {spec}; check the path")
+
+
+def _glob_files(pattern: str) -> list[Path]:
+    """The files a pattern matches, sorted, each once. `**` does not go through symbolic
+    links to directories: glob's own recursion followed a link back up the tree (each file
+    read 41 times; with two such links, a number of paths that grows without end)."""
+    if "**" in pattern:
+        head, _, _ = pattern.partition("**")
+        root = head.rstrip("/") or "."
+        candidates = [os.path.join(folder, name)
+                      for folder, _, names in os.walk(root) for name in names]
+        if head.endswith("/") or not head:  # `**` matches zero directories too
+            candidates += [os.path.join(root, name) for name in os.listdir(root)] \
+                if os.path.isdir(root) else []
+        matched = [c for c in candidates if _matches(c, pattern, head)]
+    else:
+        matched = glob.glob(pattern)
+    seen, files = set(), []
+    for match in sorted(Path(p) for p in matched):
+        key = os.path.realpath(match)
+        if match.is_file() and key not in seen:
+            seen.add(key)
+            files.append(match)
+    return files
+
+
+def _matches(path: str, pattern: str, head: str) -> bool:
+    """Whether `path` (found under the pattern's fixed head) matches `pattern` as glob would:
+    `**/` any number of directories, `*` and `?` within one name, hidden names only where
+    the pattern names them."""
+    if head in ("", "./") and path.startswith("./") and not pattern.startswith("./"):
+        path = path[2:]
+    hidden = any(name.startswith(".") and name not in (".", "..")
+                 for name in path[len(head):].split("/"))
+    if hidden:
+        return False
+    regex = "".join("(?:[^/]+/)*" if part == "**/" else ".*" if part == "**"
+                    else _name_regex(part) for part in re.split(r"(\*\*/|\*\*)", pattern)
+                    if part)
+    return re.fullmatch(regex, path) is not None
+
+
+def _name_regex(part: str) -> str:
+    """A glob pattern without `**` as a regular expression: no wildcard crosses a `/`."""
+    out, i = [], 0
+    while i < len(part):
+        char = part[i]
+        end = part.find("]", i + 2) if char == "[" else -1
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif end > 0:
+            body = part[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out)
 
 
 def _walk_directory(root: Path, run_directories: _RunDirectories) -> list[Source]:
@@ -257,8 +318,10 @@ def _iter_source(source: Source, norm: Normalization, block_bytes: int) -> Itera
                 pending = len(decoder.getstate()[0])
                 raise CorpusError(
                     f"{source.name} is not valid UTF-8 (byte offset {offset - pending + exc.start}"
-                    f": {exc.reason}); convert it to UTF-8, e.g. "
-                    f"iconv -f LATIN1 -t UTF-8 {shlex.quote(source.name)}") from None
+                    f": {exc.reason}); convert it to UTF-8 into a new file, e.g. iconv -f "
+                    f"LATIN1 -t UTF-8 {shlex.quote(source.name)} > converted.txt, if it is "
+                    "Latin-1 text (a UTF-8 file with one stray byte is better mended by "
+                    "hand)") from None
             offset += len(block)
             if first and text:
                 if norm.strip_bom and text.startswith("\ufeff"):
@@ -302,7 +365,12 @@ def _check_no_nul(source: Source, block: bytes, offset: int) -> None:
 
 
 def total_bytes(sources: Iterable[Source]) -> int:
-    return sum(s.size for s in sources)
+    """The sources' bytes as they are now (a file removed since it was read counts 0)."""
+    total = 0
+    for source in sources:
+        with contextlib.suppress(OSError):
+            total += source.size
+    return total
 
 
 # ---- named corpora ----------------------------------------------------------------------

@@ -171,3 +171,9 @@ def test_values_from_code_are_taken_as_the_numbers_and_paths_they_stand_for(tmp_
     assert Config().replace(train={"tensorboard": np.bool_(True)}).checked().train.tensorboard
     with pytest.raises(ConfigError, match=r"'model.hidden_size' must be an integer, not 32.5"):
         Config().replace(model={"hidden_size": np.float64(32.5)}).checked()
+
+
+def test_a_separator_no_text_can_hold_is_refused():
+    """A lone surrogate ended training in a UnicodeEncodeError, leaving a run directory."""
+    with pytest.raises(ConfigError, match="'data.separator' holds a lone surrogate"):
+        load_config(None, ['data.separator="\\ud800"'])

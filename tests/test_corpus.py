@@ -1,4 +1,6 @@
 import codecs
+import os
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +115,17 @@ def test_charrnn_run_directories_under_a_corpus_are_not_read(tmp_path):
     (run / "config.yaml").unlink()
     assert [s.path.name for s in resolve_sources(str(tmp_path))] == ["a.txt", "n.txt"]
     assert [s.path.name for s in resolve_sources(str(tmp_path), run_dir=run)] == ["a.txt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_a_recursive_glob_does_not_follow_a_link_back_up_the_tree(tmp_path):
+    """Each file was read 41 times through `sub/up -> ..`; with two such links the glob
+    never ended."""
+    root = tmp_path / "loop"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("hello world\n", encoding="utf-8")
+    (root / "sub" / "b.txt").write_text("bye\n", encoding="utf-8")
+    os.symlink("..", root / "sub" / "up1")
+    os.symlink("..", root / "sub" / "up2")
+    found = resolve_sources(str(root / "**" / "*.txt"))
+    assert [Path(s.name).relative_to(root).as_posix() for s in found] == ["a.txt", "sub/b.txt"]

@@ -96,3 +96,20 @@ def test_empty_and_single_character_corpora_are_refused():
 def test_prime_text_gets_the_vocabularys_normalisation():
     vocab = Vocab.build(["hello\n"], Normalization(lowercase=True, newline="lf"))
     assert vocab.normalize("HeLLo\r\n") == "hello\n"
+
+
+def test_a_lone_surrogate_in_a_hand_edited_vocabulary_is_refused(tmp_path):
+    """It was taken, and sampling from the model then ended in a UnicodeEncodeError."""
+    data = Vocab.build(["abc"]).to_dict()
+    data["chars"] = sorted([*data["chars"], "\ud800"])
+    data["counts"] = [1] * len(data["chars"])
+    with pytest.raises(VocabError, match="lone surrogate"):
+        Vocab.from_dict(data)
+
+
+def test_a_vocabulary_saved_with_a_bom_is_read(tmp_path):
+    """Notepad writes one: "Unexpected UTF-8 BOM ... rebuild it"."""
+    vocab = Vocab.build(["hello"])
+    path = tmp_path / "vocab.json"
+    path.write_bytes(b"\xef\xbb\xbf" + vocab.to_json().encode())
+    assert Vocab.load(path).chars == vocab.chars
