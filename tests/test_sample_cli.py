@@ -321,3 +321,28 @@ def test_the_command_line_and_the_library_accept_the_same_seeds():
     from charrnn.serve.app import SEED_RANGE
 
     assert command.MAX_SEED == library.MAX_SEED and SEED_RANGE == (0, library.MAX_SEED)
+
+
+def test_interactive_counts_an_overlong_line_without_holding_it(tiny_run, monkeypatch):
+    """From a pipe a line is read a prime's length at a time: a 500 MB line held 1.2 GB
+    before it was refused, and /dev/zero all of memory. The next line is continued."""
+    from charrnn import sample as sample_module
+
+    monkeypatch.setattr(sample_module, "MAX_PRIME_BYTES", 100)
+    result = invoke("sample", "-k", tiny_run, "--seed", 1, "-n", 10, "-i",
+                    input="e" * 1000 + "\nThe\n" + "e" * 101)
+    assert result.exit_code == 1, result.output
+    errors = result.stderr.splitlines()
+    assert errors[0].startswith("error: a line of 1,000 characters is too long a prime")
+    assert errors[1].startswith("error: a line of 101 characters is too long a prime")
+    assert result.stdout == sample(tiny_run, "-n", 10, "-p", "The")
+
+
+def test_interactive_names_bytes_that_are_not_utf8(tiny_run):
+    """Under a C.UTF-8 locale they came through as surrogates: "a character the model
+    cannot write: '\\udcff'"."""
+    result = subprocess.run([sys.executable, "-m", "charrnn", "sample", "-k", str(tiny_run),
+                             "-n", "5", "-i"], input=b"The \xff\n", capture_output=True,
+                            env={**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""},
+                            timeout=120)
+    assert "'\ufffd'".encode() in result.stderr and b"udcff" not in result.stderr, result.stderr

@@ -234,6 +234,26 @@ def _text_blocks(sampler, runs, prime: str, stop: str | None):
             yield f"--- {which}sample {index}/{count} ---", [prime + drawn.text]
 
 
+def _read_line(prompt: str, most: int) -> tuple[str, int]:
+    """The next line of standard input (EOFError at its end) and its length. From a pipe it
+    is read `most` characters at a time, and a longer line is counted, not kept: a 500 MB
+    line held 1.2 GB before it was refused, and /dev/zero all of memory."""
+    if prompt:  # a terminal: input() gives line editing and history
+        line = input(prompt).rstrip("\r")
+        return line, len(line)
+    line = sys.stdin.readline(most + 1)
+    if not line:
+        raise EOFError
+    length = len(line)
+    while length > most and not line.endswith("\n"):
+        line = sys.stdin.readline(most + 1)
+        if not line:
+            break
+        length += len(line)
+    text = line.rstrip("\n").rstrip("\r") if length <= most + 1 else ""
+    return text, length - line.endswith("\n")
+
+
 def _write_stdout(piece: str) -> None:
     sys.stdout.write(piece)
     sys.stdout.flush()  # streamed text shows as it is generated
@@ -250,8 +270,9 @@ def _sample_interactively(sampler, runs, stop: str | None, as_json: bool, device
     ends with status 1, so that a script sees that some lines were not continued."""
     from charrnn.sample import MAX_PRIME_BYTES
 
-    if getattr(sys.stdin, "errors", None) == "strict":
-        # Bytes that are not UTF-8 become U+FFFD, which the prime check then reports.
+    if getattr(sys.stdin, "errors", None) in ("strict", "surrogateescape"):
+        # Bytes that are not UTF-8 become U+FFFD, which the prime check then reports (under
+        # a C.UTF-8 locale they were surrogates, named as characters the model lacks).
         with contextlib.suppress(AttributeError, ValueError, OSError):
             sys.stdin.reconfigure(errors="replace")
     prompt = ""
@@ -264,15 +285,15 @@ def _sample_interactively(sampler, runs, stop: str | None, as_json: bool, device
     lines = failed = 0
     while True:
         try:
-            line = input(prompt).rstrip("\r")
+            line, length = _read_line(prompt, MAX_PRIME_BYTES)
         except EOFError:
             break
         except OSError as exc:
             raise CharRNNError(f"cannot read standard input: {exc.strerror or exc}") from None
         lines += 1
         try:
-            if len(line) > MAX_PRIME_BYTES:  # as --prime-file: a prime is a text's start
-                raise UsageError(f"a line of {len(line):,} characters is too long a prime "
+            if length > MAX_PRIME_BYTES:  # as --prime-file: a prime is a text's start
+                raise UsageError(f"a line of {length:,} characters is too long a prime "
                                  f"(at most {MAX_PRIME_BYTES:,}); use its last part")
             sampler.encode_prime(line)
             _check_memory(sampler.model, runs, line, as_json, False, device)
