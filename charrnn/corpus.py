@@ -175,21 +175,28 @@ def _resolve_one(spec: str, skipped: _RunDirectories) -> list[Source]:
                               f"permissions (chmod u+rx {shlex.quote(str(path))})")
         return _walk_directory(path, skipped)
     if GLOB_CHARS & set(spec):
-        files = [p for p in _glob_files(os.path.expanduser(spec))
-                 if not any(parent in skipped for parent in p.parents)]
-        if not files:
+        sources = []
+        for match in _glob_matches(os.path.expanduser(spec)):
+            if any(parent in skipped for parent in match.parents) or match in skipped:
+                continue
+            if match.is_dir():  # read as a directory named on its own would be
+                sources += _walk_directory(match, skipped, required=False)
+            else:
+                _check_readable(match)
+                sources.append(Source(str(match), path=match))
+        if not sources:
             raise CorpusError(f"the pattern {spec!r} matches no files; check the pattern "
                               "(quote it so the shell does not expand it)")
-        for f in files:
-            _check_readable(f)
-        return [Source(str(f), path=f) for f in files]
+        once = {os.path.realpath(source.path): source for source in reversed(sources)}
+        return [source for source in sources if once[os.path.realpath(source.path)] is source]
     raise CorpusError(f"no such file or directory: {spec}; check the path")
 
 
-def _glob_files(pattern: str) -> list[Path]:
-    """The files a pattern matches, sorted, each once. `**` does not go through symbolic
-    links to directories: glob's own recursion followed a link back up the tree (each file
-    read 41 times; with two such links, a number of paths that grows without end)."""
+def _glob_matches(pattern: str) -> list[Path]:
+    """The files and directories a pattern matches, sorted, each once. `**` does not go
+    through symbolic links to directories: glob's own recursion followed a link back up the
+    tree (each file read 41 times; with two such links, a number of paths that grows without
+    end)."""
     if "**" in pattern:
         head, _, _ = pattern.partition("**")
         root = head.rstrip("/") or "."
@@ -201,13 +208,13 @@ def _glob_files(pattern: str) -> list[Path]:
         matched = [c for c in candidates if _matches(c, pattern, head)]
     else:
         matched = glob.glob(pattern)
-    seen, files = set(), []
+    seen, found = set(), []
     for match in sorted(Path(p) for p in matched):
         key = os.path.realpath(match)
-        if match.is_file() and key not in seen:
+        if (match.is_file() or match.is_dir()) and key not in seen:
             seen.add(key)
-            files.append(match)
-    return files
+            found.append(match)
+    return found
 
 
 def _matches(path: str, pattern: str, head: str) -> bool:
@@ -246,7 +253,10 @@ def _name_regex(part: str) -> str:
     return "".join(out)
 
 
-def _walk_directory(root: Path, run_directories: _RunDirectories) -> list[Source]:
+def _walk_directory(root: Path, run_directories: _RunDirectories,
+                    required: bool = True) -> list[Source]:
+    """The text files under `root`; none is an error when `required` (a directory named,
+    rather than one of those a glob matched)."""
     sources, skipped = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         # Sorted, hidden entries (.git, .venv) skipped: the same tree always gives the same text.
@@ -262,7 +272,7 @@ def _walk_directory(root: Path, run_directories: _RunDirectories) -> list[Source
                 skipped += 1
                 continue
             sources.append(Source(str(path), path=path))
-    if not sources:
+    if not sources and required:
         extra = f" ({skipped} binary file{'s' if skipped != 1 else ''} skipped)" if skipped else ""
         raise CorpusError(f"the directory {root} holds no text files{extra}; "
                           "point at UTF-8 text files")
@@ -275,7 +285,9 @@ def _looks_binary(path: Path) -> bool:
             head = f.read(SNIFF_BYTES)
     except OSError:
         return True
-    return b"\0" in head
+    # UTF-16 and UTF-32 text is full of NUL bytes, but is text: kept, so that reading it
+    # says to convert it rather than leaving it out of a directory without a word.
+    return b"\0" in head and not any(head.startswith(bom) for bom in _UTF16_32_BOMS)
 
 
 def _check_readable(path: Path) -> None:
@@ -293,7 +305,9 @@ def iter_text(sources: Iterable[Source], normalization: Normalization,
     """Yield the corpus as normalised text pieces, documents joined by `separator`."""
     for index, source in enumerate(sources):
         if index and separator:
-            yield separator
+            # As the text around it: a separator's own CR or capitals were learnt as
+            # characters the normalisation says never occur.
+            yield normalization.apply(separator)
         yield from _iter_source(source, normalization, block_bytes)
 
 
@@ -347,7 +361,10 @@ def _safe_cut(text: str) -> int:
     cut = len(text)
     while cut > 0 and (text[cut - 1] == "\r" or unicodedata.combining(text[cut - 1])):
         cut -= 1
-    return max(cut - 1, 0)  # the base character of a combining sequence waits too
+    # The base character of a combining sequence waits too; but never more than
+    # MAX_HELD_CHARS, or a run of 60 million CRs was held and joined again at every block
+    # (quadratic: 40 s and 900 MB; only the last CR can pair with a coming LF).
+    return max(cut - 1, len(text) - MAX_HELD_CHARS, 0)
 
 
 def _check_first_block(source: Source, block: bytes) -> None:

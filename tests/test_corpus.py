@@ -129,3 +129,50 @@ def test_a_recursive_glob_does_not_follow_a_link_back_up_the_tree(tmp_path):
     os.symlink("..", root / "sub" / "up2")
     found = resolve_sources(str(root / "**" / "*.txt"))
     assert [Path(s.name).relative_to(root).as_posix() for s in found] == ["a.txt", "sub/b.txt"]
+
+
+def test_a_glob_reads_the_directories_it_matches_as_a_directory_is_read(tmp_path):
+    """'gl/d*' matched two directories and said it matched no files; 'gl/*' left them out,
+    where the shell's own expansion of the same pattern read them."""
+    for name in ("d1/x.txt", "d2/y.txt", "z.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(name + "\n", encoding="utf-8")
+    names = [Path(s.name).relative_to(tmp_path).as_posix()
+             for s in resolve_sources(str(tmp_path / "*"))]
+    assert names == ["d1/x.txt", "d2/y.txt", "z.txt"]
+    assert len(resolve_sources(str(tmp_path / "d*"))) == 2
+    assert len(resolve_sources(str(tmp_path / "**"))) == 3  # each file once
+
+
+def test_utf16_text_in_a_directory_is_named_not_skipped(tmp_path):
+    """It was left out as binary without a word (named on its own: "is UTF-16 text")."""
+    (tmp_path / "a.txt").write_text("hello\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_bytes("hello\n".encode("utf-16"))
+    with pytest.raises(CorpusError, match="b.txt is UTF-16 text, not UTF-8; convert it"):
+        list(iter_text(resolve_sources(str(tmp_path)), Normalization()))
+
+
+def test_a_separator_is_normalised_as_the_text_around_it(tmp_path):
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("x\n", encoding="utf-8")
+    norm = Normalization(lowercase=True, newline="lf")
+    text = "".join(iter_text(resolve_sources(str(tmp_path)), norm, "\r\n=== END ===\r\n"))
+    assert text == "x\n\n=== end ===\nx\n"
+
+
+def test_a_long_run_of_carriage_returns_is_not_held_back_whole(tmp_path, monkeypatch):
+    """Held back whole and joined again at every block: 60 million CRs took 40 s, 900 MB.
+    At most MAX_HELD_CHARS wait for the next block, and the text is the same."""
+    from charrnn import corpus
+
+    monkeypatch.setattr(corpus, "MAX_HELD_CHARS", 1000)
+    held = []
+    real_cut = corpus._safe_cut
+    monkeypatch.setattr(corpus, "_safe_cut", lambda text: held.append(
+        len(text) - real_cut(text)) or real_cut(text))
+    path = tmp_path / "crs.txt"
+    path.write_bytes(b"ab" + b"\r" * 100_000 + b"\ncd")
+    text = "".join(iter_text(resolve_sources(str(path)), Normalization(newline="lf"),
+                             block_bytes=4096))
+    assert text == "ab" + "\n" * 100_000 + "cd"  # the last CR with its LF: one line break
+    assert max(held) <= 1000
