@@ -66,7 +66,8 @@ class RunResult:
     step: int
     elapsed: float  # seconds of training (evaluations during training included)
     final: Score | None  # full validation score of the final weights
-    best_val_loss: float | None
+    best_val_loss: float | None  # best.pt's score
+    best_val_chars: int | None = None  # ... over this many validation characters
 
 
 def train(config: Config, *, resume: bool | str | Path = False, overwrite: bool = False,
@@ -335,7 +336,8 @@ class Trainer:
             # still stops the caller: its loop of runs must not go on to the next.
             if signum := int(self.world.max([float(stop.signum or 0)])[0]):
                 self._stop(signum, complete=True)
-        return RunResult(self.run_dir.path, self.step, self.elapsed, final, self.best_val_loss)
+        return RunResult(self.run_dir.path, self.step, self.elapsed, final, self.best_val_loss,
+                         self.best_val_chars)
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One optimizer step on the next window of every stream: (loss, gradient norm)."""

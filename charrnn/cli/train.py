@@ -75,8 +75,20 @@ def train(
                           exit_after_grace=True)
     if not speaks_for_the_run():
         return
-    final = f"; val {result.final.line()}" if result.final is not None else ""
     run_dir = escape(str(result.run_dir))
     quoted = escape(shlex.quote(str(result.run_dir)))  # a command to paste into a shell
-    out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s{final}; "
-              f"checkpoints in {run_dir}. Sample with: charrnn sample --checkpoint {quoted}")
+    out.print(f"[bold green]done[/]: {result.step:,} steps in {result.elapsed:.0f} s"
+              f"{escape(scores_text(result))}; checkpoints in {run_dir}. Sample with: charrnn "
+              f"sample --checkpoint {quoted}")
+
+
+def scores_text(result) -> str:
+    """The end's validation score, and best.pt's where it is clearly better on the same text
+    (a small corpus learnt by heart ended at 4.77 with 2.42 in best.pt, and said only 4.77)."""
+    final, best = result.final, result.best_val_loss
+    if final is None:
+        return ""
+    text = f"; val {final.line()}"
+    if best is not None and result.best_val_chars == final.chars and best < final.loss - 0.005:
+        text += f"; best.pt holds an earlier, better model: val {best:.4f}"
+    return text
