@@ -746,7 +746,10 @@ def parse_stop(text: str) -> str:
 
 
 def read_prime_file(path: str | Path) -> str:
-    """A prime written in a file (UTF-8, any number of lines), for --prime-file."""
+    """A prime written in a file (UTF-8, any number of lines, a leading BOM left out), for
+    --prime-file."""
+    if not str(path).strip():  # Path("") is ".", which was "it is a directory"
+        raise UsageError("--prime-file was given an empty name; name a UTF-8 text file")
     path = Path(path).expanduser()
     kind = fileio.file_kind(path)
     if kind != "file":
@@ -758,7 +761,8 @@ def read_prime_file(path: str | Path) -> str:
                              "a prime is the start of a text: use its last part")
         # Its bytes as they are, CRLF kept: whether a model reads them as such (trained on
         # CRLF text) or as LF is the caller's to decide (`charrnn sample` knows the model).
-        return path.read_bytes().decode("utf-8")
+        # A BOM (as Notepad saves) is no part of the text: it was echoed before the sample.
+        return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         raise UsageError(f"--prime-file {path} is not UTF-8 text (byte {exc.start}); "
                          "convert it to UTF-8") from None

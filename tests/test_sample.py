@@ -426,3 +426,13 @@ def test_weights_elsewhere_than_the_device_named_are_refused(tiny_run):
     with pytest.raises(UsageError, match="the model's weights are on meta but the Sampler was "
                        "asked for cpu"):
         Sampler(model.to("meta"), vocab, "cpu")
+
+
+def test_a_prime_file_is_read_without_its_bom_and_an_empty_name_is_named(tmp_path):
+    from charrnn.sample import read_prime_file
+
+    path = tmp_path / "prime.txt"
+    path.write_bytes(b"\xef\xbb\xbfROMEO:\r\n")
+    assert read_prime_file(path) == "ROMEO:\r\n"  # the BOM was echoed before the sample
+    with pytest.raises(UsageError, match="--prime-file was given an empty name"):
+        read_prime_file("")
