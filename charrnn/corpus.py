@@ -258,7 +258,12 @@ def _walk_directory(root: Path, run_directories: _RunDirectories,
     """The text files under `root`; none is an error when `required` (a directory named,
     rather than one of those a glob matched)."""
     sources, skipped = [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
+
+    def unreadable(exc: OSError) -> None:  # os.walk left such a directory out silently
+        raise CorpusError(f"cannot read the directory {exc.filename}: {exc.strerror}; fix its "
+                          "permissions, or move it out of the corpus")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         # Sorted, hidden entries (.git, .venv) skipped: the same tree always gives the same text.
         if dirpath in run_directories:
             dirnames[:] = []
@@ -266,8 +271,9 @@ def _walk_directory(root: Path, run_directories: _RunDirectories,
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if name.startswith(".") or not path.is_file() or not os.access(path, os.R_OK):
+            if name.startswith(".") or not path.is_file():
                 continue
+            _check_readable(path)  # a file left out without a word made another corpus
             if _looks_binary(path):
                 skipped += 1
                 continue

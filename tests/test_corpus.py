@@ -176,3 +176,14 @@ def test_a_long_run_of_carriage_returns_is_not_held_back_whole(tmp_path, monkeyp
                              block_bytes=4096))
     assert text == "ab" + "\n" * 100_000 + "cd"  # the last CR with its LF: one line break
     assert max(held) <= 1000
+
+
+def test_an_unreadable_file_in_a_directory_is_named_not_left_out(tmp_path, monkeypatch):
+    """It was left out without a word: another corpus than the one named."""
+    (tmp_path / "a.txt").write_text("hello\n", encoding="utf-8")
+    (tmp_path / "secret.txt").write_text("hidden\n", encoding="utf-8")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode)
+                        and Path(path).name != "secret.txt")
+    with pytest.raises(CorpusError, match="cannot read .*secret.txt: permission denied"):
+        resolve_sources(str(tmp_path))
