@@ -70,6 +70,11 @@ def load_dataset(cfg: DataConfig, cache_dir: Path, vocab: Vocab | None = None,
             raise CorpusError(f"{message}; use a vocabulary built from this corpus, or set "
                               "data.unknown: warn to map them to <unk>")
         warn(f"{message} and became <unk>")
+    elif (added := encoded.unknown - vocab.unk_count) > 0:  # beyond data.min_count's
+        which = "character of the corpus is" if added == 1 else "characters of the corpus are"
+        warn(f"{added:,} {which} not in the vocabulary counted from it a moment before (a "
+             "file changed while it was read) and became <unk>; train again once the corpus "
+             "has stopped changing")
     if n == 0:
         raise CorpusError(f"the corpus {cfg.path} is empty; point data.path at text")
     train, val = encoded.split(cfg.val_fraction)

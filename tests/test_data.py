@@ -197,3 +197,24 @@ def test_a_corpus_is_told_apart_from_another_of_the_same_length():
     assert same_corpus(dict(key), key) and not same_corpus({**key, "sampled": "b"}, key)
     old = {"length": 3, "vocab": "v", "val_fraction": 0.1}  # saved before the digest existed
     assert same_corpus(old, key) and not same_corpus(None, key)
+
+
+def test_characters_added_while_the_corpus_is_read_are_said_to_become_unk(tmp_path,
+                                                                          monkeypatch):
+    """Appended between the counting pass and the encoding pass, they became <unk> without a
+    word (warned only where a vocabulary was given); rare ones left out by data.min_count
+    are no news."""
+    from charrnn import data
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("abcabc\n" * 2000 + "z", encoding="utf-8")
+    cfg = DataConfig(path=str(text), seq_len=8, min_count=2)
+    warned = []
+    load_dataset(cfg, tmp_path / "quiet", warn=warned.append)
+    assert warned == []  # the one 'z' is below min_count: left out as asked
+    counted_before_the_change = Vocab.build(["abcabc\n" * 2000])
+    monkeypatch.setattr(data, "build_vocab_cached", lambda *args: counted_before_the_change)
+    load_dataset(cfg, tmp_path / "changed", warn=warned.append)
+    assert warned == ["1 character of the corpus is not in the vocabulary counted from it "
+                      "a moment before (a file changed while it was read) and became <unk>; "
+                      "train again once the corpus has stopped changing"]
