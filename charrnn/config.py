@@ -209,7 +209,7 @@ class Config:
         if problems:
             raise ConfigError(problems, "Config.replace")
         updated = {name: dataclasses.replace(getattr(self, name), **{
-            key: _plain(value) for key, value in values.items()})
+            key: plain_value(value) for key, value in values.items()})
             for name, values in sections.items()}
         given = self.given | {f"{name}.{key}" for name, values in sections.items()
                               for key in values}
@@ -373,7 +373,7 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
     base = next(t for t in allowed if t is not type(None))
     if value is None:
         return (None if optional else f"'{key}' must not be null ({_type_name(base)})"), value
-    value = _plain(value)
+    value = plain_value(value)
     if base is float and type(value) is int:
         try:
             value = float(value)
@@ -409,7 +409,7 @@ def _check_value(key: str, value: Any, hint: Any, meta: dict) -> tuple[str | Non
     return None, value
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A value a program passed (numpy's numbers and booleans, a pathlib path) as the plain
     Python value a config file gives: np.float64(1e-4) was refused as "must be a number"."""
     if value is None or type(value) in (bool, int, float, str):

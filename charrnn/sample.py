@@ -19,9 +19,9 @@ distribution: deterministic, no random numbers.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
-import numbers
 import os
 import re
 import threading
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from charrnn import devices, fileio, memory, speed
+from charrnn.config import plain_value
 from charrnn.errors import Cancelled, CheckpointError, UsageError
 from charrnn.model import CharRNN, State, join_streams, map_state
 from charrnn.stepper import Carry, Stepper, stepper_for
@@ -74,15 +75,10 @@ class SampleSettings:
 
     def __post_init__(self) -> None:
         # numpy's numbers (a sweep over np.linspace, a seed from np.random) as the Python
-        # numbers they stand for: np.float32(0.8) was refused as "not a finite number".
-        for name in ("length", "num_samples", "top_k", "seed", "beam"):
-            value = getattr(self, name)
-            if isinstance(value, numbers.Integral) and type(value) not in (int, bool):
-                object.__setattr__(self, name, int(value))
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if isinstance(value, numbers.Real) and type(value) not in (int, float, bool):
-                object.__setattr__(self, name, float(value))
+        # numbers they stand for, as a config takes them: np.float32(0.8) was refused as "not
+        # a finite number".
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, plain_value(getattr(self, f.name)))
 
     def validate(self, vocab: Vocab) -> None:
         check_temperature(self.temperature)
