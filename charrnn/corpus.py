@@ -177,8 +177,8 @@ def _resolve_one(spec: str, skipped: _RunDirectories) -> list[Source]:
     if GLOB_CHARS & set(spec):
         sources = []
         for match in _glob_matches(os.path.expanduser(spec)):
-            if any(parent in skipped for parent in match.parents) or match in skipped:
-                continue
+            if any(parent in skipped for parent in match.parents):
+                continue  # (a run directory matched itself is left out by its walk)
             if match.is_dir():  # read as a directory named on its own would be
                 sources += _walk_directory(match, skipped, required=False)
             else:
